@@ -1,0 +1,109 @@
+//! The web tier: the server-rendered site and the JSON API (axum + maud).
+//!
+//! Invariant: the api never calls kie.ai, Stripe or SMTP on a request path. It records intents in Postgres
+//! and enqueues jobs in the same transaction; workers do everything slow or external.
+//! `Api::build(config)` → [`Api::run_until_stopped`]; tests start it on port 0.
+
+mod error;
+mod routes;
+mod views;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use jobs::{
+    config::Config,
+    queue::WorkerHealth,
+    telemetry::{self, Metrics, OpsProbe},
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::AppError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub metrics: Metrics,
+    /// Set when workers run in this process (`dev`): readiness then includes them.
+    pub worker_health: Option<Arc<WorkerHealth>>,
+    /// Whether this process exports the database-derived queue gauges (only `dev`; in production the
+    /// scheduler does, so scraping many api replicas does not multiply them).
+    pub owns_queue_gauges: bool,
+}
+
+/// A built api, listening but not yet serving.
+pub struct Api {
+    state: AppState,
+    listener: TcpListener,
+    ops_listener: Option<TcpListener>,
+}
+
+impl Api {
+    /// Builds with its own pool and metrics, bound to `LISTEN_ADDR` and `METRICS_LISTEN_ADDR`.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let pool = jobs::db::pool(&config.database)?;
+        let state = AppState { pool, metrics: Metrics::new("api"), worker_health: None, owns_queue_gauges: false };
+        let listener = telemetry::bind(config.http.listen).await?;
+        let ops_listener = telemetry::bind(config.http.metrics_listen).await?;
+        Ok(Self { state, listener, ops_listener: Some(ops_listener) })
+    }
+
+    /// Builds from shared parts; without an ops listener the caller serves metrics.
+    pub fn with_parts(state: AppState, listener: TcpListener, ops_listener: Option<TcpListener>) -> Self {
+        Self { state, listener, ops_listener }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown`, then finishes in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(listener) = self.ops_listener {
+            let probe = Arc::new(ApiProbe(self.state.clone()));
+            tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
+        }
+        let app = routes::router(self.state);
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        Ok(())
+    }
+}
+
+/// Readiness of the api: the database answers, and in-process workers (if any) are alive.
+pub async fn readiness(state: &AppState) -> Result<(), String> {
+    if !jobs::db::is_reachable(&state.pool).await {
+        return Err("database unreachable".into());
+    }
+    match &state.worker_health {
+        Some(health) => health.readiness(),
+        None => Ok(()),
+    }
+}
+
+struct ApiProbe(AppState);
+
+impl OpsProbe for ApiProbe {
+    fn metrics(&self) -> std::pin::Pin<Box<dyn Future<Output = String> + Send>> {
+        let state = self.0.clone();
+        Box::pin(async move {
+            if state.owns_queue_gauges {
+                let queues: Vec<&str> = jobs::kinds::registry().queues().collect();
+                if let Err(error) = state.metrics.refresh_queue_gauges(&state.pool, &queues).await {
+                    tracing::warn!(error = %error, "could not read queue gauges");
+                }
+            }
+            state.metrics.render()
+        })
+    }
+
+    fn ready(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let state = self.0.clone();
+        Box::pin(async move { readiness(&state).await })
+    }
+}

@@ -1,0 +1,87 @@
+//! The router: pages, the JSON API, health, and the HTTP metrics middleware.
+
+use std::time::Instant;
+
+use axum::{
+    Json, Router,
+    extract::{FromRequestParts, MatchedPath, Request, State},
+    http::{StatusCode, request::Parts},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use maud::Markup;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{AppError, AppState, views};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/api/v1/me", get(me))
+        .route_layer(middleware::from_fn_with_state(state.clone(), record_http_metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn home() -> Markup {
+    views::home()
+}
+
+async fn not_found() -> (StatusCode, Markup) {
+    (StatusCode::NOT_FOUND, views::not_found())
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match crate::readiness(&state).await {
+        Ok(()) => "ready\n".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+    }
+}
+
+/// The caller of the JSON API, from `Authorization: Bearer <API key>`.
+pub struct ApiUser(pub Uuid);
+
+impl FromRequestParts<AppState> for ApiUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let key = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(AppError::Unauthorized)?;
+        let user = jobs::accounts::user_for_api_key(&state.pool, key.trim()).await?;
+        user.map(ApiUser).ok_or(AppError::Unauthorized)
+    }
+}
+
+/// The caller's account: id, e-mail and spendable credits.
+async fn me(State(state): State<AppState>, ApiUser(user_id): ApiUser) -> Result<Json<serde_json::Value>, AppError> {
+    let (email, balance): (String, i64) = sqlx::query_as(
+        "SELECT u.email, coalesce(a.balance, 0) FROM users u LEFT JOIN credit_accounts a ON a.user_id = u.id
+          WHERE u.id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(AppError::NotFound)?;
+    Ok(Json(json!({"id": user_id, "email": email, "credits": balance})))
+}
+
+/// Counts and times every request by method, route template (never the raw path) and status.
+async fn record_http_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // A route layer runs after routing, so the template is known.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [method.as_str(), route.as_str(), status.as_str()];
+    state.metrics.http_requests_total.with_label_values(&labels).inc();
+    state.metrics.http_request_duration_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,280 @@
+//! Typed configuration, read once from environment variables (12-factor).
+//!
+//! One struct per concern. Every variable is documented on its field and in `.env.example`; a missing or
+//! invalid value stops start-up with an error naming the variable. Secrets are `SecretString` and never appear
+//! in `Debug` output or logs.
+
+use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
+
+use secrecy::SecretString;
+
+/// A configuration error: always names the variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name} is required but not set")]
+    Missing { name: &'static str },
+    #[error("environment variable {name} has an invalid value: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Where variables come from: the process environment in production, a map in tests.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|value| !value.is_empty())
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+fn required<S: Source>(source: &S, name: &'static str) -> Result<String, ConfigError> {
+    source.get(name).ok_or(ConfigError::Missing { name })
+}
+
+fn parsed_or<S: Source, T: FromStr>(source: &S, name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match source.get(name) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|error: T::Err| ConfigError::Invalid {
+            name,
+            reason: format!("{raw:?}: {error}"),
+        }),
+    }
+}
+
+fn seconds_or<S: Source>(source: &S, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    parsed_or(source, name, default).map(Duration::from_secs)
+}
+
+/// Postgres.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`: a direct (not transaction-pooled) connection: workers use LISTEN.
+    pub url: SecretString,
+    /// `DATABASE_MAX_CONNECTIONS` (default 20): pool size of this process.
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        let url = required(source, "DATABASE_URL")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_URL",
+                reason: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        Ok(Self {
+            url: url.into(),
+            max_connections: parsed_or(source, "DATABASE_MAX_CONNECTIONS", 20)?,
+        })
+    }
+}
+
+/// The object store (Cloudflare R2 in production; s3s-fs in tests and `dev`).
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// `S3_ENDPOINT`: e.g. `https://<account>.r2.cloudflarestorage.com`.
+    pub endpoint: String,
+    /// `S3_REGION` (default `auto`, as R2 wants).
+    pub region: String,
+    /// `S3_BUCKET`.
+    pub bucket: String,
+    /// `S3_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `S3_SECRET_ACCESS_KEY`.
+    pub secret_access_key: SecretString,
+}
+
+impl StorageConfig {
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        let endpoint = required(source, "S3_ENDPOINT")?;
+        url::Url::parse(&endpoint).map_err(|error| ConfigError::Invalid {
+            name: "S3_ENDPOINT",
+            reason: error.to_string(),
+        })?;
+        Ok(Self {
+            endpoint,
+            region: source.get("S3_REGION").unwrap_or_else(|| "auto".into()),
+            bucket: required(source, "S3_BUCKET")?,
+            access_key_id: required(source, "S3_ACCESS_KEY_ID")?,
+            secret_access_key: required(source, "S3_SECRET_ACCESS_KEY")?.into(),
+        })
+    }
+}
+
+/// Settings of the queue layer shared by every worker process.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// `QUEUE_POLL_INTERVAL_MS` (default 1000): fallback poll when no notification arrives; bounds how late a
+    /// delayed or retried job starts.
+    pub poll_interval: Duration,
+    /// `QUEUE_HEARTBEAT_SECONDS` (default 5): how often a worker refreshes `apalis.workers.last_seen`.
+    pub heartbeat_interval: Duration,
+    /// `QUEUE_DEAD_WORKER_SECONDS` (default 60): a worker silent this long is dead; its jobs are handed back.
+    pub dead_worker_after: Duration,
+    /// `QUEUE_SHUTDOWN_GRACE_SECONDS` (default 30): on SIGTERM, in-flight jobs get this long to finish before
+    /// they are handed back to the queue.
+    pub shutdown_grace: Duration,
+    /// `JOB_RETENTION_HOURS` (default 168): finished (done, cancelled) job rows are pruned after this age.
+    pub finished_job_retention: Duration,
+    /// `DEAD_JOB_RETENTION_HOURS` (default 720): dead job rows are kept this long for operators.
+    pub dead_job_retention: Duration,
+}
+
+impl QueueConfig {
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        Ok(Self {
+            poll_interval: Duration::from_millis(parsed_or(source, "QUEUE_POLL_INTERVAL_MS", 1000)?),
+            heartbeat_interval: seconds_or(source, "QUEUE_HEARTBEAT_SECONDS", 5)?,
+            dead_worker_after: seconds_or(source, "QUEUE_DEAD_WORKER_SECONDS", 60)?,
+            shutdown_grace: seconds_or(source, "QUEUE_SHUTDOWN_GRACE_SECONDS", 30)?,
+            finished_job_retention: Duration::from_secs(3600 * parsed_or(source, "JOB_RETENTION_HOURS", 168)?),
+            dead_job_retention: Duration::from_secs(3600 * parsed_or(source, "DEAD_JOB_RETENTION_HOURS", 720)?),
+        })
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self::from_source(&HashMap::new()).expect("defaults are valid")
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            other => Err(format!("expected json or pretty, got {other}")),
+        }
+    }
+}
+
+/// Listeners of a role.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `LISTEN_ADDR` (default 127.0.0.1:8080): the site and JSON API (api role).
+    pub listen: SocketAddr,
+    /// `METRICS_LISTEN_ADDR` (default 127.0.0.1:9090): `/metrics`, `/healthz`, `/readyz` of every role.
+    pub metrics_listen: SocketAddr,
+    /// `PUBLIC_BASE_URL` (default http://127.0.0.1:8080): links in e-mails and callback URLs are built from
+    /// this, never from the Host header.
+    pub public_base_url: url::Url,
+}
+
+impl HttpConfig {
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        let base = source.get("PUBLIC_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        Ok(Self {
+            listen: parsed_or(source, "LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            metrics_listen: parsed_or(source, "METRICS_LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090)))?,
+            public_base_url: url::Url::parse(&base).map_err(|error| ConfigError::Invalid {
+                name: "PUBLIC_BASE_URL",
+                reason: error.to_string(),
+            })?,
+        })
+    }
+}
+
+/// Everything a role needs. Loaded once at start-up by the binary and handed down.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub queue: QueueConfig,
+    pub http: HttpConfig,
+    /// `LOG_FORMAT` (default json): `json` in production, `pretty` for people.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Env)
+    }
+
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database: DatabaseConfig::from_source(source)?,
+            storage: StorageConfig::from_source(source)?,
+            queue: QueueConfig::from_source(source)?,
+            http: HttpConfig::from_source(source)?,
+            log_format: parsed_or(source, "LOG_FORMAT", LogFormat::Json)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn source(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn complete() -> HashMap<String, String> {
+        source(&[
+            ("DATABASE_URL", "postgres://u@localhost/db"),
+            ("S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("S3_BUCKET", "b"),
+            ("S3_ACCESS_KEY_ID", "k"),
+            ("S3_SECRET_ACCESS_KEY", "very-secret"),
+        ])
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_in_the_error() {
+        let mut vars = complete();
+        vars.remove("S3_BUCKET");
+        let error = Config::from_source(&vars).unwrap_err();
+        assert_eq!(error.to_string(), "environment variable S3_BUCKET is required but not set");
+    }
+
+    #[test]
+    fn an_invalid_number_is_named_with_its_value() {
+        let mut vars = complete();
+        vars.insert("DATABASE_MAX_CONNECTIONS".into(), "many".into());
+        let error = Config::from_source(&vars).unwrap_err().to_string();
+        assert!(error.contains("DATABASE_MAX_CONNECTIONS") && error.contains("many"), "{error}");
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let config = Config::from_source(&complete()).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("very-secret"), "{printed}");
+        assert_eq!(config.storage.secret_access_key.expose_secret(), "very-secret");
+    }
+
+    #[test]
+    fn defaults_apply_when_optional_variables_are_absent() {
+        let config = Config::from_source(&complete()).unwrap();
+        assert_eq!(config.http.listen.port(), 8080);
+        assert_eq!(config.http.metrics_listen.port(), 9090);
+        assert_eq!(config.queue.poll_interval, Duration::from_secs(1));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.storage.region, "auto");
+    }
+}

@@ -1,0 +1,15 @@
+//! Job definitions and the domain they act on, shared by every role (api, worker, scheduler).
+//!
+//! Invariant: this crate knows nothing of axum or maud; it is the layer both the web tier and the workers
+//! stand on. Entry points: [`config::Config`], [`db::migrate`], [`queue`] (the queue layer),
+//! [`kinds::registry`] (every job kind), [`schedule`] (periodic work), [`telemetry`].
+
+pub mod accounts;
+pub mod config;
+pub mod credits;
+pub mod db;
+pub mod kinds;
+pub mod queue;
+pub mod schedule;
+pub mod storage;
+pub mod telemetry;

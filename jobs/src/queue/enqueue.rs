@@ -1,0 +1,156 @@
+//! Putting jobs on a queue, inside the caller's transaction.
+//!
+//! `enqueue(&mut *tx, &job)` writes one row to `apalis.jobs` with the same connection as the caller's state
+//! change, so both commit or neither does. An idempotency key turns a duplicate into
+//! [`Enqueued::AlreadyQueued`] through `ON CONFLICT DO NOTHING` — never an error that would abort the caller's
+//! transaction (apalis' own push raises a unique violation there).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+use super::job::Job;
+
+/// Identifies one job row.
+pub type JobId = String;
+
+/// The result of an enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new row was written.
+    New(JobId),
+    /// A job of this kind with the same idempotency key exists already (queued, running or finished and not
+    /// yet pruned); nothing was written.
+    AlreadyQueued,
+}
+
+impl Enqueued {
+    pub fn is_new(&self) -> bool {
+        matches!(self, Self::New(_))
+    }
+}
+
+/// Options for one enqueue.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Do not start before this instant.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Deduplicates per job kind, for as long as the row is kept (see `JOB_RETENTION_HOURS`).
+    pub idempotency_key: Option<String>,
+    /// Higher runs first among due jobs of the same queue.
+    pub priority: i32,
+}
+
+impl EnqueueOptions {
+    pub fn key(key: impl Into<String>) -> Self {
+        Self { idempotency_key: Some(key.into()), ..Self::default() }
+    }
+
+    pub fn delayed(delay: Duration) -> Self {
+        Self { run_at: Some(Utc::now() + delay), ..Self::default() }
+    }
+
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// A job serialized and ready to insert; built by [`NewJob::of`], used for bulk inserts.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub queue: &'static str,
+    pub payload: Vec<u8>,
+    pub max_attempts: i32,
+    pub options: EnqueueOptions,
+}
+
+impl NewJob {
+    pub fn of<J: Job>(job: &J, options: EnqueueOptions) -> Self {
+        Self {
+            queue: J::NAME,
+            // Serializing a plain data struct to JSON cannot fail.
+            payload: serde_json::to_vec(job).expect("job payloads serialize to JSON"),
+            max_attempts: J::POLICY.max_attempts,
+            options,
+        }
+    }
+}
+
+pub(crate) fn new_job_id() -> JobId {
+    // Time-ordered, so ids sort like insertion order (as apalis' ULIDs do).
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Enqueues `job` to run as soon as a worker is free.
+pub async fn enqueue<'e, J: Job>(conn: impl PgExecutor<'e>, job: &J) -> sqlx::Result<Enqueued> {
+    enqueue_with(conn, job, EnqueueOptions::default()).await
+}
+
+/// Enqueues `job` with options (delay, idempotency key, priority).
+pub async fn enqueue_with<'e, J: Job>(
+    conn: impl PgExecutor<'e>,
+    job: &J,
+    options: EnqueueOptions,
+) -> sqlx::Result<Enqueued> {
+    enqueue_new(conn, NewJob::of(job, options)).await
+}
+
+/// Enqueues a prepared job (used by the scheduler).
+pub async fn enqueue_new<'e>(conn: impl PgExecutor<'e>, job: NewJob) -> sqlx::Result<Enqueued> {
+    let id: Option<String> = sqlx::query_scalar(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
+         VALUES ($1, $2, $3, 'Pending', 0, $4, COALESCE($5, now()), $6, $7)
+         ON CONFLICT (job_type, idempotency_key) DO NOTHING
+         RETURNING id",
+    )
+    .bind(new_job_id())
+    .bind(job.queue)
+    .bind(job.payload)
+    .bind(job.max_attempts)
+    .bind(job.options.run_at)
+    .bind(job.options.priority)
+    .bind(job.options.idempotency_key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(id.map_or(Enqueued::AlreadyQueued, Enqueued::New))
+}
+
+/// Enqueues many jobs in one statement (`unnest` arrays). Returns how many rows were written (duplicates by
+/// idempotency key are skipped).
+pub async fn enqueue_many<'e>(conn: impl PgExecutor<'e>, jobs: Vec<NewJob>) -> sqlx::Result<u64> {
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut max_attempts = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut keys = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        ids.push(new_job_id());
+        queues.push(job.queue.to_owned());
+        payloads.push(job.payload);
+        max_attempts.push(job.max_attempts);
+        run_ats.push(job.options.run_at);
+        priorities.push(job.options.priority);
+        keys.push(job.options.idempotency_key);
+    }
+    let result = sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
+         SELECT id, job_type, job, 'Pending', 0, max_attempts, COALESCE(run_at, now()), priority, idempotency_key
+           FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::timestamptz[], $6::int[], $7::text[])
+                AS t(id, job_type, job, max_attempts, run_at, priority, idempotency_key)
+         ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(queues)
+    .bind(payloads)
+    .bind(max_attempts)
+    .bind(run_ats)
+    .bind(priorities)
+    .bind(keys)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}

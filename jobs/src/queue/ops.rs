@@ -1,0 +1,191 @@
+//! What operators see and do: queue depth and age, dead jobs, retry, cancel, discard, pause, resume.
+//! Used by the `createimage2 jobs …` commands, the metrics exporter and the tests.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// Depth of one queue by state, and how long its oldest due job has waited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Due now, not yet claimed.
+    pub waiting: i64,
+    /// Pending with a future `run_at` (delayed, retrying or snoozed).
+    pub scheduled: i64,
+    pub running: i64,
+    /// Out of attempts or failed permanently; kept for an operator.
+    pub dead: i64,
+    /// Seconds since the oldest waiting job became due (0 when none waits).
+    pub oldest_waiting_age_seconds: f64,
+    pub paused: bool,
+}
+
+/// Every queue with unfinished or dead jobs (or a pause), from one grouped query.
+pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
+    let rows: Vec<(String, i64, i64, i64, i64, Option<f64>, bool)> = sqlx::query_as(
+        "WITH counts AS (
+             SELECT job_type,
+                    count(*) FILTER (WHERE status = 'Pending' AND run_at <= now()) AS waiting,
+                    count(*) FILTER (WHERE status = 'Pending' AND run_at > now()) AS scheduled,
+                    count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS running,
+                    count(*) FILTER (WHERE status = 'Failed') AS dead,
+                    EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE status = 'Pending' AND run_at <= now()))::float8
+                        AS oldest
+               FROM apalis.jobs
+              WHERE status IN ('Pending', 'Queued', 'Running', 'Failed')
+              GROUP BY job_type
+         )
+         SELECT coalesce(c.job_type, p.queue), coalesce(c.waiting, 0), coalesce(c.scheduled, 0),
+                coalesce(c.running, 0), coalesce(c.dead, 0), c.oldest, p.queue IS NOT NULL
+           FROM counts c FULL JOIN queue_pauses p ON p.queue = c.job_type
+          ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(queue, waiting, scheduled, running, dead, oldest, paused)| QueueStats {
+            queue,
+            waiting,
+            scheduled,
+            running,
+            dead,
+            oldest_waiting_age_seconds: oldest.unwrap_or(0.0).max(0.0),
+            paused,
+        })
+        .collect())
+}
+
+/// A job as operators see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub queue: String,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub done_at: Option<DateTime<Utc>>,
+    pub lock_by: Option<String>,
+    /// The last error, for failed attempts and dead jobs.
+    pub last_error: Option<String>,
+    pub payload: String,
+}
+
+const JOB_COLUMNS: &str = "id, job_type AS queue, status, attempts, max_attempts, run_at, done_at, lock_by,
+     last_result ->> 'Err' AS last_error, convert_from(job, 'UTF8') AS payload";
+
+/// Dead jobs, newest first, optionally of one queue.
+pub async fn dead_jobs(pool: &PgPool, queue: Option<&str>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+    // Only a constant column list is interpolated.
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM apalis.jobs
+          WHERE status = 'Failed' AND ($1::text IS NULL OR job_type = $1)
+          ORDER BY done_at DESC NULLS LAST LIMIT $2"
+    )))
+    .bind(queue)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One job by id.
+pub async fn find_job(pool: &PgPool, id: &str) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM apalis.jobs WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Re-runs a dead or cancelled job from scratch (attempts reset). Returns false when the job is not dead or
+/// cancelled (it may be waiting, running or done).
+pub async fn retry_job(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE apalis.jobs
+            SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL, lock_by = NULL, lock_at = NULL
+          WHERE id = $1 AND status IN ('Failed', 'Killed')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Cancels a job that has not started (waiting or scheduled): it will not run. Returns false otherwise.
+pub async fn cancel_job(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Killed', done_at = now(),
+                last_result = jsonb_build_object('Err', 'cancelled by an operator')
+          WHERE id = $1 AND status = 'Pending'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Deletes a dead job for good. Returns false when the job is not dead.
+pub async fn discard_job(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+    let result = sqlx::query("DELETE FROM apalis.jobs WHERE id = $1 AND status = 'Failed'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Stops workers claiming from `queue` (running jobs finish). Idempotent.
+pub async fn pause_queue(pool: &PgPool, queue: &str, reason: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO queue_pauses (queue, reason) VALUES ($1, $2) ON CONFLICT (queue) DO NOTHING")
+        .bind(queue)
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Lets workers claim from `queue` again. Idempotent.
+pub async fn resume_queue(pool: &PgPool, queue: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM queue_pauses WHERE queue = $1").bind(queue).execute(pool).await?;
+    // Wake idle workers of that queue now rather than at their next poll.
+    sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
+        .bind(super::runtime::INSERT_CHANNEL)
+        .bind(queue)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Deletes finished rows past their retention, in batches so no statement holds locks for long. Returns the
+/// number of rows deleted. Also forgets workers that have been silent for a day and hold no job rows.
+pub async fn prune_finished(
+    pool: &PgPool,
+    finished_older_than: std::time::Duration,
+    dead_older_than: std::time::Duration,
+) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM apalis.jobs WHERE id IN (
+                 SELECT id FROM apalis.jobs
+                  WHERE (status IN ('Done', 'Killed') AND done_at < now() - make_interval(secs => $1))
+                     OR (status = 'Failed' AND done_at < now() - make_interval(secs => $2))
+                  LIMIT 5000)",
+        )
+        .bind(finished_older_than.as_secs_f64())
+        .bind(dead_older_than.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < 5000 {
+            break;
+        }
+    }
+    sqlx::query(
+        "DELETE FROM apalis.workers w WHERE last_seen < now() - interval '1 day'
+            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(total)
+}

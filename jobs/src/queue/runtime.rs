@@ -1,0 +1,712 @@
+//! The worker runtime: claims jobs from `apalis.jobs`, runs them, records outcomes, hands back what it cannot
+//! finish. One [`Runner`] per queue a process serves, each with its own concurrency.
+//!
+//! Guard rails (see `../shared/docs/apalis-postgres.md` and ARCHITECTURE.md):
+//! - claims are batched to the number of free slots (`FOR UPDATE SKIP LOCKED`), completions of successful jobs
+//!   are batched into one `UPDATE … WHERE id = ANY($1)` per flush;
+//! - a timeout and panic capture wrap every attempt *inside* the runner, so no attempt leaves its row `Running`;
+//! - a failed attempt is retried by moving `run_at` (exponential backoff with jitter, persisted) — no attempt
+//!   ever sleeps in a worker slot and nothing hot-loops;
+//! - LISTEN on apalis' insert channel wakes a runner at once, and a ≤ 1 s poll catches delayed and retried jobs;
+//! - a database error never ends a runner: it reports not-ready, backs off and tries again; a runner that panics
+//!   is restarted by its supervisor;
+//! - heartbeats in `apalis.workers`, and a reaper that hands back jobs of silent workers and of attempts stuck
+//!   past their timeout;
+//! - on shutdown, in-flight jobs get a grace period, then are handed back to `Pending`.
+
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    job::{JobContext, JobError, Outcome, Services},
+    registry::{Handler, Registry},
+};
+use crate::config::QueueConfig;
+
+/// The channel apalis-postgres' insert trigger notifies (payload: JSON with `job_type`).
+pub const INSERT_CHANNEL: &str = "apalis::job::insert";
+
+/// Most rows claimed in one statement.
+const CLAIM_BATCH_MAX: usize = 200;
+/// Most ids marked done in one statement.
+const COMPLETE_BATCH_MAX: usize = 1000;
+
+/// Which queues a worker process serves, and how many jobs of each it runs at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePlan {
+    pub queue: String,
+    pub concurrency: usize,
+}
+
+/// Liveness of one queue runner, read by `/readyz` and the metrics.
+#[derive(Debug)]
+pub struct QueueHealth {
+    pub queue: String,
+    pub worker_id: String,
+    /// Unix milliseconds of the runner's last loop iteration.
+    last_tick_ms: AtomicI64,
+    database_ok: AtomicBool,
+    running: AtomicBool,
+    restarts: AtomicU64,
+}
+
+impl QueueHealth {
+    fn new(queue: &str, worker_id: String) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            worker_id,
+            last_tick_ms: AtomicI64::new(Utc::now().timestamp_millis()),
+            database_ok: AtomicBool::new(true),
+            running: AtomicBool::new(true),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    fn tick(&self) {
+        self.last_tick_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// The runner is looping (its last iteration is recent) and its last database call worked.
+    pub fn is_healthy(&self, stale_after: Duration) -> bool {
+        let age_ms = Utc::now().timestamp_millis() - self.last_tick_ms.load(Ordering::Relaxed);
+        self.running.load(Ordering::Relaxed)
+            && self.database_ok.load(Ordering::Relaxed)
+            && age_ms <= stale_after.as_millis() as i64
+    }
+
+    /// How often the supervisor restarted this runner after it died.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+}
+
+/// Health of a whole worker process.
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    pub queues: Vec<Arc<QueueHealth>>,
+    draining: AtomicBool,
+    stale_after: Duration,
+}
+
+impl WorkerHealth {
+    /// Ready: not draining, and every runner alive with a working database connection.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.queues.iter().all(|q| q.is_healthy(self.stale_after))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` when the worker can take work; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".into());
+        }
+        let unhealthy = self.unhealthy_queues();
+        if unhealthy.is_empty() { Ok(()) } else { Err(format!("queue runners not healthy: {}", unhealthy.join(", "))) }
+    }
+
+    /// Queues whose runner is not healthy.
+    pub fn unhealthy_queues(&self) -> Vec<String> {
+        self.queues.iter().filter(|q| !q.is_healthy(self.stale_after)).map(|q| q.queue.clone()).collect()
+    }
+}
+
+/// A started worker: its health and the task that ends when it has drained.
+pub struct RunningWorker {
+    pub health: Arc<WorkerHealth>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Waits until every runner has drained and handed back its unfinished jobs.
+    pub async fn wait(self) {
+        if let Err(error) = self.handle.await {
+            tracing::error!(error = %error, "worker task failed");
+        }
+    }
+}
+
+/// Starts runners for `plans` (each queue must be in `registry`) and returns at once.
+pub async fn start(
+    pool: PgPool,
+    registry: &Registry,
+    services: Arc<Services>,
+    plans: Vec<QueuePlan>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningWorker> {
+    let config = services.queue.clone();
+    let host = hostname();
+    let process_tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let mut runners = Vec::new();
+    let mut wakers = HashMap::new();
+    for plan in &plans {
+        let handler = registry
+            .get(&plan.queue)
+            .with_context(|| format!("unknown queue {:?}", plan.queue))?
+            .clone();
+        anyhow::ensure!(plan.concurrency > 0, "concurrency of queue {} must be at least 1", plan.queue);
+        let worker_id = format!("{host}:{}:{}:{process_tag}", std::process::id(), plan.queue);
+        let wake = Arc::new(Notify::new());
+        wakers.insert(plan.queue.clone(), wake.clone());
+        runners.push(Arc::new(Runner {
+            health: Arc::new(QueueHealth::new(&plan.queue, worker_id.clone())),
+            queue: handler.queue,
+            handler,
+            concurrency: plan.concurrency,
+            worker_id,
+            pool: pool.clone(),
+            services: services.clone(),
+            wake,
+            config: config.clone(),
+        }));
+    }
+    let health = Arc::new(WorkerHealth {
+        queues: runners.iter().map(|r| r.health.clone()).collect(),
+        draining: AtomicBool::new(false),
+        stale_after: (config.poll_interval * 10).max(Duration::from_secs(15)),
+    });
+
+    // Register before the first claim: `apalis.jobs.lock_by` references `apalis.workers.id`. If the database is
+    // down now, the heartbeat task keeps trying and the runners report not-ready until it answers.
+    let worker_ids: Vec<(String, String)> =
+        runners.iter().map(|r| (r.worker_id.clone(), r.queue.to_owned())).collect();
+    if let Err(error) = register_workers(&pool, &worker_ids).await {
+        tracing::warn!(error = %error, "could not register workers yet; will retry");
+    }
+
+    let background = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(listen_for_inserts(pool.clone(), wakers, background.clone()));
+    tasks.spawn(heartbeat(pool.clone(), worker_ids, config.heartbeat_interval, background.clone()));
+    let queues: Vec<(String, Duration)> =
+        runners.iter().map(|r| (r.queue.to_owned(), r.handler.policy.timeout)).collect();
+    tasks.spawn(reap(pool.clone(), queues, config.clone(), background.clone()));
+
+    let health_for_task = health.clone();
+    let handle = tokio::spawn(async move {
+        let mut supervised = JoinSet::new();
+        for runner in runners {
+            supervised.spawn(supervise(runner, services.metrics.clone(), shutdown.clone()));
+        }
+        shutdown.cancelled().await;
+        health_for_task.draining.store(true, Ordering::Relaxed);
+        while supervised.join_next().await.is_some() {}
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+    });
+    Ok(RunningWorker { health, handle })
+}
+
+/// Keeps a runner going: a runner that panics is started again after a pause, and counted.
+async fn supervise(runner: Arc<Runner>, metrics: crate::telemetry::Metrics, shutdown: CancellationToken) {
+    let queue = runner.queue;
+    metrics.workers_alive.with_label_values(&[queue]).inc();
+    loop {
+        let result = tokio::spawn(runner.clone().run(shutdown.clone())).await;
+        match result {
+            Ok(()) => break,
+            Err(error) => {
+                runner.health.running.store(false, Ordering::Relaxed);
+                runner.health.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(job.queue = queue, error = %error, "queue runner died; restarting it");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                runner.health.running.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    metrics.workers_alive.with_label_values(&[queue]).dec();
+}
+
+struct Runner {
+    queue: &'static str,
+    handler: Handler,
+    concurrency: usize,
+    worker_id: String,
+    pool: PgPool,
+    services: Arc<Services>,
+    wake: Arc<Notify>,
+    config: QueueConfig,
+    health: Arc<QueueHealth>,
+}
+
+/// A row this worker has claimed.
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimedJob {
+    id: String,
+    job: Vec<u8>,
+    attempts: i32,
+    max_attempts: i32,
+    run_at: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+}
+
+impl Runner {
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut in_flight = JoinSet::new();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let completer = tokio::spawn(complete_in_batches(
+            self.pool.clone(),
+            self.worker_id.clone(),
+            self.queue,
+            done_rx,
+        ));
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut database_backoff = Duration::from_millis(100);
+
+        loop {
+            self.health.tick();
+            while let Some(result) = in_flight.try_join_next() {
+                log_task_failure(self.queue, result);
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    Some(result) = in_flight.join_next() => log_task_failure(self.queue, result),
+                    _ = poll.tick() => {}
+                }
+                continue;
+            }
+            let wanted = free.min(CLAIM_BATCH_MAX);
+            match claim(&self.pool, self.queue, &self.worker_id, wanted).await {
+                Ok(jobs) => {
+                    self.health.database_ok.store(true, Ordering::Relaxed);
+                    database_backoff = Duration::from_millis(100);
+                    let claimed_all = jobs.len() == wanted;
+                    for job in jobs {
+                        let permit = slots.clone().try_acquire_owned().expect("claimed no more than free slots");
+                        in_flight.spawn(self.clone().execute(job, permit, done_tx.clone()));
+                    }
+                    if claimed_all {
+                        // More may be waiting: claim again as soon as slots allow.
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    self.health.database_ok.store(false, Ordering::Relaxed);
+                    tracing::warn!(job.queue = self.queue, error = %error, "claiming jobs failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(database_backoff) => {}
+                    }
+                    database_backoff = (database_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                _ = poll.tick() => {}
+            }
+        }
+
+        // Drain: in-flight jobs get the grace period, then are cancelled and handed back.
+        let grace = self.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(result) = in_flight.join_next().await {
+                log_task_failure(self.queue, result);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(job.queue = self.queue, in_flight = in_flight.len(), "grace period over; handing jobs back");
+            in_flight.abort_all();
+            while in_flight.join_next().await.is_some() {}
+        }
+        drop(done_tx);
+        if let Err(error) = completer.await {
+            tracing::error!(job.queue = self.queue, error = %error, "completion task failed");
+        }
+        match hand_back(&self.pool, &self.worker_id).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(job.queue = self.queue, count, "handed unfinished jobs back to the queue"),
+            Err(error) => {
+                tracing::error!(job.queue = self.queue, error = %error, "could not hand jobs back; the reaper will")
+            }
+        }
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        job: ClaimedJob,
+        _slot: OwnedSemaphorePermit,
+        done: mpsc::UnboundedSender<String>,
+    ) {
+        let metrics = &self.services.metrics;
+        let wait = (job.started_at - job.run_at).to_std().unwrap_or_default();
+        metrics.job_wait_seconds.with_label_values(&[self.queue]).observe(wait.as_secs_f64());
+        let span = tracing::info_span!("job", job.queue = self.queue, job.id = %job.id, job.attempt = job.attempts);
+        let ctx = JobContext {
+            pool: self.pool.clone(),
+            services: self.services.clone(),
+            job_id: job.id.clone(),
+            attempt: job.attempts,
+        };
+        let started = Instant::now();
+        let timeout = self.handler.policy.timeout;
+        let attempt = AssertUnwindSafe(self.handler.call(job.job, ctx)).catch_unwind();
+        let result = match tokio::time::timeout(timeout, attempt).instrument(span.clone()).await {
+            Err(_) => Err(JobError::Retryable(anyhow::anyhow!("attempt timed out after {timeout:?}"))),
+            Ok(Err(panic)) => Err(JobError::Retryable(anyhow::anyhow!("attempt panicked: {}", panic_message(&*panic)))),
+            Ok(Ok(result)) => result,
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let _entered = span.enter();
+        match result {
+            Ok(Outcome::Done) => {
+                metrics.job_duration_seconds.with_label_values(&[self.queue, "done"]).observe(elapsed);
+                metrics.jobs_completed_total.with_label_values(&[self.queue]).inc();
+                tracing::debug!(duration_ms = elapsed * 1000.0, "job done");
+                // The completer marks it done; if the process dies first, the job runs again (at-least-once).
+                let _ = done.send(job.id);
+            }
+            Ok(Outcome::Snooze(delay)) => {
+                metrics.job_duration_seconds.with_label_values(&[self.queue, "snoozed"]).observe(elapsed);
+                metrics.jobs_snoozed_total.with_label_values(&[self.queue]).inc();
+                self.record(Transition::Snooze { delay }, &job.id).await;
+            }
+            Err(error) => {
+                let permanent = matches!(error, JobError::Permanent(_));
+                let dead = permanent || job.attempts >= job.max_attempts;
+                let message = error.to_string();
+                metrics.job_duration_seconds.with_label_values(&[self.queue, "failed"]).observe(elapsed);
+                if dead {
+                    metrics.jobs_dead_total.with_label_values(&[self.queue]).inc();
+                    tracing::error!(error = %message, permanent, attempts = job.attempts, "job is dead");
+                    self.record(Transition::Dead { error: message }, &job.id).await;
+                } else {
+                    let delay = self.handler.policy.backoff(job.attempts);
+                    metrics.jobs_retried_total.with_label_values(&[self.queue]).inc();
+                    tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                    self.record(Transition::Retry { delay, error: message }, &job.id).await;
+                }
+            }
+        }
+    }
+
+    /// Writes a non-success outcome, retrying briefly through a database blip. If it still fails, the row stays
+    /// `Running` and the reaper hands it back later: the job runs again, which jobs are built to tolerate.
+    async fn record(&self, transition: Transition, job_id: &str) {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            match transition.write(&self.pool, job_id, &self.worker_id).await {
+                Ok(()) => return,
+                Err(error) if attempt == 5 => {
+                    tracing::error!(job.id = job_id, error = %error, "could not record job outcome; the reaper will hand it back");
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
+
+enum Transition {
+    Snooze { delay: Duration },
+    Retry { delay: Duration, error: String },
+    Dead { error: String },
+}
+
+impl Transition {
+    async fn write(&self, pool: &PgPool, job_id: &str, worker_id: &str) -> sqlx::Result<()> {
+        let query = match self {
+            // A snooze gives the attempt back: only failures count towards max_attempts.
+            Self::Snooze { delay } => sqlx::query(
+                "UPDATE apalis.jobs
+                    SET status = 'Pending', run_at = now() + make_interval(secs => $3), attempts = attempts - 1,
+                        lock_by = NULL, lock_at = NULL
+                  WHERE id = $1 AND lock_by = $2 AND status = 'Running'",
+            )
+            .bind(job_id)
+            .bind(worker_id)
+            .bind(delay.as_secs_f64()),
+            Self::Retry { delay, error } => sqlx::query(
+                "UPDATE apalis.jobs
+                    SET status = 'Pending', run_at = now() + make_interval(secs => $3),
+                        last_result = jsonb_build_object('Err', $4::text), lock_by = NULL, lock_at = NULL
+                  WHERE id = $1 AND lock_by = $2 AND status = 'Running'",
+            )
+            .bind(job_id)
+            .bind(worker_id)
+            .bind(delay.as_secs_f64())
+            .bind(error),
+            Self::Dead { error } => sqlx::query(
+                "UPDATE apalis.jobs
+                    SET status = 'Failed', done_at = now(), last_result = jsonb_build_object('Err', $3::text)
+                  WHERE id = $1 AND lock_by = $2 AND status = 'Running'",
+            )
+            .bind(job_id)
+            .bind(worker_id)
+            .bind(error),
+        };
+        query.execute(pool).await.map(drop)
+    }
+}
+
+async fn claim(pool: &PgPool, queue: &str, worker_id: &str, limit: usize) -> sqlx::Result<Vec<ClaimedJob>> {
+    sqlx::query_as(
+        "WITH next AS (
+             SELECT id FROM apalis.jobs
+              WHERE job_type = $1 AND status = 'Pending' AND run_at <= now()
+                AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)
+              ORDER BY priority DESC, run_at ASC, id
+              LIMIT $3
+                FOR UPDATE SKIP LOCKED
+         )
+         UPDATE apalis.jobs AS j
+            SET status = 'Running', lock_by = $2, lock_at = now(), attempts = j.attempts + 1
+           FROM next
+          WHERE j.id = next.id
+      RETURNING j.id, j.job, j.attempts, j.max_attempts, j.run_at, j.lock_at AS started_at",
+    )
+    .bind(queue)
+    .bind(worker_id)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks successful jobs done, many per statement: whatever has arrived since the last flush.
+async fn complete_in_batches(
+    pool: PgPool,
+    worker_id: String,
+    queue: &'static str,
+    mut done: mpsc::UnboundedReceiver<String>,
+) {
+    let mut batch = Vec::with_capacity(COMPLETE_BATCH_MAX);
+    while let Some(first) = done.recv().await {
+        batch.push(first);
+        while batch.len() < COMPLETE_BATCH_MAX {
+            match done.try_recv() {
+                Ok(id) => batch.push(id),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let result = sqlx::query(
+                "UPDATE apalis.jobs SET status = 'Done', done_at = now(), last_result = '{\"Ok\": null}'::jsonb
+                  WHERE id = ANY($1) AND lock_by = $2 AND status = 'Running'",
+            )
+            .bind(&batch)
+            .bind(&worker_id)
+            .execute(&pool)
+            .await;
+            match result {
+                Ok(_) => break,
+                Err(error) if delay > Duration::from_secs(5) => {
+                    // The rows stay Running; the reaper hands them back and they run again (at-least-once).
+                    tracing::error!(job.queue = queue, count = batch.len(), error = %error, "could not mark jobs done");
+                    break;
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Returns this worker's unfinished jobs to `Pending` (the interrupted attempt does not count).
+async fn hand_back(pool: &PgPool, worker_id: &str) -> sqlx::Result<u64> {
+    sqlx::query(
+        "UPDATE apalis.jobs
+            SET status = 'Pending', run_at = now(), attempts = GREATEST(attempts - 1, 0), lock_by = NULL, lock_at = NULL
+          WHERE lock_by = $1 AND status IN ('Queued', 'Running')",
+    )
+    .bind(worker_id)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+async fn register_workers(pool: &PgPool, workers: &[(String, String)]) -> sqlx::Result<()> {
+    let (ids, queues): (Vec<String>, Vec<String>) = workers.iter().cloned().unzip();
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         SELECT id, queue, 'createimage2', '', now() FROM unnest($1::text[], $2::text[]) AS t(id, queue)
+         ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+    )
+    .bind(ids)
+    .bind(queues)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+async fn heartbeat(pool: PgPool, workers: Vec<(String, String)>, every: Duration, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(error) = register_workers(&pool, &workers).await {
+            tracing::warn!(error = %error, "worker heartbeat failed");
+        }
+    }
+}
+
+/// Hands back jobs whose worker stopped heartbeating, and attempts running far past their timeout (a runner
+/// that died mid-attempt). A job out of attempts is dead instead, with the reason kept.
+async fn reap(pool: PgPool, queues: Vec<(String, Duration)>, config: QueueConfig, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(config.heartbeat_interval.max(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        for (queue, timeout) in &queues {
+            // Allow the in-runner timeout to fire and its outcome to be written first.
+            let stuck_after = *timeout + Duration::from_secs(30);
+            match reap_queue(&pool, queue, config.dead_worker_after, stuck_after).await {
+                Ok(0) => {}
+                Ok(count) => tracing::warn!(job.queue = %queue, count, "reaped abandoned jobs"),
+                Err(error) => tracing::warn!(job.queue = %queue, error = %error, "reaping failed"),
+            }
+        }
+    }
+}
+
+/// One reaper pass over a queue. Public for tests and the ops command.
+pub async fn reap_queue(
+    pool: &PgPool,
+    queue: &str,
+    dead_worker_after: Duration,
+    stuck_after: Duration,
+) -> sqlx::Result<u64> {
+    sqlx::query(
+        "WITH abandoned AS (
+             SELECT j.id FROM apalis.jobs j
+               LEFT JOIN apalis.workers w ON w.id = j.lock_by
+              WHERE j.job_type = $1 AND j.status IN ('Queued', 'Running')
+                AND (w.id IS NULL
+                     OR w.last_seen < now() - make_interval(secs => $2)
+                     OR j.lock_at < now() - make_interval(secs => $3))
+                FOR UPDATE OF j SKIP LOCKED
+         )
+         UPDATE apalis.jobs j
+            SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'Failed' ELSE 'Pending' END,
+                done_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                run_at = now(),
+                lock_by = CASE WHEN j.attempts >= j.max_attempts THEN j.lock_by END,
+                lock_at = CASE WHEN j.attempts >= j.max_attempts THEN j.lock_at END,
+                last_result = jsonb_build_object('Err', 'abandoned by worker ' || coalesce(j.lock_by, '?')
+                                                 || ' (stopped heartbeating or exceeded its timeout)')
+           FROM abandoned
+          WHERE j.id = abandoned.id",
+    )
+    .bind(queue)
+    .bind(dead_worker_after.as_secs_f64())
+    .bind(stuck_after.as_secs_f64())
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+/// Wakes the runner of a queue when apalis' trigger announces an immediate job for it. Reconnects after a
+/// database outage; meanwhile the runners' poll keeps work moving.
+async fn listen_for_inserts(pool: PgPool, wakers: HashMap<String, Arc<Notify>>, stop: CancellationToken) {
+    #[derive(serde::Deserialize)]
+    struct Insert {
+        job_type: String,
+    }
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(error = %error, "LISTEN connection failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Err(error) = listener.listen(INSERT_CHANNEL).await {
+            tracing::warn!(error = %error, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            let notification = tokio::select! {
+                () = stop.cancelled() => return,
+                notification = listener.try_recv() => notification,
+            };
+            match notification {
+                Ok(Some(notification)) => {
+                    if let Ok(insert) = serde_json::from_str::<Insert>(notification.payload())
+                        && let Some(wake) = wakers.get(&insert.job_type)
+                    {
+                        wake.notify_one();
+                    }
+                }
+                Ok(None) => {
+                    // Connection lost and re-established by sqlx: notifications may have been missed.
+                    wakers.values().for_each(|wake| wake.notify_one());
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "LISTEN connection broke; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn log_task_failure(queue: &str, result: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = result
+        && !error.is_cancelled()
+    {
+        tracing::error!(job.queue = queue, error = %error, "job task failed outside its attempt");
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

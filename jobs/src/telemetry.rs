@@ -1,0 +1,261 @@
+//! Metrics, logs, and the small ops listener (`/metrics`, `/healthz`, `/readyz`) every role serves.
+//!
+//! Metrics live in a per-process [`Metrics`] (its own `prometheus::Registry`, so tests can run several apps
+//! in one process). Gauges read from the database (queue depth and age) are computed in one place,
+//! [`Metrics::refresh_queue_gauges`], by one grouped query, and only by the role that owns them (see
+//! ARCHITECTURE.md): scraping N workers does not multiply them.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LogFormat;
+
+/// Latency buckets for jobs and waits: 1 ms to 10 min.
+const JOB_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Latency buckets for HTTP requests: 0.5 ms to 10 s.
+const HTTP_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+/// Every metric the code emits. `dashboards/README.md` lists them with their meaning.
+pub struct MetricSet {
+    pub registry: Registry,
+    pub job_wait_seconds: HistogramVec,
+    pub job_duration_seconds: HistogramVec,
+    pub jobs_completed_total: IntCounterVec,
+    pub jobs_retried_total: IntCounterVec,
+    pub jobs_snoozed_total: IntCounterVec,
+    pub jobs_dead_total: IntCounterVec,
+    pub workers_alive: IntGaugeVec,
+    pub jobs: IntGaugeVec,
+    pub job_oldest_waiting_age_seconds: prometheus::GaugeVec,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry.register(Box::new(collector.clone())).expect("metric names are unique");
+    collector
+}
+
+impl Metrics {
+    /// A fresh set for a process playing `role` (api, worker, scheduler, dev).
+    pub fn new(role: &str) -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let job_histogram = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(JOB_BUCKETS.to_vec()), labels).unwrap(),
+            )
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+        };
+        let metrics = MetricSet {
+            job_wait_seconds: job_histogram(
+                "createimage2_job_wait_seconds",
+                "Time from a job's run_at to the start of its attempt.",
+                &["queue"],
+            ),
+            job_duration_seconds: job_histogram(
+                "createimage2_job_duration_seconds",
+                "Duration of one job attempt, by outcome (done, snoozed, failed).",
+                &["queue", "outcome"],
+            ),
+            jobs_completed_total: counter("createimage2_jobs_completed_total", "Jobs finished successfully.", &["queue"]),
+            jobs_retried_total: counter(
+                "createimage2_jobs_retried_total",
+                "Failed attempts that were scheduled to retry.",
+                &["queue"],
+            ),
+            jobs_snoozed_total: counter(
+                "createimage2_jobs_snoozed_total",
+                "Attempts that asked to run again later (e.g. polling).",
+                &["queue"],
+            ),
+            jobs_dead_total: counter(
+                "createimage2_jobs_dead_total",
+                "Jobs that failed permanently or ran out of attempts.",
+                &["queue"],
+            ),
+            workers_alive: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("createimage2_workers_alive", "Queue runners alive in this process."),
+                    &["queue"],
+                )
+                .unwrap(),
+            ),
+            jobs: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("createimage2_jobs", "Jobs by queue and state (waiting, scheduled, running, dead)."),
+                    &["queue", "state"],
+                )
+                .unwrap(),
+            ),
+            job_oldest_waiting_age_seconds: register(
+                r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "createimage2_job_oldest_waiting_age_seconds",
+                        "How long the oldest due, unclaimed job of a queue has waited.",
+                    ),
+                    &["queue"],
+                )
+                .unwrap(),
+            ),
+            http_requests_total: counter(
+                "http_requests_total",
+                "HTTP requests by method, route template and status.",
+                &["method", "route", "status"],
+            ),
+            http_request_duration_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("http_request_duration_seconds", "HTTP request latency.")
+                        .buckets(HTTP_BUCKETS.to_vec()),
+                    &["method", "route", "status"],
+                )
+                .unwrap(),
+            ),
+            build_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("createimage2_build_info", "Always 1; labels name the build and the role."),
+                    &["version", "role"],
+                )
+                .unwrap(),
+            ),
+            registry,
+        };
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), role]).set(1);
+        Self(Arc::new(metrics))
+    }
+
+    /// Reads queue depth by state and the oldest waiting age from the database (one grouped query) into the
+    /// gauges. Queues that emptied are reset to zero rather than left at their last value.
+    pub async fn refresh_queue_gauges(&self, pool: &PgPool, known_queues: &[&str]) -> sqlx::Result<()> {
+        let stats = crate::queue::ops::queue_stats(pool).await?;
+        self.jobs.reset();
+        self.job_oldest_waiting_age_seconds.reset();
+        for queue in known_queues {
+            for state in ["waiting", "scheduled", "running", "dead"] {
+                self.jobs.with_label_values(&[queue, state]).set(0);
+            }
+            self.job_oldest_waiting_age_seconds.with_label_values(&[queue]).set(0.0);
+        }
+        for s in stats {
+            let q = s.queue.as_str();
+            self.jobs.with_label_values(&[q, "waiting"]).set(s.waiting);
+            self.jobs.with_label_values(&[q, "scheduled"]).set(s.scheduled);
+            self.jobs.with_label_values(&[q, "running"]).set(s.running);
+            self.jobs.with_label_values(&[q, "dead"]).set(s.dead);
+            self.job_oldest_waiting_age_seconds.with_label_values(&[q]).set(s.oldest_waiting_age_seconds);
+        }
+        Ok(())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Installs the global log subscriber: JSON lines in production, readable lines for people. `RUST_LOG`
+/// filters (default `info`). Safe to call more than once (later calls are ignored).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let result = match format {
+        LogFormat::Json => fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_env_filter(filter)
+            .try_init(),
+        LogFormat::Pretty => fmt().with_env_filter(filter).try_init(),
+    };
+    drop(result);
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the ops listener asks of its role.
+pub trait OpsProbe: Send + Sync + 'static {
+    /// The metrics page (may refresh database gauges first).
+    fn metrics(&self) -> BoxFuture<String>;
+    /// Ready to serve: database reachable, workers alive, not draining. `Err` says why not.
+    fn ready(&self) -> BoxFuture<Result<(), String>>;
+}
+
+/// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` on `listener` until `shutdown`.
+pub async fn serve_ops(listener: TcpListener, probe: Arc<dyn OpsProbe>, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(error = %error, "ops listener accept failed");
+                    continue;
+                }
+            },
+        };
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let probe = probe.clone();
+                async move { Ok::<_, Infallible>(answer(request.uri().path(), &*probe).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn answer(path: &str, probe: &dyn OpsProbe) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", probe.metrics().await),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => match probe.ready().await {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
+        },
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// Binds a listener, with the address in the error.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}

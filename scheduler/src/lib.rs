@@ -1,0 +1,115 @@
+//! The scheduler role: enqueues periodic work at its ticks, and nothing else.
+//!
+//! Invariant: the scheduler only enqueues. Every tick is enqueued with the idempotency key
+//! `<schedule>:<tick>`, so N replicas produce one job per tick; after downtime only the latest missed tick is
+//! enqueued. It also exports the database-derived queue gauges (`createimage2_jobs`,
+//! `createimage2_job_oldest_waiting_age_seconds`): one small role owns them, so scraping many workers does not
+//! multiply them or the query behind them.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use jobs::{
+    config::Config,
+    queue::Enqueued,
+    schedule::Schedule,
+    telemetry::{self, Metrics, OpsProbe},
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The longest the scheduler sleeps between checks, so clock jumps and new ticks are noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+pub struct Scheduler {
+    pool: PgPool,
+    schedules: Vec<Schedule>,
+    metrics: Metrics,
+    ops_listener: Option<TcpListener>,
+}
+
+impl Scheduler {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let pool = jobs::db::pool(&config.database)?;
+        let listener = telemetry::bind(config.http.metrics_listen).await?;
+        Ok(Self::with_parts(pool, jobs::schedule::schedules(), Metrics::new("scheduler"), Some(listener)))
+    }
+
+    pub fn with_parts(
+        pool: PgPool,
+        schedules: Vec<Schedule>,
+        metrics: Metrics,
+        ops_listener: Option<TcpListener>,
+    ) -> Self {
+        Self { pool, schedules, metrics, ops_listener }
+    }
+
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Enqueues the latest due tick of every schedule (idempotently). Returns how many were new.
+    pub async fn tick_once(&self) -> anyhow::Result<usize> {
+        tick_all(&self.pool, &self.schedules).await
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(listener) = self.ops_listener {
+            let probe = Arc::new(QueueGaugeProbe { pool: self.pool.clone(), metrics: self.metrics.clone() });
+            tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
+        }
+        loop {
+            if let Err(error) = tick_all(&self.pool, &self.schedules).await {
+                tracing::warn!(error = %error, "enqueueing scheduled ticks failed; will retry");
+            }
+            let now = Utc::now();
+            let next = self.schedules.iter().filter_map(|s| s.next_tick(now)).min();
+            let sleep = next.and_then(|n| (n - now).to_std().ok()).unwrap_or(MAX_SLEEP).min(MAX_SLEEP);
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                // A little past the tick, so `latest_tick` sees it.
+                () = tokio::time::sleep(sleep + Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}
+
+async fn tick_all(pool: &PgPool, schedules: &[Schedule]) -> anyhow::Result<usize> {
+    let now = Utc::now();
+    let mut new = 0;
+    for schedule in schedules {
+        let Some(tick) = schedule.latest_tick(now) else { continue };
+        if let Enqueued::New(id) = schedule.enqueue_tick(pool, tick).await? {
+            tracing::info!(schedule = schedule.name, tick = %tick, job.id = %id, "enqueued scheduled job");
+            new += 1;
+        }
+    }
+    Ok(new)
+}
+
+/// The ops probe of a role that owns the database-derived queue gauges (scheduler, dev).
+pub struct QueueGaugeProbe {
+    pub pool: PgPool,
+    pub metrics: Metrics,
+}
+
+impl OpsProbe for QueueGaugeProbe {
+    fn metrics(&self) -> std::pin::Pin<Box<dyn Future<Output = String> + Send>> {
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let queues: Vec<&str> = jobs::kinds::registry().queues().collect();
+            if let Err(error) = metrics.refresh_queue_gauges(&pool, &queues).await {
+                tracing::warn!(error = %error, "could not read queue gauges");
+            }
+            metrics.render()
+        })
+    }
+
+    fn ready(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            if jobs::db::is_reachable(&pool).await { Ok(()) } else { Err("database unreachable".into()) }
+        })
+    }
+}

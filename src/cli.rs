@@ -1,0 +1,193 @@
+//! Subcommands: `api`, `worker`, `scheduler`, `migrate`, `dev`, and the operator commands under `jobs`.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use jobs::{
+    config::{Config, DatabaseConfig, Env, LogFormat},
+    queue::ops,
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "createimage2", version, about = "Image generation with gpt-image-2: web tier, workers, scheduler.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the site and the JSON API (LISTEN_ADDR) and /metrics, /healthz, /readyz (METRICS_LISTEN_ADDR).
+    /// Records intents and enqueues jobs; never calls an external service on a request path.
+    Api,
+    /// Run background jobs from the given queues. Start several workers with different queues and
+    /// concurrency to scale each queue independently. SIGTERM drains: no new jobs are claimed, running ones get
+    /// QUEUE_SHUTDOWN_GRACE_SECONDS to finish, the rest are handed back to the queue.
+    Worker {
+        /// Comma-separated queue names, or `all`.
+        #[arg(long, default_value = "all")]
+        queues: String,
+        /// Jobs run at once per queue, as queue=N (repeatable or comma-separated); unnamed queues get 10.
+        #[arg(long, value_name = "QUEUE=N")]
+        concurrency: Vec<String>,
+    },
+    /// Enqueue periodic work at its ticks (idempotent per tick, safe with any number of replicas), and export
+    /// the database-derived queue gauges on /metrics.
+    Scheduler,
+    /// Apply database migrations (apalis-postgres' queue schema, then the application's) and exit.
+    Migrate,
+    /// Run the whole stack in one process on local defaults: Postgres (DATABASE_URL, else 127.0.0.1:5432,
+    /// else a private throwaway cluster), an in-process S3 server, the stand-ins, api + all workers +
+    /// scheduler. Prints the site URL, the metrics URL and a demo API key. Ctrl-C drains and exits.
+    Dev {
+        /// Site and JSON API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// /metrics, /healthz and /readyz address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        metrics_listen: SocketAddr,
+    },
+    /// Operator commands on the job queue.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Every queue with its depth by state and the age of its oldest waiting job.
+    Stats,
+    /// Dead jobs (failed permanently or out of attempts) with their last error.
+    Dead {
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Run a dead or cancelled job again from its first attempt.
+    Retry { id: String },
+    /// Cancel a job that has not started.
+    Cancel { id: String },
+    /// Delete a dead job for good.
+    Discard { id: String },
+    /// Stop workers claiming from a queue (running jobs finish).
+    Pause {
+        queue: String,
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
+    /// Let workers claim from a paused queue again.
+    Resume { queue: String },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Api => {
+            let config = load()?;
+            let api = api::Api::build(&config).await?;
+            tracing::info!(addr = %api.addr(), metrics = ?api.ops_addr(), "api listening");
+            api.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Worker { queues, concurrency } => {
+            let config = load()?;
+            let registry = jobs::kinds::registry();
+            let plans = worker::plans(&registry, &queues, &concurrency)?;
+            tracing::info!(?plans, "worker starting");
+            worker::Worker::build(&config, registry, plans).await?.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Scheduler => {
+            let config = load()?;
+            scheduler::Scheduler::build(&config).await?.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            telemetry::init_logging(LogFormat::Pretty);
+            let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
+            jobs::db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Dev { listen, metrics_listen } => crate::dev::run(listen, metrics_listen, shutdown_signal()).await,
+        Command::Jobs { command } => {
+            let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
+            jobs_command(&pool, command).await
+        }
+    }
+}
+
+fn load() -> anyhow::Result<Config> {
+    let config = Config::from_env().context("configuration")?;
+    telemetry::init_logging(config.log_format);
+    Ok(config)
+}
+
+async fn jobs_command(pool: &sqlx::PgPool, command: JobsCommand) -> anyhow::Result<()> {
+    let found = |ok: bool, what: &str, id: &str| {
+        if ok {
+            println!("{what} {id}");
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("job {id} not found in a state that allows this"))
+        }
+    };
+    match command {
+        JobsCommand::Stats => {
+            println!("{:<28} {:>8} {:>9} {:>8} {:>6} {:>12} paused", "queue", "waiting", "scheduled", "running", "dead", "oldest_s");
+            for s in ops::queue_stats(pool).await? {
+                println!(
+                    "{:<28} {:>8} {:>9} {:>8} {:>6} {:>12.1} {}",
+                    s.queue, s.waiting, s.scheduled, s.running, s.dead, s.oldest_waiting_age_seconds, s.paused
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Dead { queue, limit } => {
+            for job in ops::dead_jobs(pool, queue.as_deref(), limit).await? {
+                println!(
+                    "{}  {}  attempts {}/{}  died {}\n    error: {}\n    payload: {}",
+                    job.id,
+                    job.queue,
+                    job.attempts,
+                    job.max_attempts,
+                    job.done_at.map(|d| d.to_rfc3339()).unwrap_or_default(),
+                    job.last_error.unwrap_or_default(),
+                    job.payload
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Retry { id } => found(ops::retry_job(pool, &id).await?, "retrying", &id),
+        JobsCommand::Cancel { id } => found(ops::cancel_job(pool, &id).await?, "cancelled", &id),
+        JobsCommand::Discard { id } => found(ops::discard_job(pool, &id).await?, "discarded", &id),
+        JobsCommand::Pause { queue, reason } => {
+            ops::pause_queue(pool, &queue, &reason).await?;
+            println!("paused {queue}");
+            Ok(())
+        }
+        JobsCommand::Resume { queue } => {
+            ops::resume_queue(pool, &queue).await?;
+            println!("resumed {queue}");
+            Ok(())
+        }
+    }
+}
+
+/// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutdown signal received; draining");
+        cancel.cancel();
+    });
+    token
+}

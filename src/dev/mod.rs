@@ -1,0 +1,114 @@
+//! `createimage2 dev`: the whole stack in one process on local defaults.
+
+pub mod postgres;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use jobs::{
+    config::{DatabaseConfig, LogFormat, QueueConfig, StorageConfig},
+    credits,
+    queue::Services,
+    storage::Storage,
+    telemetry::{self, Metrics},
+};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+/// The seeded demo account.
+pub const DEMO_EMAIL: &str = "demo@createimage2.local";
+/// Credits the demo account starts with.
+pub const DEMO_CREDITS: i64 = 1000;
+
+/// Where `dev` keeps its files: `$CARGO_TARGET_DIR/dev` or `target/dev`.
+pub fn dev_root() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from).join("dev")
+}
+
+pub async fn run(listen: SocketAddr, metrics_listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
+    telemetry::init_logging(LogFormat::Pretty);
+    let root = std::path::absolute(dev_root())?;
+    let database = postgres::resolve(
+        std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()),
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        &root.join("postgres"),
+    )
+    .await?;
+    tracing::info!(source = database.source, "database");
+    let pool = jobs::db::pool(&DatabaseConfig { url: SecretString::from(database.url.clone()), max_connections: 30 })?;
+    jobs::db::migrate(&pool).await?;
+
+    let s3 = fakes::s3::S3Server::start(&root.join("s3"), "127.0.0.1:0".parse()?, "devaccesskey", "devsecretkey").await?;
+    let storage = Storage::new(&StorageConfig {
+        endpoint: s3.endpoint(),
+        region: "auto".into(),
+        bucket: "createimage2-dev".into(),
+        access_key_id: s3.access_key.clone(),
+        secret_access_key: s3.secret_key.clone().into(),
+    });
+    storage.ensure_bucket().await?;
+
+    let api_key = seed_demo_account(&pool).await?;
+    let metrics = Metrics::new("dev");
+    let services = Arc::new(Services::new(QueueConfig::default(), metrics.clone()));
+    let registry = jobs::kinds::registry();
+    let plans = worker::plans(&registry, "all", &[])?;
+    let started = worker::Worker::with_parts(pool.clone(), registry, services, plans, None).start(shutdown.clone()).await?;
+    let scheduler = scheduler::Scheduler::with_parts(pool.clone(), jobs::schedule::schedules(), metrics.clone(), None);
+    let scheduler = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));
+
+    let state = api::AppState {
+        pool: pool.clone(),
+        metrics,
+        worker_health: Some(started.health.clone()),
+        owns_queue_gauges: true,
+    };
+    let listener = telemetry::bind(listen).await?;
+    let ops_listener = telemetry::bind(metrics_listen).await?;
+    let api = api::Api::with_parts(state, listener, Some(ops_listener));
+    let (site, ops) = (api.addr(), api.ops_addr().context("ops listener")?);
+    println!();
+    println!("  createimage2 dev is running");
+    println!("  site and API : http://{site}/");
+    println!("  metrics      : http://{ops}/metrics   (health: /healthz, /readyz)");
+    println!("  database     : {} ({})", redact(&database.url), database.source);
+    println!("  S3 (R2 stand-in): {} bucket createimage2-dev", s3.endpoint());
+    println!("  demo account : {DEMO_EMAIL}");
+    println!("  demo API key : {api_key}");
+    println!("  try          : curl -H 'Authorization: Bearer {api_key}' http://{site}/api/v1/me");
+    println!("  Ctrl-C drains and exits.");
+    println!();
+    api.run_until_stopped(shutdown.clone()).await?;
+    started.wait().await;
+    scheduler.await??;
+    pool.close().await;
+    drop(database);
+    Ok(())
+}
+
+/// Creates the demo account with credits once, and issues a fresh API key on every start (keys are stored
+/// hashed, so an old one cannot be shown again).
+async fn seed_demo_account(pool: &sqlx::PgPool) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let user = match jobs::accounts::find_user_by_email(&mut *tx, DEMO_EMAIL).await? {
+        Some(user) => user,
+        None => jobs::accounts::create_user(&mut tx, DEMO_EMAIL, Some("Demo")).await?,
+    };
+    credits::apply(&mut tx, user, credits::Kind::Grant, DEMO_CREDITS, "dev-seed:demo", serde_json::json!({"reason": "dev seed"}))
+        .await?;
+    let key = jobs::accounts::issue_api_key(&mut *tx, user, "dev").await?;
+    tx.commit().await?;
+    Ok(key.secret)
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(unparseable)".into(),
+    }
+}

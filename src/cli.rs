@@ -12,7 +12,11 @@ use jobs::{
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "createimage2", version, about = "Image generation with gpt-image-2: web tier, workers, scheduler.")]
+#[command(
+    name = "createimage2",
+    version,
+    about = "Image generation with gpt-image-2: web tier, workers, scheduler."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -92,16 +96,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %api.addr(), metrics = ?api.ops_addr(), "api listening");
             api.run_until_stopped(shutdown_signal()).await
         }
-        Command::Worker { queues, concurrency } => {
+        Command::Worker {
+            queues,
+            concurrency,
+        } => {
             let config = load()?;
             let registry = jobs::kinds::registry();
             let plans = worker::plans(&registry, &queues, &concurrency)?;
             tracing::info!(?plans, "worker starting");
-            worker::Worker::build(&config, registry, plans).await?.run_until_stopped(shutdown_signal()).await
+            worker::Worker::build(&config, registry, plans)
+                .await?
+                .run_until_stopped(shutdown_signal())
+                .await
         }
         Command::Scheduler => {
             let config = load()?;
-            scheduler::Scheduler::build(&config).await?.run_until_stopped(shutdown_signal()).await
+            scheduler::Scheduler::build(&config)
+                .await?
+                .run_until_stopped(shutdown_signal())
+                .await
         }
         Command::Migrate => {
             telemetry::init_logging(LogFormat::Pretty);
@@ -110,7 +123,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Dev { listen, metrics_listen } => crate::dev::run(listen, metrics_listen, shutdown_signal()).await,
+        Command::Dev {
+            listen,
+            metrics_listen,
+        } => crate::dev::run(listen, metrics_listen, shutdown_signal()).await,
         Command::Jobs { command } => {
             let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
             jobs_command(&pool, command).await
@@ -130,16 +146,27 @@ async fn jobs_command(pool: &sqlx::PgPool, command: JobsCommand) -> anyhow::Resu
             println!("{what} {id}");
             Ok(())
         } else {
-            Err(anyhow::anyhow!("job {id} not found in a state that allows this"))
+            Err(anyhow::anyhow!(
+                "job {id} not found in a state that allows this"
+            ))
         }
     };
     match command {
         JobsCommand::Stats => {
-            println!("{:<28} {:>8} {:>9} {:>8} {:>6} {:>12} paused", "queue", "waiting", "scheduled", "running", "dead", "oldest_s");
+            println!(
+                "{:<28} {:>8} {:>9} {:>8} {:>6} {:>12} paused",
+                "queue", "waiting", "scheduled", "running", "dead", "oldest_s"
+            );
             for s in ops::queue_stats(pool).await? {
                 println!(
                     "{:<28} {:>8} {:>9} {:>8} {:>6} {:>12.1} {}",
-                    s.queue, s.waiting, s.scheduled, s.running, s.dead, s.oldest_waiting_age_seconds, s.paused
+                    s.queue,
+                    s.waiting,
+                    s.scheduled,
+                    s.running,
+                    s.dead,
+                    s.oldest_waiting_age_seconds,
+                    s.paused
                 );
             }
             Ok(())
@@ -180,8 +207,9 @@ pub fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}

@@ -18,7 +18,10 @@ pub enum AppError {
     NotFound,
     /// Invalid input, naming the field.
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// Anything else: logged, shown as an opaque 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -33,15 +36,24 @@ impl From<sqlx::Error> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized", "message": self.to_string()})),
-            Self::NotFound => (StatusCode::NOT_FOUND, json!({"error": "not_found", "message": "not found"})),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "message": self.to_string()}),
+            ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": "not found"}),
+            ),
             Self::Invalid { field, message } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"error": "invalid", "field": field, "message": message}),
             ),
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal", "message": "something went wrong"}))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "internal", "message": "something went wrong"}),
+                )
             }
         };
         (status, Json(body)).into_response()

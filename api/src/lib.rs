@@ -44,19 +44,38 @@ impl Api {
     /// Builds with its own pool and metrics, bound to `LISTEN_ADDR` and `METRICS_LISTEN_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
-        let state = AppState { pool, metrics: Metrics::new("api"), worker_health: None, owns_queue_gauges: false };
+        let state = AppState {
+            pool,
+            metrics: Metrics::new("api"),
+            worker_health: None,
+            owns_queue_gauges: false,
+        };
         let listener = telemetry::bind(config.http.listen).await?;
         let ops_listener = telemetry::bind(config.http.metrics_listen).await?;
-        Ok(Self { state, listener, ops_listener: Some(ops_listener) })
+        Ok(Self {
+            state,
+            listener,
+            ops_listener: Some(ops_listener),
+        })
     }
 
     /// Builds from shared parts; without an ops listener the caller serves metrics.
-    pub fn with_parts(state: AppState, listener: TcpListener, ops_listener: Option<TcpListener>) -> Self {
-        Self { state, listener, ops_listener }
+    pub fn with_parts(
+        state: AppState,
+        listener: TcpListener,
+        ops_listener: Option<TcpListener>,
+    ) -> Self {
+        Self {
+            state,
+            listener,
+            ops_listener,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn ops_addr(&self) -> Option<SocketAddr> {
@@ -70,7 +89,9 @@ impl Api {
             tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
         }
         let app = routes::router(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
         Ok(())
     }
 }
@@ -94,7 +115,11 @@ impl OpsProbe for ApiProbe {
         Box::pin(async move {
             if state.owns_queue_gauges {
                 let queues: Vec<&str> = jobs::kinds::registry().queues().collect();
-                if let Err(error) = state.metrics.refresh_queue_gauges(&state.pool, &queues).await {
+                if let Err(error) = state
+                    .metrics
+                    .refresh_queue_gauges(&state.pool, &queues)
+                    .await
+                {
                     tracing::warn!(error = %error, "could not read queue gauges");
                 }
             }

@@ -22,7 +22,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/api/v1/me", get(me))
-        .route_layer(middleware::from_fn_with_state(state.clone(), record_http_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_http_metrics,
+        ))
         .fallback(not_found)
         .with_state(state)
 }
@@ -38,7 +41,11 @@ async fn not_found() -> (StatusCode, Markup) {
 async fn ready(State(state): State<AppState>) -> Response {
     match crate::readiness(&state).await {
         Ok(()) => "ready\n".into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -48,16 +55,27 @@ pub struct ApiUser(pub Uuid);
 impl FromRequestParts<AppState> for ApiUser {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let key = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(AppError::Unauthorized)?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let key = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AppError::Unauthorized)?;
         let user = jobs::accounts::user_for_api_key(&state.pool, key.trim()).await?;
         user.map(ApiUser).ok_or(AppError::Unauthorized)
     }
 }
 
 /// The caller's account: id, e-mail and spendable credits.
-async fn me(State(state): State<AppState>, ApiUser(user_id): ApiUser) -> Result<Json<serde_json::Value>, AppError> {
+async fn me(
+    State(state): State<AppState>,
+    ApiUser(user_id): ApiUser,
+) -> Result<Json<serde_json::Value>, AppError> {
     let (email, balance): (String, i64) = sqlx::query_as(
         "SELECT u.email, coalesce(a.balance, 0) FROM users u LEFT JOIN credit_accounts a ON a.user_id = u.id
           WHERE u.id = $1",
@@ -66,11 +84,17 @@ async fn me(State(state): State<AppState>, ApiUser(user_id): ApiUser) -> Result<
     .fetch_optional(&state.pool)
     .await?
     .ok_or(AppError::NotFound)?;
-    Ok(Json(json!({"id": user_id, "email": email, "credits": balance})))
+    Ok(Json(
+        json!({"id": user_id, "email": email, "credits": balance}),
+    ))
 }
 
 /// Counts and times every request by method, route template (never the raw path) and status.
-async fn record_http_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn record_http_metrics(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     // A route layer runs after routing, so the template is known.
     let route = request
         .extensions()
@@ -81,7 +105,15 @@ async fn record_http_metrics(State(state): State<AppState>, request: Request, ne
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let labels = [method.as_str(), route.as_str(), status.as_str()];
-    state.metrics.http_requests_total.with_label_values(&labels).inc();
-    state.metrics.http_request_duration_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_requests_total
+        .with_label_values(&labels)
+        .inc();
+    state
+        .metrics
+        .http_request_duration_seconds
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
     response
 }

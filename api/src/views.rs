@@ -32,5 +32,8 @@ pub fn home() -> Markup {
 }
 
 pub fn not_found() -> Markup {
-    layout("Not found", html! { h1 { "Page not found" } p { a href="/" { "Back to the generator" } } })
+    layout(
+        "Not found",
+        html! { h1 { "Page not found" } p { a href="/" { "Back to the generator" } } },
+    )
 }

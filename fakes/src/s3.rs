@@ -19,9 +19,15 @@ pub struct S3Server {
 
 impl S3Server {
     /// Serves the directory `root` (created if missing) on `addr` (port 0 for any free port).
-    pub async fn start(root: &Path, addr: SocketAddr, access_key: &str, secret_key: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        root: &Path,
+        addr: SocketAddr,
+        access_key: &str,
+        secret_key: &str,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)?;
-        let fs = s3s_fs::FileSystem::new(root).map_err(|error| anyhow::anyhow!("s3s-fs at {}: {error:?}", root.display()))?;
+        let fs = s3s_fs::FileSystem::new(root)
+            .map_err(|error| anyhow::anyhow!("s3s-fs at {}: {error:?}", root.display()))?;
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let service = builder.build();
@@ -43,7 +49,12 @@ impl S3Server {
                 });
             }
         });
-        Ok(Self { addr, access_key: access_key.to_owned(), secret_key: secret_key.to_owned(), stop })
+        Ok(Self {
+            addr,
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+            stop,
+        })
     }
 
     pub fn endpoint(&self) -> String {

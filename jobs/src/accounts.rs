@@ -9,7 +9,11 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 /// Creates a user (and their credit account, empty). The e-mail is stored lower-cased.
-pub async fn create_user(conn: &mut PgConnection, email: &str, display_name: Option<&str>) -> sqlx::Result<Uuid> {
+pub async fn create_user(
+    conn: &mut PgConnection,
+    email: &str,
+    display_name: Option<&str>,
+) -> sqlx::Result<Uuid> {
     let id = Uuid::now_v7();
     sqlx::query("INSERT INTO users (id, email, display_name) VALUES ($1, lower($2), $3)")
         .bind(id)
@@ -17,13 +21,22 @@ pub async fn create_user(conn: &mut PgConnection, email: &str, display_name: Opt
         .bind(display_name)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("INSERT INTO credit_accounts (user_id) VALUES ($1)").bind(id).execute(&mut *conn).await?;
+    sqlx::query("INSERT INTO credit_accounts (user_id) VALUES ($1)")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     Ok(id)
 }
 
 /// Finds a user by e-mail (case-insensitive).
-pub async fn find_user_by_email<'e>(conn: impl PgExecutor<'e>, email: &str) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM users WHERE email = lower($1)").bind(email.trim()).fetch_optional(conn).await
+pub async fn find_user_by_email<'e>(
+    conn: impl PgExecutor<'e>,
+    email: &str,
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM users WHERE email = lower($1)")
+        .bind(email.trim())
+        .fetch_optional(conn)
+        .await
 }
 
 /// A freshly issued API key: `secret` is shown to the user once and never stored.
@@ -38,23 +51,35 @@ pub fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-pub async fn issue_api_key<'e>(conn: impl PgExecutor<'e>, user_id: Uuid, name: &str) -> sqlx::Result<IssuedKey> {
+pub async fn issue_api_key<'e>(
+    conn: impl PgExecutor<'e>,
+    user_id: Uuid,
+    name: &str,
+) -> sqlx::Result<IssuedKey> {
     let bytes: [u8; 32] = rand::random();
-    let secret = format!("ci2_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let secret = format!(
+        "ci2_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
     let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO api_keys (id, user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(user_id)
-        .bind(name)
-        .bind(&secret[..12])
-        .bind(hash_secret(&secret))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(name)
+    .bind(&secret[..12])
+    .bind(hash_secret(&secret))
+    .execute(conn)
+    .await?;
     Ok(IssuedKey { id, secret })
 }
 
 /// The user an API key belongs to, if the key is valid, unrevoked and the account usable.
-pub async fn user_for_api_key<'e>(conn: impl PgExecutor<'e>, secret: &str) -> sqlx::Result<Option<Uuid>> {
+pub async fn user_for_api_key<'e>(
+    conn: impl PgExecutor<'e>,
+    secret: &str,
+) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
         "UPDATE api_keys k SET last_used_at = now()
            FROM users u

@@ -42,20 +42,31 @@ fn required<S: Source>(source: &S, name: &'static str) -> Result<String, ConfigE
     source.get(name).ok_or(ConfigError::Missing { name })
 }
 
-fn parsed_or<S: Source, T: FromStr>(source: &S, name: &'static str, default: T) -> Result<T, ConfigError>
+fn parsed_or<S: Source, T: FromStr>(
+    source: &S,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
     match source.get(name) {
         None => Ok(default),
-        Some(raw) => raw.trim().parse().map_err(|error: T::Err| ConfigError::Invalid {
-            name,
-            reason: format!("{raw:?}: {error}"),
-        }),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|error: T::Err| ConfigError::Invalid {
+                name,
+                reason: format!("{raw:?}: {error}"),
+            }),
     }
 }
 
-fn seconds_or<S: Source>(source: &S, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+fn seconds_or<S: Source>(
+    source: &S,
+    name: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
     parsed_or(source, name, default).map(Duration::from_secs)
 }
 
@@ -138,12 +149,20 @@ pub struct QueueConfig {
 impl QueueConfig {
     pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
         Ok(Self {
-            poll_interval: Duration::from_millis(parsed_or(source, "QUEUE_POLL_INTERVAL_MS", 1000)?),
+            poll_interval: Duration::from_millis(parsed_or(
+                source,
+                "QUEUE_POLL_INTERVAL_MS",
+                1000,
+            )?),
             heartbeat_interval: seconds_or(source, "QUEUE_HEARTBEAT_SECONDS", 5)?,
             dead_worker_after: seconds_or(source, "QUEUE_DEAD_WORKER_SECONDS", 60)?,
             shutdown_grace: seconds_or(source, "QUEUE_SHUTDOWN_GRACE_SECONDS", 30)?,
-            finished_job_retention: Duration::from_secs(3600 * parsed_or(source, "JOB_RETENTION_HOURS", 168)?),
-            dead_job_retention: Duration::from_secs(3600 * parsed_or(source, "DEAD_JOB_RETENTION_HOURS", 720)?),
+            finished_job_retention: Duration::from_secs(
+                3600 * parsed_or(source, "JOB_RETENTION_HOURS", 168)?,
+            ),
+            dead_job_retention: Duration::from_secs(
+                3600 * parsed_or(source, "DEAD_JOB_RETENTION_HOURS", 720)?,
+            ),
         })
     }
 }
@@ -186,10 +205,20 @@ pub struct HttpConfig {
 
 impl HttpConfig {
     pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
-        let base = source.get("PUBLIC_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let base = source
+            .get("PUBLIC_BASE_URL")
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
         Ok(Self {
-            listen: parsed_or(source, "LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            metrics_listen: parsed_or(source, "METRICS_LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090)))?,
+            listen: parsed_or(
+                source,
+                "LISTEN_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
+            metrics_listen: parsed_or(
+                source,
+                "METRICS_LISTEN_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9090)),
+            )?,
             public_base_url: url::Url::parse(&base).map_err(|error| ConfigError::Invalid {
                 name: "PUBLIC_BASE_URL",
                 reason: error.to_string(),
@@ -231,7 +260,10 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn source(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn complete() -> HashMap<String, String> {
@@ -249,7 +281,10 @@ mod tests {
         let mut vars = complete();
         vars.remove("S3_BUCKET");
         let error = Config::from_source(&vars).unwrap_err();
-        assert_eq!(error.to_string(), "environment variable S3_BUCKET is required but not set");
+        assert_eq!(
+            error.to_string(),
+            "environment variable S3_BUCKET is required but not set"
+        );
     }
 
     #[test]
@@ -257,7 +292,10 @@ mod tests {
         let mut vars = complete();
         vars.insert("DATABASE_MAX_CONNECTIONS".into(), "many".into());
         let error = Config::from_source(&vars).unwrap_err().to_string();
-        assert!(error.contains("DATABASE_MAX_CONNECTIONS") && error.contains("many"), "{error}");
+        assert!(
+            error.contains("DATABASE_MAX_CONNECTIONS") && error.contains("many"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -265,7 +303,10 @@ mod tests {
         let config = Config::from_source(&complete()).unwrap();
         let printed = format!("{config:?}");
         assert!(!printed.contains("very-secret"), "{printed}");
-        assert_eq!(config.storage.secret_access_key.expose_secret(), "very-secret");
+        assert_eq!(
+            config.storage.secret_access_key.expose_secret(),
+            "very-secret"
+        );
     }
 
     #[test]

@@ -79,7 +79,11 @@ pub async fn apply(
     .bind(business_key)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(if exists { Applied::AlreadyApplied } else { Applied::InsufficientCredits })
+    Ok(if exists {
+        Applied::AlreadyApplied
+    } else {
+        Applied::InsufficientCredits
+    })
 }
 
 /// The spendable balance.

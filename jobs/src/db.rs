@@ -33,7 +33,10 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     apalis_postgres::PostgresStorage::<()>::setup(pool)
         .await
         .context("applying apalis-postgres migrations")?;
-    MIGRATOR.run(pool).await.context("applying the application's migrations")?;
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("applying the application's migrations")?;
     Ok(())
 }
 

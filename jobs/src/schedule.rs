@@ -22,15 +22,24 @@ pub struct Schedule {
 
 impl std::fmt::Debug for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Schedule").field("name", &self.name).field("cron", &self.cron.as_str()).finish()
+        f.debug_struct("Schedule")
+            .field("name", &self.name)
+            .field("cron", &self.cron.as_str())
+            .finish()
     }
 }
 
 impl Schedule {
     /// Panics on an invalid expression: schedules are constants, checked by a test.
     pub fn new(name: &'static str, expression: &str, make_job: fn() -> NewJob) -> Self {
-        let cron = expression.parse().unwrap_or_else(|error| panic!("schedule {name}: bad cron {expression:?}: {error}"));
-        Self { name, cron, make_job }
+        let cron = expression
+            .parse()
+            .unwrap_or_else(|error| panic!("schedule {name}: bad cron {expression:?}: {error}"));
+        Self {
+            name,
+            cron,
+            make_job,
+        }
     }
 
     /// The most recent tick at or before `now`.
@@ -45,13 +54,24 @@ impl Schedule {
 
     /// The idempotency key of one tick.
     pub fn tick_key(&self, tick: DateTime<Utc>) -> String {
-        format!("{}:{}", self.name, tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        format!(
+            "{}:{}",
+            self.name,
+            tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
     }
 
     /// Enqueues the job for `tick`; `AlreadyQueued` when any replica did so before.
-    pub async fn enqueue_tick<'e>(&self, conn: impl PgExecutor<'e>, tick: DateTime<Utc>) -> sqlx::Result<Enqueued> {
+    pub async fn enqueue_tick<'e>(
+        &self,
+        conn: impl PgExecutor<'e>,
+        tick: DateTime<Utc>,
+    ) -> sqlx::Result<Enqueued> {
         let mut job = (self.make_job)();
-        job.options = EnqueueOptions { run_at: Some(tick), ..EnqueueOptions::key(self.tick_key(tick)) };
+        job.options = EnqueueOptions {
+            run_at: Some(tick),
+            ..EnqueueOptions::key(self.tick_key(tick))
+        };
         enqueue_new(conn, job).await
     }
 }
@@ -73,16 +93,30 @@ mod tests {
         let names: std::collections::HashSet<_> = schedules.iter().map(|s| s.name).collect();
         assert_eq!(names.len(), schedules.len());
         for schedule in &schedules {
-            assert!(schedule.next_tick(Utc::now()).is_some(), "{schedule:?} never fires");
+            assert!(
+                schedule.next_tick(Utc::now()).is_some(),
+                "{schedule:?} never fires"
+            );
         }
     }
 
     #[test]
     fn the_latest_tick_is_the_last_occurrence_at_or_before_now() {
-        let schedule = Schedule::new("t", "17 * * * *", || NewJob::of(&PruneFinishedJobs {}, Default::default()));
+        let schedule = Schedule::new("t", "17 * * * *", || {
+            NewJob::of(&PruneFinishedJobs {}, Default::default())
+        });
         let now: DateTime<Utc> = "2026-11-24T10:30:00Z".parse().unwrap();
-        assert_eq!(schedule.latest_tick(now).unwrap(), "2026-11-24T10:17:00Z".parse::<DateTime<Utc>>().unwrap());
-        assert_eq!(schedule.next_tick(now).unwrap(), "2026-11-24T11:17:00Z".parse::<DateTime<Utc>>().unwrap());
-        assert_eq!(schedule.tick_key(schedule.latest_tick(now).unwrap()), "t:2026-11-24T10:17:00Z");
+        assert_eq!(
+            schedule.latest_tick(now).unwrap(),
+            "2026-11-24T10:17:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            schedule.next_tick(now).unwrap(),
+            "2026-11-24T11:17:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            schedule.tick_key(schedule.latest_tick(now).unwrap()),
+            "t:2026-11-24T10:17:00Z"
+        );
     }
 }

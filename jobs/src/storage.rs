@@ -2,7 +2,10 @@
 
 use aws_sdk_s3::{
     Client,
-    config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation},
+    config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation,
+    },
 };
 use secrecy::ExposeSecret;
 
@@ -34,12 +37,22 @@ impl Storage {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
-        Self { client: Client::from_conf(s3_config), bucket: config.bucket.clone() }
+        Self {
+            client: Client::from_conf(s3_config),
+            bucket: config.bucket.clone(),
+        }
     }
 
     /// Creates the bucket if it does not exist (dev and tests; production buckets are provisioned).
     pub async fn ensure_bucket(&self) -> anyhow::Result<()> {
-        if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         self.client
@@ -47,7 +60,13 @@ impl Storage {
             .bucket(&self.bucket)
             .send()
             .await
-            .map_err(|error| anyhow::anyhow!("creating bucket {}: {}", self.bucket, aws_sdk_s3::error::DisplayErrorContext(error)))?;
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "creating bucket {}: {}",
+                    self.bucket,
+                    aws_sdk_s3::error::DisplayErrorContext(error)
+                )
+            })?;
         Ok(())
     }
 }

@@ -11,7 +11,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -21,10 +22,13 @@ use crate::config::LogFormat;
 
 /// Latency buckets for jobs and waits: 1 ms to 10 min.
 const JOB_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
 /// Latency buckets for HTTP requests: 0.5 ms to 10 s.
-const HTTP_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const HTTP_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// The process's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -55,7 +59,9 @@ pub struct MetricSet {
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
-    registry.register(Box::new(collector.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
     collector
 }
 
@@ -67,11 +73,18 @@ impl Metrics {
         let job_histogram = |name: &str, help: &str, labels: &[&str]| {
             register(
                 r,
-                HistogramVec::new(HistogramOpts::new(name, help).buckets(JOB_BUCKETS.to_vec()), labels).unwrap(),
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(JOB_BUCKETS.to_vec()),
+                    labels,
+                )
+                .unwrap(),
             )
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+            )
         };
         let metrics = MetricSet {
             job_wait_seconds: job_histogram(
@@ -84,7 +97,11 @@ impl Metrics {
                 "Duration of one job attempt, by outcome (done, snoozed, failed).",
                 &["queue", "outcome"],
             ),
-            jobs_completed_total: counter("createimage2_jobs_completed_total", "Jobs finished successfully.", &["queue"]),
+            jobs_completed_total: counter(
+                "createimage2_jobs_completed_total",
+                "Jobs finished successfully.",
+                &["queue"],
+            ),
             jobs_retried_total: counter(
                 "createimage2_jobs_retried_total",
                 "Failed attempts that were scheduled to retry.",
@@ -103,7 +120,10 @@ impl Metrics {
             workers_alive: register(
                 r,
                 IntGaugeVec::new(
-                    Opts::new("createimage2_workers_alive", "Queue runners alive in this process."),
+                    Opts::new(
+                        "createimage2_workers_alive",
+                        "Queue runners alive in this process.",
+                    ),
                     &["queue"],
                 )
                 .unwrap(),
@@ -111,7 +131,10 @@ impl Metrics {
             jobs: register(
                 r,
                 IntGaugeVec::new(
-                    Opts::new("createimage2_jobs", "Jobs by queue and state (waiting, scheduled, running, dead)."),
+                    Opts::new(
+                        "createimage2_jobs",
+                        "Jobs by queue and state (waiting, scheduled, running, dead).",
+                    ),
                     &["queue", "state"],
                 )
                 .unwrap(),
@@ -144,20 +167,30 @@ impl Metrics {
             build_info: register(
                 r,
                 IntGaugeVec::new(
-                    Opts::new("createimage2_build_info", "Always 1; labels name the build and the role."),
+                    Opts::new(
+                        "createimage2_build_info",
+                        "Always 1; labels name the build and the role.",
+                    ),
                     &["version", "role"],
                 )
                 .unwrap(),
             ),
             registry,
         };
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), role]).set(1);
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), role])
+            .set(1);
         Self(Arc::new(metrics))
     }
 
     /// Reads queue depth by state and the oldest waiting age from the database (one grouped query) into the
     /// gauges. Queues that emptied are reset to zero rather than left at their last value.
-    pub async fn refresh_queue_gauges(&self, pool: &PgPool, known_queues: &[&str]) -> sqlx::Result<()> {
+    pub async fn refresh_queue_gauges(
+        &self,
+        pool: &PgPool,
+        known_queues: &[&str],
+    ) -> sqlx::Result<()> {
         let stats = crate::queue::ops::queue_stats(pool).await?;
         self.jobs.reset();
         self.job_oldest_waiting_age_seconds.reset();
@@ -165,15 +198,21 @@ impl Metrics {
             for state in ["waiting", "scheduled", "running", "dead"] {
                 self.jobs.with_label_values(&[queue, state]).set(0);
             }
-            self.job_oldest_waiting_age_seconds.with_label_values(&[queue]).set(0.0);
+            self.job_oldest_waiting_age_seconds
+                .with_label_values(&[queue])
+                .set(0.0);
         }
         for s in stats {
             let q = s.queue.as_str();
             self.jobs.with_label_values(&[q, "waiting"]).set(s.waiting);
-            self.jobs.with_label_values(&[q, "scheduled"]).set(s.scheduled);
+            self.jobs
+                .with_label_values(&[q, "scheduled"])
+                .set(s.scheduled);
             self.jobs.with_label_values(&[q, "running"]).set(s.running);
             self.jobs.with_label_values(&[q, "dead"]).set(s.dead);
-            self.job_oldest_waiting_age_seconds.with_label_values(&[q]).set(s.oldest_waiting_age_seconds);
+            self.job_oldest_waiting_age_seconds
+                .with_label_values(&[q])
+                .set(s.oldest_waiting_age_seconds);
         }
         Ok(())
     }
@@ -181,7 +220,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
 }
@@ -190,7 +231,8 @@ impl Metrics {
 /// filters (default `info`). Safe to call more than once (later calls are ignored).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let result = match format {
         LogFormat::Json => fmt()
             .json()
@@ -214,7 +256,11 @@ pub trait OpsProbe: Send + Sync + 'static {
 }
 
 /// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` on `listener` until `shutdown`.
-pub async fn serve_ops(listener: TcpListener, probe: Arc<dyn OpsProbe>, shutdown: CancellationToken) {
+pub async fn serve_ops(
+    listener: TcpListener,
+    probe: Arc<dyn OpsProbe>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -232,20 +278,34 @@ pub async fn serve_ops(listener: TcpListener, probe: Arc<dyn OpsProbe>, shutdown
                 let probe = probe.clone();
                 async move { Ok::<_, Infallible>(answer(request.uri().path(), &*probe).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
 async fn answer(path: &str, probe: &dyn OpsProbe) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", probe.metrics().await),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            probe.metrics().await,
+        ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => match probe.ready().await {
             Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
-            Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
         },
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     };
     Response::builder()
         .status(status)
@@ -257,5 +317,7 @@ async fn answer(path: &str, probe: &dyn OpsProbe) -> Response<Full<Bytes>> {
 /// Binds a listener, with the address in the error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
 }

@@ -33,7 +33,12 @@ impl Scheduler {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
         let listener = telemetry::bind(config.http.metrics_listen).await?;
-        Ok(Self::with_parts(pool, jobs::schedule::schedules(), Metrics::new("scheduler"), Some(listener)))
+        Ok(Self::with_parts(
+            pool,
+            jobs::schedule::schedules(),
+            Metrics::new("scheduler"),
+            Some(listener),
+        ))
     }
 
     pub fn with_parts(
@@ -42,7 +47,12 @@ impl Scheduler {
         metrics: Metrics,
         ops_listener: Option<TcpListener>,
     ) -> Self {
-        Self { pool, schedules, metrics, ops_listener }
+        Self {
+            pool,
+            schedules,
+            metrics,
+            ops_listener,
+        }
     }
 
     pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
@@ -56,7 +66,10 @@ impl Scheduler {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         if let Some(listener) = self.ops_listener {
-            let probe = Arc::new(QueueGaugeProbe { pool: self.pool.clone(), metrics: self.metrics.clone() });
+            let probe = Arc::new(QueueGaugeProbe {
+                pool: self.pool.clone(),
+                metrics: self.metrics.clone(),
+            });
             tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
         }
         loop {
@@ -65,7 +78,10 @@ impl Scheduler {
             }
             let now = Utc::now();
             let next = self.schedules.iter().filter_map(|s| s.next_tick(now)).min();
-            let sleep = next.and_then(|n| (n - now).to_std().ok()).unwrap_or(MAX_SLEEP).min(MAX_SLEEP);
+            let sleep = next
+                .and_then(|n| (n - now).to_std().ok())
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 // A little past the tick, so `latest_tick` sees it.
@@ -79,7 +95,9 @@ async fn tick_all(pool: &PgPool, schedules: &[Schedule]) -> anyhow::Result<usize
     let now = Utc::now();
     let mut new = 0;
     for schedule in schedules {
-        let Some(tick) = schedule.latest_tick(now) else { continue };
+        let Some(tick) = schedule.latest_tick(now) else {
+            continue;
+        };
         if let Enqueued::New(id) = schedule.enqueue_tick(pool, tick).await? {
             tracing::info!(schedule = schedule.name, tick = %tick, job.id = %id, "enqueued scheduled job");
             new += 1;
@@ -109,7 +127,11 @@ impl OpsProbe for QueueGaugeProbe {
     fn ready(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            if jobs::db::is_reachable(&pool).await { Ok(()) } else { Err("database unreachable".into()) }
+            if jobs::db::is_reachable(&pool).await {
+                Ok(())
+            } else {
+                Err("database unreachable".into())
+            }
         })
     }
 }

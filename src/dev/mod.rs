@@ -22,10 +22,16 @@ pub const DEMO_CREDITS: i64 = 1000;
 
 /// Where `dev` keeps its files: `$CARGO_TARGET_DIR/dev` or `target/dev`.
 pub fn dev_root() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from).join("dev")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("dev")
 }
 
-pub async fn run(listen: SocketAddr, metrics_listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     telemetry::init_logging(LogFormat::Pretty);
     let root = std::path::absolute(dev_root())?;
     let database = postgres::resolve(
@@ -35,10 +41,19 @@ pub async fn run(listen: SocketAddr, metrics_listen: SocketAddr, shutdown: Cance
     )
     .await?;
     tracing::info!(source = database.source, "database");
-    let pool = jobs::db::pool(&DatabaseConfig { url: SecretString::from(database.url.clone()), max_connections: 30 })?;
+    let pool = jobs::db::pool(&DatabaseConfig {
+        url: SecretString::from(database.url.clone()),
+        max_connections: 30,
+    })?;
     jobs::db::migrate(&pool).await?;
 
-    let s3 = fakes::s3::S3Server::start(&root.join("s3"), "127.0.0.1:0".parse()?, "devaccesskey", "devsecretkey").await?;
+    let s3 = fakes::s3::S3Server::start(
+        &root.join("s3"),
+        "127.0.0.1:0".parse()?,
+        "devaccesskey",
+        "devsecretkey",
+    )
+    .await?;
     let storage = Storage::new(&StorageConfig {
         endpoint: s3.endpoint(),
         region: "auto".into(),
@@ -53,8 +68,15 @@ pub async fn run(listen: SocketAddr, metrics_listen: SocketAddr, shutdown: Cance
     let services = Arc::new(Services::new(QueueConfig::default(), metrics.clone()));
     let registry = jobs::kinds::registry();
     let plans = worker::plans(&registry, "all", &[])?;
-    let started = worker::Worker::with_parts(pool.clone(), registry, services, plans, None).start(shutdown.clone()).await?;
-    let scheduler = scheduler::Scheduler::with_parts(pool.clone(), jobs::schedule::schedules(), metrics.clone(), None);
+    let started = worker::Worker::with_parts(pool.clone(), registry, services, plans, None)
+        .start(shutdown.clone())
+        .await?;
+    let scheduler = scheduler::Scheduler::with_parts(
+        pool.clone(),
+        jobs::schedule::schedules(),
+        metrics.clone(),
+        None,
+    );
     let scheduler = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));
 
     let state = api::AppState {
@@ -71,8 +93,15 @@ pub async fn run(listen: SocketAddr, metrics_listen: SocketAddr, shutdown: Cance
     println!("  createimage2 dev is running");
     println!("  site and API : http://{site}/");
     println!("  metrics      : http://{ops}/metrics   (health: /healthz, /readyz)");
-    println!("  database     : {} ({})", redact(&database.url), database.source);
-    println!("  S3 (R2 stand-in): {} bucket createimage2-dev", s3.endpoint());
+    println!(
+        "  database     : {} ({})",
+        redact(&database.url),
+        database.source
+    );
+    println!(
+        "  S3 (R2 stand-in): {} bucket createimage2-dev",
+        s3.endpoint()
+    );
     println!("  demo account : {DEMO_EMAIL}");
     println!("  demo API key : {api_key}");
     println!("  try          : curl -H 'Authorization: Bearer {api_key}' http://{site}/api/v1/me");
@@ -94,8 +123,15 @@ async fn seed_demo_account(pool: &sqlx::PgPool) -> anyhow::Result<String> {
         Some(user) => user,
         None => jobs::accounts::create_user(&mut tx, DEMO_EMAIL, Some("Demo")).await?,
     };
-    credits::apply(&mut tx, user, credits::Kind::Grant, DEMO_CREDITS, "dev-seed:demo", serde_json::json!({"reason": "dev seed"}))
-        .await?;
+    credits::apply(
+        &mut tx,
+        user,
+        credits::Kind::Grant,
+        DEMO_CREDITS,
+        "dev-seed:demo",
+        serde_json::json!({"reason": "dev seed"}),
+    )
+    .await?;
     let key = jobs::accounts::issue_api_key(&mut *tx, user, "dev").await?;
     tx.commit().await?;
     Ok(key.secret)

@@ -31,29 +31,56 @@ impl DevPostgres {
 
 /// Resolves the database in the documented order. `server` is the admin URL of the local server to try
 /// (normally `postgres://postgres@127.0.0.1:5432/postgres`), `data_root` where a private cluster lives.
-pub async fn resolve(env_url: Option<String>, server: &str, data_root: &Path) -> anyhow::Result<DevPostgres> {
+pub async fn resolve(
+    env_url: Option<String>,
+    server: &str,
+    data_root: &Path,
+) -> anyhow::Result<DevPostgres> {
     if let Some(url) = env_url {
-        return Ok(DevPostgres { url, source: "DATABASE_URL", cluster: None });
+        return Ok(DevPostgres {
+            url,
+            source: "DATABASE_URL",
+            cluster: None,
+        });
     }
-    if let Ok(Ok(mut admin)) = tokio::time::timeout(Duration::from_secs(3), PgConnection::connect(server)).await {
+    if let Ok(Ok(mut admin)) =
+        tokio::time::timeout(Duration::from_secs(3), PgConnection::connect(server)).await
+    {
         let url = ensure_database(&mut admin, server, DEV_DATABASE).await?;
-        return Ok(DevPostgres { url, source: "the server at 127.0.0.1:5432", cluster: None });
+        return Ok(DevPostgres {
+            url,
+            source: "the server at 127.0.0.1:5432",
+            cluster: None,
+        });
     }
     let cluster = PrivateCluster::start(data_root).await?;
     let admin_url = cluster.admin_url();
-    let mut admin = PgConnection::connect(&admin_url).await.context("connecting to the private cluster")?;
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .context("connecting to the private cluster")?;
     let url = ensure_database(&mut admin, &admin_url, DEV_DATABASE).await?;
-    Ok(DevPostgres { url, source: "a private cluster", cluster: Some(cluster) })
+    Ok(DevPostgres {
+        url,
+        source: "a private cluster",
+        cluster: Some(cluster),
+    })
 }
 
-async fn ensure_database(admin: &mut PgConnection, admin_url: &str, name: &str) -> anyhow::Result<String> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut *admin)
-        .await?;
+async fn ensure_database(
+    admin: &mut PgConnection,
+    admin_url: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *admin)
+            .await?;
     if !exists {
         // A constant identifier: no injection possible.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut *admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut *admin)
+            .await?;
     }
     let mut url = url::Url::parse(admin_url)?;
     url.set_path(&format!("/{name}"));
@@ -81,18 +108,47 @@ impl PrivateCluster {
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
         let data = root.join("data");
         let port = free_port()?;
-        let cluster = Self { bin, data, port, run_as };
+        let cluster = Self {
+            bin,
+            data,
+            port,
+            run_as,
+        };
         if !cluster.data.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&cluster.data)?;
             std::fs::set_permissions(&cluster.data, std::fs::Permissions::from_mode(0o700))?;
             if let Some((uid, gid)) = run_as {
                 std::os::unix::fs::chown(&cluster.data, Some(uid), Some(gid))?;
             }
-            cluster.run("initdb", &["-D", path_str(&cluster.data)?, "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
+            cluster.run(
+                "initdb",
+                &[
+                    "-D",
+                    path_str(&cluster.data)?,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                ],
+            )?;
         }
-        let options = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''");
+        let options =
+            format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''");
         let log = cluster.data.join("server.log");
-        cluster.run("pg_ctl", &["-D", path_str(&cluster.data)?, "-o", &options, "-l", path_str(&log)?, "-w", "start"])?;
+        cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&cluster.data)?,
+                "-o",
+                &options,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "start",
+            ],
+        )?;
         Ok(cluster)
     }
 
@@ -106,9 +162,15 @@ impl PrivateCluster {
         if let Some((uid, gid)) = self.run_as {
             command.uid(uid).gid(gid);
         }
-        let output = command.output().with_context(|| format!("running {program}"))?;
+        let output = command
+            .output()
+            .with_context(|| format!("running {program}"))?;
         if !output.status.success() {
-            bail!("{program} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(())
     }
@@ -123,7 +185,8 @@ impl Drop for PrivateCluster {
 }
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str().with_context(|| format!("path {} is not UTF-8", path.display()))
+    path.to_str()
+        .with_context(|| format!("path {} is not UTF-8", path.display()))
 }
 
 /// `initdb` and `pg_ctl` on PATH, else the newest `/usr/lib/postgresql/<version>/bin`.
@@ -161,5 +224,7 @@ fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

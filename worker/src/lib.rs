@@ -20,29 +20,50 @@ pub const DEFAULT_CONCURRENCY: usize = 10;
 
 /// Turns `--queues a,b` (or `all`) and `--concurrency a=50,b=5` into plans, checking every name against the
 /// registry so a typo fails start-up instead of serving nothing.
-pub fn plans(registry: &Registry, queues: &str, concurrency: &[String]) -> anyhow::Result<Vec<QueuePlan>> {
+pub fn plans(
+    registry: &Registry,
+    queues: &str,
+    concurrency: &[String],
+) -> anyhow::Result<Vec<QueuePlan>> {
     let mut limits = HashMap::new();
-    for item in concurrency.iter().flat_map(|c| c.split(',')).filter(|c| !c.is_empty()) {
+    for item in concurrency
+        .iter()
+        .flat_map(|c| c.split(','))
+        .filter(|c| !c.is_empty())
+    {
         let (queue, n) = item
             .split_once('=')
             .with_context(|| format!("--concurrency expects queue=N, got {item:?}"))?;
-        let n: usize = n.parse().with_context(|| format!("--concurrency {item:?}: N must be a positive number"))?;
+        let n: usize = n
+            .parse()
+            .with_context(|| format!("--concurrency {item:?}: N must be a positive number"))?;
         anyhow::ensure!(n > 0, "--concurrency {item:?}: N must be at least 1");
         limits.insert(queue.trim().to_owned(), n);
     }
     let selected: Vec<String> = if queues.trim() == "all" {
         registry.queues().map(str::to_owned).collect()
     } else {
-        queues.split(',').map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect()
+        queues
+            .split(',')
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty())
+            .collect()
     };
     let known: Vec<&str> = registry.queues().collect();
     for queue in selected.iter().chain(limits.keys()) {
-        anyhow::ensure!(known.contains(&queue.as_str()), "unknown queue {queue:?}; known queues: {}", known.join(", "));
+        anyhow::ensure!(
+            known.contains(&queue.as_str()),
+            "unknown queue {queue:?}; known queues: {}",
+            known.join(", ")
+        );
     }
     anyhow::ensure!(!selected.is_empty(), "--queues names no queue");
     Ok(selected
         .into_iter()
-        .map(|queue| QueuePlan { concurrency: limits.get(&queue).copied().unwrap_or(DEFAULT_CONCURRENCY), queue })
+        .map(|queue| QueuePlan {
+            concurrency: limits.get(&queue).copied().unwrap_or(DEFAULT_CONCURRENCY),
+            queue,
+        })
         .collect())
 }
 
@@ -57,11 +78,21 @@ pub struct Worker {
 
 impl Worker {
     /// Builds a worker with its own pool, metrics and ops listener (`METRICS_LISTEN_ADDR`; port 0 in tests).
-    pub async fn build(config: &Config, registry: Registry, plans: Vec<QueuePlan>) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: &Config,
+        registry: Registry,
+        plans: Vec<QueuePlan>,
+    ) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
         let services = Arc::new(Services::new(config.queue.clone(), Metrics::new("worker")));
         let listener = telemetry::bind(config.http.metrics_listen).await?;
-        Ok(Self::with_parts(pool, registry, services, plans, Some(listener)))
+        Ok(Self::with_parts(
+            pool,
+            registry,
+            services,
+            plans,
+            Some(listener),
+        ))
     }
 
     /// Builds from shared parts (the `dev` command runs every role in one process). Without a listener the
@@ -73,7 +104,13 @@ impl Worker {
         plans: Vec<QueuePlan>,
         ops_listener: Option<TcpListener>,
     ) -> Self {
-        Self { pool, registry, services, plans, ops_listener }
+        Self {
+            pool,
+            registry,
+            services,
+            plans,
+            ops_listener,
+        }
     }
 
     pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
@@ -83,11 +120,20 @@ impl Worker {
     /// Starts the runners and returns their health handle together with a future that drains them once
     /// `shutdown` fires.
     pub async fn start(self, shutdown: CancellationToken) -> anyhow::Result<StartedWorker> {
-        let running = queue::start(self.pool.clone(), &self.registry, self.services.clone(), self.plans, shutdown.clone())
-            .await?;
+        let running = queue::start(
+            self.pool.clone(),
+            &self.registry,
+            self.services.clone(),
+            self.plans,
+            shutdown.clone(),
+        )
+        .await?;
         let health = running.health.clone();
         if let Some(listener) = self.ops_listener {
-            let probe = Arc::new(WorkerProbe { metrics: self.services.metrics.clone(), health: health.clone() });
+            let probe = Arc::new(WorkerProbe {
+                metrics: self.services.metrics.clone(),
+                health: health.clone(),
+            });
             tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
         }
         Ok(StartedWorker { health, running })
@@ -139,8 +185,19 @@ mod tests {
     #[test]
     fn plans_take_per_queue_concurrency_and_default_the_rest() {
         let registry = jobs::kinds::registry();
-        let plans = plans(&registry, "prune_finished_jobs", &["prune_finished_jobs=3".into()]).unwrap();
-        assert_eq!(plans, vec![QueuePlan { queue: "prune_finished_jobs".into(), concurrency: 3 }]);
+        let plans = plans(
+            &registry,
+            "prune_finished_jobs",
+            &["prune_finished_jobs=3".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            plans,
+            vec![QueuePlan {
+                queue: "prune_finished_jobs".into(),
+                concurrency: 3
+            }]
+        );
         let all = super::plans(&registry, "all", &[]).unwrap();
         assert_eq!(all.len(), registry.queues().count());
         assert!(all.iter().all(|p| p.concurrency == DEFAULT_CONCURRENCY));
@@ -150,7 +207,10 @@ mod tests {
     fn an_unknown_queue_name_is_refused_with_the_known_ones() {
         let registry = jobs::kinds::registry();
         let error = plans(&registry, "submitt", &[]).unwrap_err().to_string();
-        assert!(error.contains("unknown queue \"submitt\"") && error.contains("prune_finished_jobs"), "{error}");
+        assert!(
+            error.contains("unknown queue \"submitt\"") && error.contains("prune_finished_jobs"),
+            "{error}"
+        );
         assert!(plans(&registry, "all", &["prune_finished_jobs=0".into()]).is_err());
     }
 }

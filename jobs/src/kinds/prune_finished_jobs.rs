@@ -12,12 +12,19 @@ pub struct PruneFinishedJobs {}
 
 impl Job for PruneFinishedJobs {
     const NAME: &'static str = "prune_finished_jobs";
-    const POLICY: RetryPolicy = RetryPolicy { max_attempts: 3, ..RetryPolicy::DEFAULT };
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::DEFAULT
+    };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let config = &ctx.services.queue;
-        let deleted =
-            ops::prune_finished(&ctx.pool, config.finished_job_retention, config.dead_job_retention).await?;
+        let deleted = ops::prune_finished(
+            &ctx.pool,
+            config.finished_job_retention,
+            config.dead_job_retention,
+        )
+        .await?;
         tracing::info!(deleted, "pruned finished jobs");
         Ok(Outcome::Done)
     }

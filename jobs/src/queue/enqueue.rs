@@ -44,11 +44,17 @@ pub struct EnqueueOptions {
 
 impl EnqueueOptions {
     pub fn key(key: impl Into<String>) -> Self {
-        Self { idempotency_key: Some(key.into()), ..Self::default() }
+        Self {
+            idempotency_key: Some(key.into()),
+            ..Self::default()
+        }
     }
 
     pub fn delayed(delay: Duration) -> Self {
-        Self { run_at: Some(Utc::now() + delay), ..Self::default() }
+        Self {
+            run_at: Some(Utc::now() + delay),
+            ..Self::default()
+        }
     }
 
     pub fn with_key(mut self, key: impl Into<String>) -> Self {

@@ -133,11 +133,20 @@ mod tests {
         };
         for _ in 0..200 {
             let first = policy.backoff(1);
-            assert!(first >= Duration::from_secs(1) && first <= Duration::from_secs(2), "{first:?}");
+            assert!(
+                first >= Duration::from_secs(1) && first <= Duration::from_secs(2),
+                "{first:?}"
+            );
             let third = policy.backoff(3);
-            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8), "{third:?}");
+            assert!(
+                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
+                "{third:?}"
+            );
             let late = policy.backoff(30);
-            assert!(late >= Duration::from_secs(30) && late <= Duration::from_secs(60), "{late:?}");
+            assert!(
+                late >= Duration::from_secs(30) && late <= Duration::from_secs(60),
+                "{late:?}"
+            );
         }
     }
 
@@ -145,6 +154,10 @@ mod tests {
     fn backoff_is_jittered() {
         let policy = RetryPolicy::DEFAULT;
         let delays: std::collections::HashSet<_> = (0..50).map(|_| policy.backoff(4)).collect();
-        assert!(delays.len() > 10, "50 draws gave only {} distinct delays", delays.len());
+        assert!(
+            delays.len() > 10,
+            "50 draws gave only {} distinct delays",
+            delays.len()
+        );
     }
 }

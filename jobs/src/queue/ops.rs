@@ -44,15 +44,17 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(queue, waiting, scheduled, running, dead, oldest, paused)| QueueStats {
-            queue,
-            waiting,
-            scheduled,
-            running,
-            dead,
-            oldest_waiting_age_seconds: oldest.unwrap_or(0.0).max(0.0),
-            paused,
-        })
+        .map(
+            |(queue, waiting, scheduled, running, dead, oldest, paused)| QueueStats {
+                queue,
+                waiting,
+                scheduled,
+                running,
+                dead,
+                oldest_waiting_age_seconds: oldest.unwrap_or(0.0).max(0.0),
+                paused,
+            },
+        )
         .collect())
 }
 
@@ -72,11 +74,16 @@ pub struct JobRow {
     pub payload: String,
 }
 
-const JOB_COLUMNS: &str = "id, job_type AS queue, status, attempts, max_attempts, run_at, done_at, lock_by,
+const JOB_COLUMNS: &str =
+    "id, job_type AS queue, status, attempts, max_attempts, run_at, done_at, lock_by,
      last_result ->> 'Err' AS last_error, convert_from(job, 'UTF8') AS payload";
 
 /// Dead jobs, newest first, optionally of one queue.
-pub async fn dead_jobs(pool: &PgPool, queue: Option<&str>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+pub async fn dead_jobs(
+    pool: &PgPool,
+    queue: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
     // Only a constant column list is interpolated.
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM apalis.jobs
@@ -91,10 +98,12 @@ pub async fn dead_jobs(pool: &PgPool, queue: Option<&str>, limit: i64) -> sqlx::
 
 /// One job by id.
 pub async fn find_job(pool: &PgPool, id: &str) -> sqlx::Result<Option<JobRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM apalis.jobs WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM apalis.jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Re-runs a dead or cancelled job from scratch (attempts reset). Returns false when the job is not dead or
@@ -135,17 +144,22 @@ pub async fn discard_job(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
 
 /// Stops workers claiming from `queue` (running jobs finish). Idempotent.
 pub async fn pause_queue(pool: &PgPool, queue: &str, reason: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO queue_pauses (queue, reason) VALUES ($1, $2) ON CONFLICT (queue) DO NOTHING")
-        .bind(queue)
-        .bind(reason)
-        .execute(pool)
-        .await
-        .map(drop)
+    sqlx::query(
+        "INSERT INTO queue_pauses (queue, reason) VALUES ($1, $2) ON CONFLICT (queue) DO NOTHING",
+    )
+    .bind(queue)
+    .bind(reason)
+    .execute(pool)
+    .await
+    .map(drop)
 }
 
 /// Lets workers claim from `queue` again. Idempotent.
 pub async fn resume_queue(pool: &PgPool, queue: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM queue_pauses WHERE queue = $1").bind(queue).execute(pool).await?;
+    sqlx::query("DELETE FROM queue_pauses WHERE queue = $1")
+        .bind(queue)
+        .execute(pool)
+        .await?;
     // Wake idle workers of that queue now rather than at their next poll.
     sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
         .bind(super::runtime::INSERT_CHANNEL)

@@ -9,7 +9,8 @@ use futures::{FutureExt, future::BoxFuture};
 
 use super::job::{Job, JobContext, JobError, Outcome, RetryPolicy};
 
-type HandlerFn = dyn Fn(Vec<u8>, JobContext) -> BoxFuture<'static, Result<Outcome, JobError>> + Send + Sync;
+type HandlerFn =
+    dyn Fn(Vec<u8>, JobContext) -> BoxFuture<'static, Result<Outcome, JobError>> + Send + Sync;
 
 /// One registered job kind.
 #[derive(Clone)]
@@ -20,14 +21,21 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn call(&self, payload: Vec<u8>, ctx: JobContext) -> BoxFuture<'static, Result<Outcome, JobError>> {
+    pub fn call(
+        &self,
+        payload: Vec<u8>,
+        ctx: JobContext,
+    ) -> BoxFuture<'static, Result<Outcome, JobError>> {
         (self.run)(payload, ctx)
     }
 }
 
 impl std::fmt::Debug for Handler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handler").field("queue", &self.queue).field("policy", &self.policy).finish()
+        f.debug_struct("Handler")
+            .field("queue", &self.queue)
+            .field("policy", &self.policy)
+            .finish()
     }
 }
 
@@ -47,13 +55,23 @@ impl Registry {
         let run: Arc<HandlerFn> = Arc::new(|payload: Vec<u8>, ctx: JobContext| {
             async move {
                 let job: J = serde_json::from_slice(&payload).map_err(|error| {
-                    JobError::permanent(anyhow::anyhow!("payload of {} could not be decoded: {error}", J::NAME))
+                    JobError::permanent(anyhow::anyhow!(
+                        "payload of {} could not be decoded: {error}",
+                        J::NAME
+                    ))
                 })?;
                 job.run(ctx).await
             }
             .boxed()
         });
-        let previous = self.handlers.insert(J::NAME, Handler { queue: J::NAME, policy: J::POLICY, run });
+        let previous = self.handlers.insert(
+            J::NAME,
+            Handler {
+                queue: J::NAME,
+                policy: J::POLICY,
+                run,
+            },
+        );
         assert!(previous.is_none(), "job kind {} registered twice", J::NAME);
         self
     }

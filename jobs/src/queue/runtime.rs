@@ -81,7 +81,8 @@ impl QueueHealth {
     }
 
     fn tick(&self) {
-        self.last_tick_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.last_tick_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     /// The runner is looping (its last iteration is recent) and its last database call worked.
@@ -109,7 +110,8 @@ pub struct WorkerHealth {
 impl WorkerHealth {
     /// Ready: not draining, and every runner alive with a working database connection.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.queues.iter().all(|q| q.is_healthy(self.stale_after))
+        !self.draining.load(Ordering::Relaxed)
+            && self.queues.iter().all(|q| q.is_healthy(self.stale_after))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -122,12 +124,23 @@ impl WorkerHealth {
             return Err("draining".into());
         }
         let unhealthy = self.unhealthy_queues();
-        if unhealthy.is_empty() { Ok(()) } else { Err(format!("queue runners not healthy: {}", unhealthy.join(", "))) }
+        if unhealthy.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "queue runners not healthy: {}",
+                unhealthy.join(", ")
+            ))
+        }
     }
 
     /// Queues whose runner is not healthy.
     pub fn unhealthy_queues(&self) -> Vec<String> {
-        self.queues.iter().filter(|q| !q.is_healthy(self.stale_after)).map(|q| q.queue.clone()).collect()
+        self.queues
+            .iter()
+            .filter(|q| !q.is_healthy(self.stale_after))
+            .map(|q| q.queue.clone())
+            .collect()
     }
 }
 
@@ -164,7 +177,11 @@ pub async fn start(
             .get(&plan.queue)
             .with_context(|| format!("unknown queue {:?}", plan.queue))?
             .clone();
-        anyhow::ensure!(plan.concurrency > 0, "concurrency of queue {} must be at least 1", plan.queue);
+        anyhow::ensure!(
+            plan.concurrency > 0,
+            "concurrency of queue {} must be at least 1",
+            plan.queue
+        );
         let worker_id = format!("{host}:{}:{}:{process_tag}", std::process::id(), plan.queue);
         let wake = Arc::new(Notify::new());
         wakers.insert(plan.queue.clone(), wake.clone());
@@ -188,8 +205,10 @@ pub async fn start(
 
     // Register before the first claim: `apalis.jobs.lock_by` references `apalis.workers.id`. If the database is
     // down now, the heartbeat task keeps trying and the runners report not-ready until it answers.
-    let worker_ids: Vec<(String, String)> =
-        runners.iter().map(|r| (r.worker_id.clone(), r.queue.to_owned())).collect();
+    let worker_ids: Vec<(String, String)> = runners
+        .iter()
+        .map(|r| (r.worker_id.clone(), r.queue.to_owned()))
+        .collect();
     if let Err(error) = register_workers(&pool, &worker_ids).await {
         tracing::warn!(error = %error, "could not register workers yet; will retry");
     }
@@ -197,16 +216,32 @@ pub async fn start(
     let background = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(listen_for_inserts(pool.clone(), wakers, background.clone()));
-    tasks.spawn(heartbeat(pool.clone(), worker_ids, config.heartbeat_interval, background.clone()));
-    let queues: Vec<(String, Duration)> =
-        runners.iter().map(|r| (r.queue.to_owned(), r.handler.policy.timeout)).collect();
-    tasks.spawn(reap(pool.clone(), queues, config.clone(), background.clone()));
+    tasks.spawn(heartbeat(
+        pool.clone(),
+        worker_ids,
+        config.heartbeat_interval,
+        background.clone(),
+    ));
+    let queues: Vec<(String, Duration)> = runners
+        .iter()
+        .map(|r| (r.queue.to_owned(), r.handler.policy.timeout))
+        .collect();
+    tasks.spawn(reap(
+        pool.clone(),
+        queues,
+        config.clone(),
+        background.clone(),
+    ));
 
     let health_for_task = health.clone();
     let handle = tokio::spawn(async move {
         let mut supervised = JoinSet::new();
         for runner in runners {
-            supervised.spawn(supervise(runner, services.metrics.clone(), shutdown.clone()));
+            supervised.spawn(supervise(
+                runner,
+                services.metrics.clone(),
+                shutdown.clone(),
+            ));
         }
         shutdown.cancelled().await;
         health_for_task.draining.store(true, Ordering::Relaxed);
@@ -218,7 +253,11 @@ pub async fn start(
 }
 
 /// Keeps a runner going: a runner that panics is started again after a pause, and counted.
-async fn supervise(runner: Arc<Runner>, metrics: crate::telemetry::Metrics, shutdown: CancellationToken) {
+async fn supervise(
+    runner: Arc<Runner>,
+    metrics: crate::telemetry::Metrics,
+    shutdown: CancellationToken,
+) {
     let queue = runner.queue;
     metrics.workers_alive.with_label_values(&[queue]).inc();
     loop {
@@ -302,7 +341,10 @@ impl Runner {
                     database_backoff = Duration::from_millis(100);
                     let claimed_all = jobs.len() == wanted;
                     for job in jobs {
-                        let permit = slots.clone().try_acquire_owned().expect("claimed no more than free slots");
+                        let permit = slots
+                            .clone()
+                            .try_acquire_owned()
+                            .expect("claimed no more than free slots");
                         in_flight.spawn(self.clone().execute(job, permit, done_tx.clone()));
                     }
                     if claimed_all {
@@ -337,7 +379,11 @@ impl Runner {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(job.queue = self.queue, in_flight = in_flight.len(), "grace period over; handing jobs back");
+            tracing::warn!(
+                job.queue = self.queue,
+                in_flight = in_flight.len(),
+                "grace period over; handing jobs back"
+            );
             in_flight.abort_all();
             while in_flight.join_next().await.is_some() {}
         }
@@ -347,7 +393,11 @@ impl Runner {
         }
         match hand_back(&self.pool, &self.worker_id).await {
             Ok(0) => {}
-            Ok(count) => tracing::info!(job.queue = self.queue, count, "handed unfinished jobs back to the queue"),
+            Ok(count) => tracing::info!(
+                job.queue = self.queue,
+                count,
+                "handed unfinished jobs back to the queue"
+            ),
             Err(error) => {
                 tracing::error!(job.queue = self.queue, error = %error, "could not hand jobs back; the reaper will")
             }
@@ -362,7 +412,10 @@ impl Runner {
     ) {
         let metrics = &self.services.metrics;
         let wait = (job.started_at - job.run_at).to_std().unwrap_or_default();
-        metrics.job_wait_seconds.with_label_values(&[self.queue]).observe(wait.as_secs_f64());
+        metrics
+            .job_wait_seconds
+            .with_label_values(&[self.queue])
+            .observe(wait.as_secs_f64());
         let span = tracing::info_span!("job", job.queue = self.queue, job.id = %job.id, job.attempt = job.attempts);
         let ctx = JobContext {
             pool: self.pool.clone(),
@@ -373,40 +426,77 @@ impl Runner {
         let started = Instant::now();
         let timeout = self.handler.policy.timeout;
         let attempt = AssertUnwindSafe(self.handler.call(job.job, ctx)).catch_unwind();
-        let result = match tokio::time::timeout(timeout, attempt).instrument(span.clone()).await {
-            Err(_) => Err(JobError::Retryable(anyhow::anyhow!("attempt timed out after {timeout:?}"))),
-            Ok(Err(panic)) => Err(JobError::Retryable(anyhow::anyhow!("attempt panicked: {}", panic_message(&*panic)))),
+        let result = match tokio::time::timeout(timeout, attempt)
+            .instrument(span.clone())
+            .await
+        {
+            Err(_) => Err(JobError::Retryable(anyhow::anyhow!(
+                "attempt timed out after {timeout:?}"
+            ))),
+            Ok(Err(panic)) => Err(JobError::Retryable(anyhow::anyhow!(
+                "attempt panicked: {}",
+                panic_message(&*panic)
+            ))),
             Ok(Ok(result)) => result,
         };
         let elapsed = started.elapsed().as_secs_f64();
         let _entered = span.enter();
         match result {
             Ok(Outcome::Done) => {
-                metrics.job_duration_seconds.with_label_values(&[self.queue, "done"]).observe(elapsed);
-                metrics.jobs_completed_total.with_label_values(&[self.queue]).inc();
+                metrics
+                    .job_duration_seconds
+                    .with_label_values(&[self.queue, "done"])
+                    .observe(elapsed);
+                metrics
+                    .jobs_completed_total
+                    .with_label_values(&[self.queue])
+                    .inc();
                 tracing::debug!(duration_ms = elapsed * 1000.0, "job done");
                 // The completer marks it done; if the process dies first, the job runs again (at-least-once).
                 let _ = done.send(job.id);
             }
             Ok(Outcome::Snooze(delay)) => {
-                metrics.job_duration_seconds.with_label_values(&[self.queue, "snoozed"]).observe(elapsed);
-                metrics.jobs_snoozed_total.with_label_values(&[self.queue]).inc();
+                metrics
+                    .job_duration_seconds
+                    .with_label_values(&[self.queue, "snoozed"])
+                    .observe(elapsed);
+                metrics
+                    .jobs_snoozed_total
+                    .with_label_values(&[self.queue])
+                    .inc();
                 self.record(Transition::Snooze { delay }, &job.id).await;
             }
             Err(error) => {
                 let permanent = matches!(error, JobError::Permanent(_));
                 let dead = permanent || job.attempts >= job.max_attempts;
                 let message = error.to_string();
-                metrics.job_duration_seconds.with_label_values(&[self.queue, "failed"]).observe(elapsed);
+                metrics
+                    .job_duration_seconds
+                    .with_label_values(&[self.queue, "failed"])
+                    .observe(elapsed);
                 if dead {
-                    metrics.jobs_dead_total.with_label_values(&[self.queue]).inc();
+                    metrics
+                        .jobs_dead_total
+                        .with_label_values(&[self.queue])
+                        .inc();
                     tracing::error!(error = %message, permanent, attempts = job.attempts, "job is dead");
-                    self.record(Transition::Dead { error: message }, &job.id).await;
+                    self.record(Transition::Dead { error: message }, &job.id)
+                        .await;
                 } else {
                     let delay = self.handler.policy.backoff(job.attempts);
-                    metrics.jobs_retried_total.with_label_values(&[self.queue]).inc();
+                    metrics
+                        .jobs_retried_total
+                        .with_label_values(&[self.queue])
+                        .inc();
                     tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
-                    self.record(Transition::Retry { delay, error: message }, &job.id).await;
+                    self.record(
+                        Transition::Retry {
+                            delay,
+                            error: message,
+                        },
+                        &job.id,
+                    )
+                    .await;
                 }
             }
         }
@@ -473,7 +563,12 @@ impl Transition {
     }
 }
 
-async fn claim(pool: &PgPool, queue: &str, worker_id: &str, limit: usize) -> sqlx::Result<Vec<ClaimedJob>> {
+async fn claim(
+    pool: &PgPool,
+    queue: &str,
+    worker_id: &str,
+    limit: usize,
+) -> sqlx::Result<Vec<ClaimedJob>> {
     sqlx::query_as(
         "WITH next AS (
              SELECT id FROM apalis.jobs
@@ -566,7 +661,12 @@ async fn register_workers(pool: &PgPool, workers: &[(String, String)]) -> sqlx::
     .map(drop)
 }
 
-async fn heartbeat(pool: PgPool, workers: Vec<(String, String)>, every: Duration, stop: CancellationToken) {
+async fn heartbeat(
+    pool: PgPool,
+    workers: Vec<(String, String)>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut interval = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -581,7 +681,12 @@ async fn heartbeat(pool: PgPool, workers: Vec<(String, String)>, every: Duration
 
 /// Hands back jobs whose worker stopped heartbeating, and attempts running far past their timeout (a runner
 /// that died mid-attempt). A job out of attempts is dead instead, with the reason kept.
-async fn reap(pool: PgPool, queues: Vec<(String, Duration)>, config: QueueConfig, stop: CancellationToken) {
+async fn reap(
+    pool: PgPool,
+    queues: Vec<(String, Duration)>,
+    config: QueueConfig,
+    stop: CancellationToken,
+) {
     let mut interval = tokio::time::interval(config.heartbeat_interval.max(Duration::from_secs(1)));
     loop {
         tokio::select! {
@@ -638,7 +743,11 @@ pub async fn reap_queue(
 
 /// Wakes the runner of a queue when apalis' trigger announces an immediate job for it. Reconnects after a
 /// database outage; meanwhile the runners' poll keeps work moving.
-async fn listen_for_inserts(pool: PgPool, wakers: HashMap<String, Arc<Notify>>, stop: CancellationToken) {
+async fn listen_for_inserts(
+    pool: PgPool,
+    wakers: HashMap<String, Arc<Notify>>,
+    stop: CancellationToken,
+) {
     #[derive(serde::Deserialize)]
     struct Insert {
         job_type: String,

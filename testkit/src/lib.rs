@@ -1,1 +1,14 @@
+//! The test harness (a dev-dependency only).
+//!
+//! - [`TestDb`]: a fresh database per test, copied from a migrated template, dropped afterwards.
+//! - [`TestApp`]: api and worker on port 0 against a fresh database and the in-process S3 server, one method
+//!   per endpoint, `drain()` to run the queue dry, and `finish()` that fails a test leaving jobs unrun or
+//!   dead unless it said it expects them.
+//! - [`test_jobs`]: job kinds that succeed, fail, panic, hang or snooze on demand.
 
+mod app;
+mod db;
+pub mod test_jobs;
+
+pub use app::{TestApp, TestAppBuilder};
+pub use db::{TestDb, admin_url};

@@ -1,0 +1,6 @@
+//! Integration tests of the jobs crate against real Postgres: the queue layer's guard rails, the credit
+//! ledger's database-enforced rules, and the schema's privacy promises.
+
+mod ledger;
+mod queue;
+mod schema;

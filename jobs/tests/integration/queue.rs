@@ -1,0 +1,727 @@
+//! Each guard rail of the queue layer (see ../shared/docs/apalis-postgres.md), shown against real Postgres.
+
+use std::time::Duration;
+
+use jobs::{
+    config::QueueConfig,
+    queue::{self, EnqueueOptions, Enqueued, ops, runtime},
+};
+use testkit::{
+    TestApp,
+    test_jobs::{
+        self, AlwaysFails, FailTimes, Hangs, Panics, Permanent, Record, Slow, SnoozeTimes,
+    },
+};
+
+fn record(label: &str) -> Record {
+    Record {
+        label: label.into(),
+    }
+}
+
+async fn count_runs(app: &TestApp, label: &str) -> usize {
+    test_jobs::runs(&app.pool, label).await.len()
+}
+
+#[tokio::test]
+async fn a_job_enqueued_in_a_rolled_back_transaction_never_exists() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut tx = app.pool.begin().await.unwrap();
+    let enqueued = queue::enqueue(&mut *tx, &record("rolled-back"))
+        .await
+        .unwrap();
+    assert!(enqueued.is_new());
+    tx.rollback().await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_idempotency_key_reports_already_queued_and_leaves_the_transaction_usable() {
+    let app = TestApp::spawn().await;
+    let mut tx = app.pool.begin().await.unwrap();
+    let first = queue::enqueue_with(&mut *tx, &record("dup"), EnqueueOptions::key("k1"))
+        .await
+        .unwrap();
+    let second = queue::enqueue_with(&mut *tx, &record("dup"), EnqueueOptions::key("k1"))
+        .await
+        .unwrap();
+    assert!(first.is_new());
+    assert_eq!(second, Enqueued::AlreadyQueued);
+    // The transaction was not aborted by the duplicate: more work in it commits.
+    queue::enqueue(&mut *tx, &record("after-dup"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    app.drain().await;
+    assert_eq!(count_runs(&app, "dup").await, 1);
+    assert_eq!(count_runs(&app, "after-dup").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_failed_job_is_retried_later_with_backoff_and_then_succeeds() {
+    let app = TestApp::spawn().await;
+    app.enqueue(&FailTimes {
+        label: "flaky".into(),
+        failures: 2,
+    })
+    .await;
+    app.drain().await;
+    let runs = test_jobs::runs(&app.pool, "flaky").await;
+    assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    // Policy: base 400 ms with equal jitter -> at least 200 ms, then at least 400 ms.
+    let first_gap = (runs[1].1 - runs[0].1).num_milliseconds();
+    let second_gap = (runs[2].1 - runs[1].1).num_milliseconds();
+    assert!(first_gap >= 190, "first retry came after {first_gap} ms");
+    assert!(second_gap >= 390, "second retry came after {second_gap} ms");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_its_retry_holds_no_worker_slot() {
+    let app = TestApp::builder().concurrency(1).spawn().await;
+    app.enqueue(&FailTimes {
+        label: "retrying".into(),
+        failures: 1,
+    })
+    .await;
+    // Wait for the first failure to be recorded, then queue other work.
+    while count_runs(&app, "retrying").await == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.enqueue(&record("meanwhile")).await;
+    app.drain().await;
+    let retry = test_jobs::runs(&app.pool, "retrying").await;
+    let meanwhile = test_jobs::runs(&app.pool, "meanwhile").await;
+    assert!(
+        meanwhile[0].1 < retry[1].1,
+        "with one slot, other work ran while the failed job waited to retry"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_out_of_attempts_is_dead_with_its_last_error_and_an_operator_can_run_it_again() {
+    let mut app = TestApp::spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&AlwaysFails {
+            label: "doomed".into(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    app.drain().await;
+    assert_eq!(count_runs(&app, "doomed").await, 3, "max_attempts is 3");
+    let dead = ops::dead_jobs(&app.pool, Some("test_always_fails"), 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("upstream said no (attempt 3)")
+    );
+
+    assert!(ops::retry_job(&app.pool, &id).await.unwrap());
+    app.drain().await;
+    assert_eq!(
+        count_runs(&app, "doomed").await,
+        6,
+        "retried from its first attempt"
+    );
+    app.expect_dead(1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_kills_the_job_after_one_attempt() {
+    let mut app = TestApp::spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&Permanent {
+            label: "refused".into(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    app.drain().await;
+    assert_eq!(count_runs(&app, "refused").await, 1);
+    let job = ops::find_job(&app.pool, &id).await.unwrap().unwrap();
+    assert_eq!(job.status, "Failed");
+    assert_eq!(job.last_error.as_deref(), Some("content policy refusal"));
+    app.expect_dead(1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_that_job_with_the_panic_kept_and_the_worker_keeps_working() {
+    let mut app = TestApp::builder().concurrency(1).spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&Panics {
+            label: "buggy".into(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    app.drain().await;
+    app.enqueue(&record("after-panic")).await;
+    app.drain().await;
+    let job = ops::find_job(&app.pool, &id).await.unwrap().unwrap();
+    assert_eq!(job.status, "Failed");
+    assert_eq!(job.attempts, 2);
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("attempt panicked: bug in job buggy")
+    );
+    assert_eq!(count_runs(&app, "after-panic").await, 1);
+    assert!(app.worker_health.as_ref().unwrap().readiness().is_ok());
+    app.expect_dead(1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_is_cancelled_and_never_left_running() {
+    let mut app = TestApp::spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&Hangs {
+            label: "hung".into(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    app.drain().await;
+    let job = ops::find_job(&app.pool, &id).await.unwrap().unwrap();
+    assert_eq!(job.status, "Failed");
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("attempt timed out after 300ms")
+    );
+    app.expect_dead(1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_payload_fails_that_job_only_and_the_worker_runs_the_rest() {
+    let mut app = TestApp::builder().concurrency(1).spawn().await;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at)
+         VALUES ('bad-payload', 'test_record', convert_to('{\"labl\": 1}', 'UTF8'), 'Pending', 0, 5, now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.enqueue(&record("good")).await;
+    app.drain().await;
+    let job = ops::find_job(&app.pool, "bad-payload")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, "Failed");
+    assert_eq!(job.attempts, 1, "a decode error is permanent");
+    assert!(
+        job.last_error
+            .unwrap()
+            .starts_with("payload of test_record could not be decoded: missing field `label`")
+    );
+    assert_eq!(count_runs(&app, "good").await, 1);
+    app.expect_dead(1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_snoozed_job_runs_again_later_without_spending_attempts() {
+    let app = TestApp::spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&SnoozeTimes {
+            label: "poller".into(),
+            times: 3,
+            snooze_ms: 300,
+        })
+        .await
+    else {
+        panic!()
+    };
+    app.drain().await;
+    let runs = test_jobs::runs(&app.pool, "poller").await;
+    assert_eq!(runs.len(), 4);
+    assert!(
+        runs.iter().all(|(attempt, _)| *attempt == 1),
+        "snoozes are not attempts: {runs:?}"
+    );
+    for pair in runs.windows(2) {
+        let gap = (pair[1].1 - pair[0].1).num_milliseconds();
+        assert!(gap >= 290, "snoozed for {gap} ms, asked for 300");
+    }
+    assert_eq!(app.job_status(&id).await, "Done");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_idle_worker_is_woken_by_notify_without_waiting_for_its_poll() {
+    // A 60 s poll: only LISTEN/NOTIFY can start the job within the test's patience.
+    let config = QueueConfig {
+        poll_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let app = TestApp::builder().queue_config(config).spawn().await;
+    // Let the runners reach their idle wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.enqueue(&record("notified")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count_runs(&app, "notified").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an idle worker was not woken by the insert notification"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.drain().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_delayed_job_does_not_start_before_its_time_and_the_poll_starts_it_after() {
+    let app = TestApp::spawn().await;
+    let options = EnqueueOptions::delayed(Duration::from_millis(800));
+    let Enqueued::New(id) = app.enqueue_with(&record("delayed"), options).await else {
+        panic!()
+    };
+    let run_at: test_jobs::chrono_like::Timestamp =
+        sqlx::query_scalar("SELECT run_at FROM apalis.jobs WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    app.drain().await;
+    let runs = test_jobs::runs(&app.pool, "delayed").await;
+    assert_eq!(runs.len(), 1);
+    assert!(
+        runs[0].1 >= run_at,
+        "started at {} before its run_at {run_at}",
+        runs[0].1
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_reaper_hands_back_jobs_of_a_worker_that_stopped_heartbeating() {
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         VALUES ('dead-worker', 'test_record', 'createimage2', '', now() - interval '10 minutes')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    for (id, attempts) in [("orphan", 1), ("orphan-out-of-attempts", 5)] {
+        sqlx::query(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, lock_by, lock_at)
+             VALUES ($1, 'test_record', convert_to('{\"label\": \"orphan\"}', 'UTF8'), 'Running', $2, 5, now(),
+                     'dead-worker', now() - interval '10 minutes')",
+        )
+        .bind(id)
+        .bind(attempts)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let reaped = runtime::reap_queue(
+        &app.pool,
+        "test_record",
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reaped, 2);
+    assert_eq!(app.job_status("orphan").await, "Pending");
+    let dead = ops::find_job(&app.pool, "orphan-out-of-attempts")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dead.status, "Failed");
+    assert!(
+        dead.last_error
+            .unwrap()
+            .contains("abandoned by worker dead-worker")
+    );
+
+    // A live worker then runs the handed-back job.
+    app.expect_dead(1);
+    let registry = test_jobs::registry();
+    let services = std::sync::Arc::new(jobs::queue::Services::new(
+        QueueConfig::default(),
+        jobs::telemetry::Metrics::new("t"),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let plans = vec![jobs::queue::QueuePlan {
+        queue: "test_record".into(),
+        concurrency: 2,
+    }];
+    let running = queue::start(app.pool.clone(), &registry, services, plans, stop.clone())
+        .await
+        .unwrap();
+    app.drain().await;
+    stop.cancel();
+    running.wait().await;
+    assert_eq!(count_runs(&app, "orphan").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_running_far_past_its_timeout_is_reaped_even_if_its_worker_heartbeats() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         VALUES ('live-but-stuck', 'test_record', 'createimage2', '', now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, lock_by, lock_at)
+         VALUES ('stuck', 'test_record', convert_to('{\"label\": \"stuck\"}', 'UTF8'), 'Running', 1, 5, now(),
+                 'live-but-stuck', now() - interval '2 hours')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let reaped = runtime::reap_queue(
+        &app.pool,
+        "test_record",
+        Duration::from_secs(60),
+        Duration::from_secs(90),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reaped, 1);
+    assert_eq!(app.job_status("stuck").await, "Pending");
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn workers_keep_working_after_their_database_connections_are_killed() {
+    let app = TestApp::spawn().await;
+    app.enqueue(&record("before-outage")).await;
+    app.drain().await;
+    // Every connection of this database is cut, as in a failover or a restart of the server.
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&app.db.name)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.enqueue(&record("after-outage")).await;
+    app.drain().await;
+    assert_eq!(count_runs(&app, "after-outage").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_the_database_reports_not_ready() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    // A worker whose pool points at a port where nothing listens.
+    let unreachable = jobs::db::pool(&jobs::config::DatabaseConfig {
+        url: "postgres://postgres@127.0.0.1:1/none".to_owned().into(),
+        max_connections: 2,
+    })
+    .unwrap();
+    let services = std::sync::Arc::new(jobs::queue::Services::new(
+        QueueConfig {
+            poll_interval: Duration::from_millis(100),
+            ..QueueConfig::default()
+        },
+        jobs::telemetry::Metrics::new("t"),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let plans = vec![jobs::queue::QueuePlan {
+        queue: "test_record".into(),
+        concurrency: 1,
+    }];
+    let running = queue::start(
+        unreachable,
+        &test_jobs::registry(),
+        services,
+        plans,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Err(reason) = running.health.readiness() {
+            assert!(reason.contains("test_record"), "{reason}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker kept reporting ready without a database"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    running.wait().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_jobs_finish_within_the_grace_period() {
+    let config = QueueConfig {
+        shutdown_grace: Duration::from_secs(10),
+        ..QueueConfig::default()
+    };
+    let mut app = TestApp::builder().queue_config(config).spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&Slow {
+            label: "finishing".into(),
+            ms: 500,
+        })
+        .await
+    else {
+        panic!()
+    };
+    while app.job_status(&id).await != "Running" {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.stop().await;
+    assert_eq!(app.job_status(&id).await, "Done");
+    assert_eq!(count_runs(&app, "finishing").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn shutdown_hands_back_jobs_that_cannot_finish_within_the_grace_period() {
+    let config = QueueConfig {
+        shutdown_grace: Duration::from_millis(200),
+        ..QueueConfig::default()
+    };
+    let mut app = TestApp::builder().queue_config(config).spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&Slow {
+            label: "long".into(),
+            ms: 30_000,
+        })
+        .await
+    else {
+        panic!()
+    };
+    while app.job_status(&id).await != "Running" {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.stop().await;
+    let job = ops::find_job(&app.pool, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.status.as_str(), job.attempts, job.lock_by),
+        ("Pending", 0, None),
+        "handed back, attempt not counted"
+    );
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn two_workers_share_a_queue_without_running_any_job_twice() {
+    let app = TestApp::builder().concurrency(20).spawn().await;
+    // A second worker process on the same database.
+    let services = std::sync::Arc::new(jobs::queue::Services::new(
+        QueueConfig::default(),
+        jobs::telemetry::Metrics::new("t"),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let plans = vec![jobs::queue::QueuePlan {
+        queue: "test_record".into(),
+        concurrency: 20,
+    }];
+    let second = queue::start(
+        app.pool.clone(),
+        &test_jobs::registry(),
+        services,
+        plans,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let jobs: Vec<_> = (0..500)
+        .map(|i| queue::NewJob::of(&record(&format!("shared-{i}")), EnqueueOptions::default()))
+        .collect();
+    assert_eq!(queue::enqueue_many(&app.pool, jobs).await.unwrap(), 500);
+    app.drain().await;
+    stop.cancel();
+    second.wait().await;
+    let (runs, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT label) FROM test_job_runs WHERE label LIKE 'shared-%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((runs, distinct), (500, 500));
+    let by_worker: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT lock_by) FROM apalis.jobs WHERE job_type = 'test_record'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(by_worker, 2, "both workers took part");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_paused_queue_is_not_claimed_until_it_is_resumed() {
+    let app = TestApp::spawn().await;
+    ops::pause_queue(&app.pool, "test_record", "maintenance")
+        .await
+        .unwrap();
+    let Enqueued::New(id) = app.enqueue(&record("paused")).await else {
+        panic!()
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.job_status(&id).await, "Pending");
+    let stats = ops::queue_stats(&app.pool).await.unwrap();
+    let paused = stats.iter().find(|s| s.queue == "test_record").unwrap();
+    assert!(paused.paused && paused.waiting == 1);
+    ops::resume_queue(&app.pool, "test_record").await.unwrap();
+    app.drain().await;
+    assert_eq!(count_runs(&app, "paused").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_operator_can_cancel_a_waiting_job_and_discard_a_dead_one() {
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    let Enqueued::New(waiting) = app.enqueue(&record("never")).await else {
+        panic!()
+    };
+    assert!(ops::cancel_job(&app.pool, &waiting).await.unwrap());
+    assert_eq!(app.job_status(&waiting).await, "Killed");
+    assert!(
+        !ops::discard_job(&app.pool, &waiting).await.unwrap(),
+        "only dead jobs are discarded"
+    );
+    sqlx::query("UPDATE apalis.jobs SET status = 'Failed', done_at = now() WHERE id = $1")
+        .bind(&waiting)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(ops::discard_job(&app.pool, &waiting).await.unwrap());
+    assert!(ops::find_job(&app.pool, &waiting).await.unwrap().is_none());
+    app.expect_dead(0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn pruning_deletes_finished_jobs_past_their_retention_and_keeps_the_rest() {
+    let app = TestApp::spawn().await;
+    for (id, status, age_hours) in [
+        ("old-done", "Done", 200),
+        ("new-done", "Done", 1),
+        ("old-dead", "Failed", 200),
+        ("ancient-dead", "Failed", 800),
+    ] {
+        sqlx::query(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, done_at)
+             VALUES ($1, 'test_record', '\\x7b7d', $2, 1, 5, now(), now() - make_interval(hours => $3))",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(age_hours)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    app.enqueue(&jobs::kinds::PruneFinishedJobs {}).await;
+    app.drain().await;
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE job_type = 'test_record' ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    // Defaults: done rows kept 168 h, dead rows 720 h.
+    assert_eq!(left, vec!["new-done", "old-dead"]);
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = 'old-dead'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn queue_gauges_match_a_known_queue_state_and_job_metrics_are_recorded() {
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    for label in ["a", "b", "c"] {
+        app.enqueue(&record(label)).await;
+    }
+    app.enqueue_with(
+        &record("later"),
+        EnqueueOptions::delayed(Duration::from_secs(3600)),
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, done_at)
+         VALUES ('dead-one', 'test_record', '\\x7b7d', 'Failed', 5, 5, now(), now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() - interval '90 seconds' WHERE job = convert_to('{\"label\":\"a\"}', 'UTF8')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let text = app.metrics_text().await;
+    for line in [
+        "createimage2_jobs{queue=\"test_record\",state=\"waiting\"} 3",
+        "createimage2_jobs{queue=\"test_record\",state=\"scheduled\"} 1",
+        "createimage2_jobs{queue=\"test_record\",state=\"running\"} 0",
+        "createimage2_jobs{queue=\"test_record\",state=\"dead\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line}");
+    }
+    let age_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("createimage2_job_oldest_waiting_age_seconds{queue=\"test_record\"}")
+        })
+        .unwrap();
+    let age: f64 = age_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((90.0..100.0).contains(&age), "{age_line}");
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.expect_dead(0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn completed_jobs_are_counted_and_their_wait_and_duration_observed() {
+    let app = TestApp::spawn().await;
+    for i in 0..5 {
+        app.enqueue(&record(&format!("m{i}"))).await;
+    }
+    app.drain().await;
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("createimage2_jobs_completed_total{queue=\"test_record\"} 5"),
+        "{text}"
+    );
+    assert!(text.contains("createimage2_job_wait_seconds_count{queue=\"test_record\"} 5"));
+    assert!(text.contains(
+        "createimage2_job_duration_seconds_count{outcome=\"done\",queue=\"test_record\"} 5"
+    ));
+    assert!(text.contains("createimage2_workers_alive{queue=\"test_record\"} 1"));
+    app.finish().await;
+}

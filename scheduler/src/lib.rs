@@ -61,7 +61,12 @@ impl Scheduler {
 
     /// Enqueues the latest due tick of every schedule (idempotently). Returns how many were new.
     pub async fn tick_once(&self) -> anyhow::Result<usize> {
-        tick_all(&self.pool, &self.schedules).await
+        tick_all(&self.pool, &self.schedules, Utc::now()).await
+    }
+
+    /// As [`tick_once`](Self::tick_once), as if the clock said `now`.
+    pub async fn tick_at(&self, now: chrono::DateTime<Utc>) -> anyhow::Result<usize> {
+        tick_all(&self.pool, &self.schedules, now).await
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -73,7 +78,7 @@ impl Scheduler {
             tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
         }
         loop {
-            if let Err(error) = tick_all(&self.pool, &self.schedules).await {
+            if let Err(error) = tick_all(&self.pool, &self.schedules, Utc::now()).await {
                 tracing::warn!(error = %error, "enqueueing scheduled ticks failed; will retry");
             }
             let now = Utc::now();
@@ -91,8 +96,11 @@ impl Scheduler {
     }
 }
 
-async fn tick_all(pool: &PgPool, schedules: &[Schedule]) -> anyhow::Result<usize> {
-    let now = Utc::now();
+async fn tick_all(
+    pool: &PgPool,
+    schedules: &[Schedule],
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<usize> {
     let mut new = 0;
     for schedule in schedules {
         let Some(tick) = schedule.latest_tick(now) else {

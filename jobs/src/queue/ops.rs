@@ -22,7 +22,17 @@ pub struct QueueStats {
 
 /// Every queue with unfinished or dead jobs (or a pause), from one grouped query.
 pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
-    let rows: Vec<(String, i64, i64, i64, i64, Option<f64>, bool)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        queue: String,
+        waiting: i64,
+        scheduled: i64,
+        running: i64,
+        dead: i64,
+        oldest: Option<f64>,
+        paused: bool,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
         "WITH counts AS (
              SELECT job_type,
                     count(*) FILTER (WHERE status = 'Pending' AND run_at <= now()) AS waiting,
@@ -35,8 +45,9 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
               WHERE status IN ('Pending', 'Queued', 'Running', 'Failed')
               GROUP BY job_type
          )
-         SELECT coalesce(c.job_type, p.queue), coalesce(c.waiting, 0), coalesce(c.scheduled, 0),
-                coalesce(c.running, 0), coalesce(c.dead, 0), c.oldest, p.queue IS NOT NULL
+         SELECT coalesce(c.job_type, p.queue) AS queue, coalesce(c.waiting, 0) AS waiting,
+                coalesce(c.scheduled, 0) AS scheduled, coalesce(c.running, 0) AS running,
+                coalesce(c.dead, 0) AS dead, c.oldest, p.queue IS NOT NULL AS paused
            FROM counts c FULL JOIN queue_pauses p ON p.queue = c.job_type
           ORDER BY 1",
     )
@@ -44,17 +55,15 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(queue, waiting, scheduled, running, dead, oldest, paused)| QueueStats {
-                queue,
-                waiting,
-                scheduled,
-                running,
-                dead,
-                oldest_waiting_age_seconds: oldest.unwrap_or(0.0).max(0.0),
-                paused,
-            },
-        )
+        .map(|row| QueueStats {
+            queue: row.queue,
+            waiting: row.waiting,
+            scheduled: row.scheduled,
+            running: row.running,
+            dead: row.dead,
+            oldest_waiting_age_seconds: row.oldest.unwrap_or(0.0).max(0.0),
+            paused: row.paused,
+        })
         .collect())
 }
 

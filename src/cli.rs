@@ -59,6 +59,25 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Operator commands on upstreams (kie.ai): submissions pause fleet-wide on account-level errors.
+    Upstream {
+        #[command(subcommand)]
+        command: UpstreamCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpstreamCommand {
+    /// Paused upstreams with the reason.
+    Status,
+    /// Stop submitting to an upstream (e.g. `kie`) fleet-wide.
+    Pause {
+        upstream: String,
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
+    /// Resume submitting to a paused upstream.
+    Resume { upstream: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +149,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { command } => {
             let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
             jobs_command(&pool, command).await
+        }
+        Command::Upstream { command } => {
+            let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
+            match command {
+                UpstreamCommand::Status => {
+                    for (upstream, reason, since, _) in jobs::upstream::paused(&pool).await? {
+                        println!("{upstream}: paused since {since}: {reason}");
+                    }
+                }
+                UpstreamCommand::Pause { upstream, reason } => {
+                    jobs::upstream::pause(&pool, &upstream, &reason).await?;
+                    println!("paused {upstream}");
+                }
+                UpstreamCommand::Resume { upstream } => {
+                    let was = jobs::upstream::resume(&pool, &upstream).await?;
+                    println!(
+                        "{}",
+                        if was {
+                            format!("resumed {upstream}")
+                        } else {
+                            format!("{upstream} was not paused")
+                        }
+                    );
+                }
+            }
+            Ok(())
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -22,6 +22,15 @@ pub enum AppError {
         field: &'static str,
         message: String,
     },
+    /// Not enough credits.
+    #[error("this needs {cost} credits; the balance is {balance}")]
+    PaymentRequired { balance: i64, cost: i64 },
+    /// Over a rate limit; retry after this many seconds.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// The resource is in a state that does not allow this.
+    #[error("{0}")]
+    Conflict(String),
     /// Anything else: logged, shown as an opaque 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -35,10 +44,11 @@ impl From<sqlx::Error> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        let message = self.to_string();
         let (status, body) = match &self {
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": self.to_string()}),
+                json!({"error": "unauthorized", "message": message}),
             ),
             Self::NotFound => (
                 StatusCode::NOT_FOUND,
@@ -47,6 +57,25 @@ impl IntoResponse for AppError {
             Self::Invalid { field, message } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"error": "invalid", "field": field, "message": message}),
+            ),
+            Self::PaymentRequired { balance, cost } => (
+                StatusCode::PAYMENT_REQUIRED,
+                json!({"error": "insufficient_credits", "message": message, "balance": balance, "cost": cost}),
+            ),
+            Self::TooManyRequests { retry_after_secs } => {
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": "rate_limited", "message": message, "retry_after": retry_after_secs})),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                return response;
+            }
+            Self::Conflict(_) => (
+                StatusCode::CONFLICT,
+                json!({"error": "conflict", "message": message}),
             ),
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
@@ -57,5 +86,14 @@ impl IntoResponse for AppError {
             }
         };
         (status, Json(body)).into_response()
+    }
+}
+
+impl From<jobs::generations::Invalid> for AppError {
+    fn from(invalid: jobs::generations::Invalid) -> Self {
+        Self::Invalid {
+            field: invalid.field,
+            message: invalid.message,
+        }
     }
 }

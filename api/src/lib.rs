@@ -5,16 +5,21 @@
 //! `Api::build(config)` → [`Api::run_until_stopped`]; tests start it on port 0.
 
 mod error;
+mod events;
+mod generations;
 mod routes;
 mod views;
+mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use jobs::{
-    config::Config,
+    config::{Config, GenerationConfig},
     queue::WorkerHealth,
+    storage::Storage,
     telemetry::{self, Metrics, OpsProbe},
 };
+use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +36,48 @@ pub struct AppState {
     /// Whether this process exports the database-derived queue gauges (only `dev`; in production the
     /// scheduler does, so scraping many api replicas does not multiply them).
     pub owns_queue_gauges: bool,
+    /// What the generation endpoints need; absent, they answer 503.
+    pub pipeline: Option<Arc<ApiPipeline>>,
+    /// Generation status changes from Postgres (LISTEN), fanned out to server-sent-event streams.
+    pub events: events::Events,
+}
+
+/// Settings and clients of the generation endpoints.
+pub struct ApiPipeline {
+    /// Only signs URLs: bytes never pass through the api.
+    pub storage: Storage,
+    /// Verifies kie.ai callbacks when set.
+    pub kie_webhook_hmac_key: Option<SecretString>,
+    pub generation: GenerationConfig,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, metrics: Metrics) -> Self {
+        Self {
+            events: events::Events::new(),
+            pool,
+            metrics,
+            worker_health: None,
+            owns_queue_gauges: false,
+            pipeline: None,
+        }
+    }
+
+    pub fn with_pipeline(mut self, pipeline: ApiPipeline) -> Self {
+        self.pipeline = Some(Arc::new(pipeline));
+        self
+    }
+
+    pub fn with_worker_health(mut self, health: Arc<WorkerHealth>) -> Self {
+        self.worker_health = Some(health);
+        self
+    }
+
+    /// This process exports the database-derived queue gauges (`dev` and tests).
+    pub fn owning_queue_gauges(mut self) -> Self {
+        self.owns_queue_gauges = true;
+        self
+    }
 }
 
 /// A built api, listening but not yet serving.
@@ -44,12 +91,11 @@ impl Api {
     /// Builds with its own pool and metrics, bound to `LISTEN_ADDR` and `METRICS_LISTEN_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
-        let state = AppState {
-            pool,
-            metrics: Metrics::new("api"),
-            worker_health: None,
-            owns_queue_gauges: false,
-        };
+        let state = AppState::new(pool, Metrics::new("api")).with_pipeline(ApiPipeline {
+            storage: Storage::new(&config.storage),
+            kie_webhook_hmac_key: config.kie.webhook_hmac_key.clone(),
+            generation: config.generation.clone(),
+        });
         let listener = telemetry::bind(config.http.listen).await?;
         let ops_listener = telemetry::bind(config.http.metrics_listen).await?;
         Ok(Self {
@@ -88,6 +134,11 @@ impl Api {
             let probe = Arc::new(ApiProbe(self.state.clone()));
             tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
         }
+        tokio::spawn(events::listen(
+            self.state.pool.clone(),
+            self.state.events.clone(),
+            shutdown.clone(),
+        ));
         let app = routes::router(self.state);
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

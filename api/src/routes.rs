@@ -8,13 +8,13 @@ use axum::{
     http::{StatusCode, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use maud::Markup;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::{AppError, AppState, views};
+use crate::{AppError, AppState, generations, views, webhooks};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -22,6 +22,23 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/api/v1/me", get(me))
+        .route("/api/v1/uploads", post(generations::create_upload))
+        .route(
+            "/api/v1/generations",
+            post(generations::create_generation).get(generations::list_generations),
+        )
+        .route(
+            "/api/v1/generations/{id}",
+            get(generations::get_generation).delete(generations::delete_generation),
+        )
+        .route(
+            "/api/v1/generations/{id}/events",
+            get(generations::generation_events),
+        )
+        .route(
+            "/webhooks/kie/{generation}/{secret}",
+            post(webhooks::kie_callback),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             record_http_metrics,

@@ -227,6 +227,71 @@ impl HttpConfig {
     }
 }
 
+/// kie.ai, the upstream for gpt-image-2.
+#[derive(Debug, Clone)]
+pub struct KieConfig {
+    /// `KIE_BASE_URL` (default https://api.kie.ai).
+    pub base_url: url::Url,
+    /// `KIE_API_KEY`.
+    pub api_key: SecretString,
+    /// `KIE_WEBHOOK_HMAC_KEY` (optional): when set at kie, callbacks are signed with it and verified here.
+    pub webhook_hmac_key: Option<SecretString>,
+    /// `KIE_CREATE_TASKS_PER_WINDOW` (default 20) and `KIE_CREATE_WINDOW_MS` (default 10500: kie's 10 s plus a
+    /// margin for request latency): the fleet-wide createTask budget.
+    pub create_budget: (u32, Duration),
+    /// `KIE_RECORD_INFO_PER_SECOND` (default 10): the fleet-wide recordInfo budget.
+    pub record_info_per_second: u32,
+    /// `KIE_TIMEOUT_SECONDS` (default 30): one HTTP request to kie.
+    pub request_timeout: Duration,
+}
+
+impl KieConfig {
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        let base = source
+            .get("KIE_BASE_URL")
+            .unwrap_or_else(|| "https://api.kie.ai".into());
+        Ok(Self {
+            base_url: url::Url::parse(&base).map_err(|error| ConfigError::Invalid {
+                name: "KIE_BASE_URL",
+                reason: error.to_string(),
+            })?,
+            api_key: required(source, "KIE_API_KEY")?.into(),
+            webhook_hmac_key: source.get("KIE_WEBHOOK_HMAC_KEY").map(SecretString::from),
+            create_budget: (
+                parsed_or(source, "KIE_CREATE_TASKS_PER_WINDOW", 20)?,
+                Duration::from_millis(parsed_or(source, "KIE_CREATE_WINDOW_MS", 10_500)?),
+            ),
+            record_info_per_second: parsed_or(source, "KIE_RECORD_INFO_PER_SECOND", 10)?,
+            request_timeout: seconds_or(source, "KIE_TIMEOUT_SECONDS", 30)?,
+        })
+    }
+}
+
+/// Rules of the generation pipeline.
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    /// `GENERATION_DEADLINE_SECONDS` (default 900): polling gives up this long after submission; the
+    /// reservation is refunded.
+    pub deadline: Duration,
+    /// `GENERATIONS_PER_USER_PER_MINUTE` (default 20): beyond this a user gets 429 with Retry-After.
+    pub per_user_per_minute: u32,
+}
+
+impl GenerationConfig {
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        Ok(Self {
+            deadline: seconds_or(source, "GENERATION_DEADLINE_SECONDS", 900)?,
+            per_user_per_minute: parsed_or(source, "GENERATIONS_PER_USER_PER_MINUTE", 20)?,
+        })
+    }
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self::from_source(&HashMap::new()).expect("defaults are valid")
+    }
+}
+
 /// Everything a role needs. Loaded once at start-up by the binary and handed down.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -234,6 +299,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub queue: QueueConfig,
     pub http: HttpConfig,
+    pub kie: KieConfig,
+    pub generation: GenerationConfig,
     /// `LOG_FORMAT` (default json): `json` in production, `pretty` for people.
     pub log_format: LogFormat,
 }
@@ -249,6 +316,8 @@ impl Config {
             storage: StorageConfig::from_source(source)?,
             queue: QueueConfig::from_source(source)?,
             http: HttpConfig::from_source(source)?,
+            kie: KieConfig::from_source(source)?,
+            generation: GenerationConfig::from_source(source)?,
             log_format: parsed_or(source, "LOG_FORMAT", LogFormat::Json)?,
         })
     }
@@ -273,6 +342,7 @@ mod tests {
             ("S3_BUCKET", "b"),
             ("S3_ACCESS_KEY_ID", "k"),
             ("S3_SECRET_ACCESS_KEY", "very-secret"),
+            ("KIE_API_KEY", "kie-secret"),
         ])
     }
 
@@ -302,7 +372,10 @@ mod tests {
     fn secrets_do_not_appear_in_debug_output() {
         let config = Config::from_source(&complete()).unwrap();
         let printed = format!("{config:?}");
-        assert!(!printed.contains("very-secret"), "{printed}");
+        assert!(
+            !printed.contains("very-secret") && !printed.contains("kie-secret"),
+            "{printed}"
+        );
         assert_eq!(
             config.storage.secret_access_key.expose_secret(),
             "very-secret"

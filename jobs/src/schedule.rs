@@ -9,7 +9,7 @@ use croner::Cron;
 use sqlx::PgExecutor;
 
 use crate::{
-    kinds::PruneFinishedJobs,
+    kinds::{ProbeUpstreams, PruneFinishedJobs},
     queue::{EnqueueOptions, Enqueued, NewJob, enqueue::enqueue_new},
 };
 
@@ -78,9 +78,14 @@ impl Schedule {
 
 /// Every periodic job of the system.
 pub fn schedules() -> Vec<Schedule> {
-    vec![Schedule::new("prune_finished_jobs", "17 * * * *", || {
-        NewJob::of(&PruneFinishedJobs {}, EnqueueOptions::default())
-    })]
+    vec![
+        Schedule::new("prune_finished_jobs", "17 * * * *", || {
+            NewJob::of(&PruneFinishedJobs {}, EnqueueOptions::default())
+        }),
+        Schedule::new("probe_upstreams", "* * * * *", || {
+            NewJob::of(&ProbeUpstreams {}, EnqueueOptions::default())
+        }),
+    ]
 }
 
 #[cfg(test)]

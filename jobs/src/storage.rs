@@ -7,6 +7,13 @@ use aws_sdk_s3::{
         ResponseChecksumValidation,
     },
 };
+use std::time::Duration;
+
+use aws_sdk_s3::{
+    presigning::PresigningConfig,
+    primitives::ByteStream,
+    types::{Delete, ObjectIdentifier},
+};
 use secrecy::ExposeSecret;
 
 use crate::config::StorageConfig;
@@ -67,6 +74,122 @@ impl Storage {
                     aws_sdk_s3::error::DisplayErrorContext(error)
                 )
             })?;
+        Ok(())
+    }
+}
+
+/// An object's size and type, from HEAD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub byte_size: i64,
+    pub content_type: Option<String>,
+}
+
+fn sdk_error(what: &str, error: impl std::error::Error) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(error))
+}
+
+impl Storage {
+    /// HEAD; `None` when the object does not exist.
+    pub async fn head(&self, key: &str) -> anyhow::Result<Option<ObjectInfo>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(ObjectInfo {
+                byte_size: head.content_length().unwrap_or(0),
+                content_type: head.content_type().map(str::to_owned),
+            })),
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(error) => Err(sdk_error(&format!("HEAD {key}"), error)),
+        }
+    }
+
+    /// A presigned GET URL, valid for `ttl`.
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> anyhow::Result<String> {
+        let config = PresigningConfig::expires_in(ttl)?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| sdk_error("presigning GET", e))?;
+        Ok(request.uri().to_owned())
+    }
+
+    /// A presigned PUT URL for exactly this content type and length, valid for `ttl`. The uploader must send
+    /// the same `Content-Type` and `Content-Length` headers.
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        length: i64,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        let config = PresigningConfig::expires_in(ttl)?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(length)
+            .presigned(config)
+            .await
+            .map_err(|e| sdk_error("presigning PUT", e))?;
+        Ok(request.uri().to_owned())
+    }
+
+    pub async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> anyhow::Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("PUT {key}"), e))?;
+        Ok(())
+    }
+
+    pub async fn get_bytes(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("GET {key}"), e))?;
+        Ok(object.body.collect().await?.into_bytes().to_vec())
+    }
+
+    /// Deletes objects, 1,000 per request (the S3 maximum). Missing objects are not an error.
+    pub async fn delete_many(&self, keys: &[String]) -> anyhow::Result<()> {
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build())
+                .collect::<Result<Vec<_>, _>>()?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteObjects", e))?;
+        }
         Ok(())
     }
 }

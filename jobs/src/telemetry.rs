@@ -55,6 +55,13 @@ pub struct MetricSet {
     pub job_oldest_waiting_age_seconds: prometheus::GaugeVec,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
+    pub upstream_requests_total: IntCounterVec,
+    pub upstream_request_duration_seconds: HistogramVec,
+    pub upstream_rate_limit_wait_seconds: HistogramVec,
+    pub upstream_paused: IntGaugeVec,
+    pub generations_total: IntCounterVec,
+    pub generation_seconds: HistogramVec,
+    pub credits_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -163,6 +170,47 @@ impl Metrics {
                     &["method", "route", "status"],
                 )
                 .unwrap(),
+            ),
+            upstream_requests_total: counter(
+                "createimage2_upstream_requests_total",
+                "Requests to external services by upstream, operation and outcome.",
+                &["upstream", "operation", "outcome"],
+            ),
+            upstream_request_duration_seconds: job_histogram(
+                "createimage2_upstream_request_duration_seconds",
+                "Latency of requests to external services.",
+                &["upstream", "operation", "outcome"],
+            ),
+            upstream_rate_limit_wait_seconds: job_histogram(
+                "createimage2_upstream_rate_limit_wait_seconds",
+                "How long work was deferred because the fleet-wide upstream budget was used up.",
+                &["upstream"],
+            ),
+            upstream_paused: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "createimage2_upstream_paused",
+                        "1 while submissions to an upstream are paused (account-level error or operator).",
+                    ),
+                    &["upstream"],
+                )
+                .unwrap(),
+            ),
+            generations_total: counter(
+                "createimage2_generations_total",
+                "Generations finished, by outcome (succeeded, failed) and resolution.",
+                &["outcome", "resolution"],
+            ),
+            generation_seconds: job_histogram(
+                "createimage2_generation_seconds",
+                "Intent to image stored (or to failure), by outcome and resolution.",
+                &["outcome", "resolution"],
+            ),
+            credits_total: counter(
+                "createimage2_credits_total",
+                "Credits moved through the ledger, by kind (granted, reserved, settled, refunded, clawed_back).",
+                &["kind"],
             ),
             build_info: register(
                 r,

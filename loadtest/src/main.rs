@@ -3,6 +3,8 @@
 
 fn main() -> std::process::ExitCode {
     let scenario = std::env::args().nth(1).unwrap_or_default();
-    eprintln!("loadtest: scenario {scenario:?} is not implemented yet (see the load, chaos and benchmarks issue)");
+    eprintln!(
+        "loadtest: scenario {scenario:?} is not implemented yet (see the load, chaos and benchmarks issue)"
+    );
     std::process::ExitCode::FAILURE
 }

@@ -6,9 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use jobs::{
-    config::{DatabaseConfig, LogFormat, QueueConfig, StorageConfig},
+    config::{DatabaseConfig, GenerationConfig, KieConfig, LogFormat, QueueConfig, StorageConfig},
     credits,
-    queue::Services,
+    kie::KieClient,
+    queue::{Pipeline, Services},
     storage::Storage,
     telemetry::{self, Metrics},
 };
@@ -63,9 +64,38 @@ pub async fn run(
     });
     storage.ensure_bucket().await?;
 
+    // kie.ai stand-in, with realistic latency (15–40 s) unless DEV_KIE_LATENCY_MS=min-max says otherwise.
+    let latency = dev_kie_latency()?;
+    let kie = fakes::kie::KieFake::start(fakes::kie::FakeKieConfig {
+        api_key: "dev-kie-key".into(),
+        latency,
+        hmac_key: Some("dev-kie-hmac".into()),
+        ..fakes::kie::FakeKieConfig::default()
+    })
+    .await?;
+    let listener = telemetry::bind(listen).await?;
+    let site = listener.local_addr()?;
+    let kie_config = KieConfig {
+        base_url: kie.base_url().parse()?,
+        api_key: "dev-kie-key".to_owned().into(),
+        webhook_hmac_key: Some("dev-kie-hmac".to_owned().into()),
+        create_budget: (20, std::time::Duration::from_millis(10_500)),
+        record_info_per_second: 10,
+        request_timeout: std::time::Duration::from_secs(30),
+    };
+
     let api_key = seed_demo_account(&pool).await?;
     let metrics = Metrics::new("dev");
-    let services = Arc::new(Services::new(QueueConfig::default(), metrics.clone()));
+    let generation = GenerationConfig::default();
+    let pipeline = Pipeline {
+        storage: storage.clone(),
+        kie: KieClient::new(&kie_config, metrics.clone()),
+        kie_config: kie_config.clone(),
+        generation: generation.clone(),
+        public_base_url: format!("http://{site}").parse()?,
+    };
+    let services =
+        Arc::new(Services::new(QueueConfig::default(), metrics.clone()).with_pipeline(pipeline));
     let registry = jobs::kinds::registry();
     let plans = worker::plans(&registry, "all", &[])?;
     let started = worker::Worker::with_parts(pool.clone(), registry, services, plans, None)
@@ -79,13 +109,14 @@ pub async fn run(
     );
     let scheduler = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));
 
-    let state = api::AppState {
-        pool: pool.clone(),
-        metrics,
-        worker_health: Some(started.health.clone()),
-        owns_queue_gauges: true,
-    };
-    let listener = telemetry::bind(listen).await?;
+    let state = api::AppState::new(pool.clone(), metrics)
+        .with_worker_health(started.health.clone())
+        .owning_queue_gauges()
+        .with_pipeline(api::ApiPipeline {
+            storage: storage.clone(),
+            kie_webhook_hmac_key: kie_config.webhook_hmac_key.clone(),
+            generation,
+        });
     let ops_listener = telemetry::bind(metrics_listen).await?;
     let api = api::Api::with_parts(state, listener, Some(ops_listener));
     let (site, ops) = (api.addr(), api.ops_addr().context("ops listener")?);
@@ -105,6 +136,9 @@ pub async fn run(
     println!("  demo account : {DEMO_EMAIL}");
     println!("  demo API key : {api_key}");
     println!("  try          : curl -H 'Authorization: Bearer {api_key}' http://{site}/api/v1/me");
+    println!(
+        "                 curl -H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' \\\n                      -d '{{\"prompt\": \"a lighthouse at dawn\"}}' http://{site}/api/v1/generations"
+    );
     println!("  Ctrl-C drains and exits.");
     println!();
     api.run_until_stopped(shutdown.clone()).await?;
@@ -113,6 +147,25 @@ pub async fn run(
     pool.close().await;
     drop(database);
     Ok(())
+}
+
+/// `DEV_KIE_LATENCY_MS=min-max` (default 15000-40000).
+fn dev_kie_latency() -> anyhow::Result<(std::time::Duration, std::time::Duration)> {
+    let raw = std::env::var("DEV_KIE_LATENCY_MS").unwrap_or_else(|_| "15000-40000".into());
+    let (low, high) = raw
+        .split_once('-')
+        .context("DEV_KIE_LATENCY_MS must look like 15000-40000")?;
+    let ms = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map(std::time::Duration::from_millis)
+    };
+    let (low, high) = (
+        ms(low).context("DEV_KIE_LATENCY_MS")?,
+        ms(high).context("DEV_KIE_LATENCY_MS")?,
+    );
+    anyhow::ensure!(low <= high, "DEV_KIE_LATENCY_MS: min must not exceed max");
+    Ok((low, high))
 }
 
 /// Creates the demo account with credits once, and issues a fresh API key on every start (keys are stored

@@ -2,17 +2,22 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use fakes::kie::{FakeKieConfig, KieFake};
 use jobs::{
-    config::{QueueConfig, StorageConfig},
+    config::{GenerationConfig, KieConfig, QueueConfig, StorageConfig},
+    kie::KieClient,
     queue::{
-        self, EnqueueOptions, Enqueued, Job, QueuePlan, Registry, Services, WorkerHealth, ops,
+        self, EnqueueOptions, Enqueued, Job, Pipeline, QueuePlan, Registry, Services, WorkerHealth,
+        ops,
     },
     storage::Storage,
     telemetry::{self, Metrics},
 };
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{TestDb, test_jobs};
 
@@ -22,6 +27,19 @@ pub struct TestAppBuilder {
     queue_config: QueueConfig,
     concurrency: usize,
     start_worker: bool,
+    kie: FakeKieConfig,
+    generation: GenerationConfig,
+    verify_callback_signatures: bool,
+}
+
+/// The HMAC key the kie stand-in signs callbacks with in tests.
+pub const KIE_HMAC_KEY: &str = "test-webhook-hmac-key";
+
+/// A user made by [`TestApp::create_user`].
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub api_key: String,
 }
 
 impl TestAppBuilder {
@@ -38,6 +56,23 @@ impl TestAppBuilder {
     /// Start without a worker (to look at queued rows before anything runs them).
     pub fn without_worker(mut self) -> Self {
         self.start_worker = false;
+        self
+    }
+
+    /// Configures the kie.ai stand-in (latency, faults, limits).
+    pub fn kie(mut self, configure: impl FnOnce(&mut FakeKieConfig)) -> Self {
+        configure(&mut self.kie);
+        self
+    }
+
+    pub fn generation_config(mut self, config: GenerationConfig) -> Self {
+        self.generation = config;
+        self
+    }
+
+    /// Have the api accept unsigned callbacks (no HMAC key configured).
+    pub fn without_callback_signatures(mut self) -> Self {
+        self.verify_callback_signatures = false;
         self
     }
 
@@ -62,10 +97,35 @@ impl TestAppBuilder {
             secret_access_key: "testsecret".to_owned().into(),
         });
         storage.ensure_bucket().await.unwrap();
+        let kie = KieFake::start(self.kie.clone()).await.unwrap();
+        let listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let api_addr = listener.local_addr().unwrap();
+        let kie_config = KieConfig {
+            base_url: kie.base_url().parse().unwrap(),
+            api_key: self.kie.api_key.clone().into(),
+            webhook_hmac_key: self
+                .verify_callback_signatures
+                .then(|| KIE_HMAC_KEY.to_owned().into()),
+            create_budget: (20, Duration::from_millis(10_500)),
+            record_info_per_second: 10,
+            request_timeout: Duration::from_secs(10),
+        };
 
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new("test");
-        let services = Arc::new(Services::new(self.queue_config.clone(), metrics.clone()));
+        let pipeline = Pipeline {
+            storage: storage.clone(),
+            kie: KieClient::new(&kie_config, metrics.clone()),
+            kie_config: kie_config.clone(),
+            generation: self.generation.clone(),
+            public_base_url: format!("http://{api_addr}").parse().unwrap(),
+        };
+        let services = Arc::new(
+            Services::new(self.queue_config.clone(), metrics.clone())
+                .with_pipeline(pipeline.clone()),
+        );
         let worker = if self.start_worker {
             let plans = self
                 .registry
@@ -81,7 +141,7 @@ impl TestAppBuilder {
             let worker = worker::Worker::with_parts(
                 pool.clone(),
                 self.registry.clone(),
-                services,
+                services.clone(),
                 plans,
                 Some(ops),
             );
@@ -93,20 +153,18 @@ impl TestAppBuilder {
         } else {
             None
         };
-        let state = api::AppState {
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            worker_health: None,
-            owns_queue_gauges: true,
-        };
-        let listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let state = api::AppState::new(pool.clone(), metrics.clone())
+            .owning_queue_gauges()
+            .with_pipeline(api::ApiPipeline {
+                storage: storage.clone(),
+                kie_webhook_hmac_key: kie_config.webhook_hmac_key.clone(),
+                generation: self.generation.clone(),
+            });
         let ops_listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let api = api::Api::with_parts(state, listener, Some(ops_listener));
-        let (api_addr, ops_addr) = (api.addr(), api.ops_addr().unwrap());
+        let ops_addr = api.ops_addr().unwrap();
         let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
         let (worker, worker_ops_addr) = match worker {
             Some((started, addr)) => (Some(started), addr),
@@ -121,6 +179,8 @@ impl TestAppBuilder {
             storage,
             metrics,
             registry: self.registry,
+            services,
+            kie,
             worker_health: worker.as_ref().map(|w| w.health.clone()),
             worker,
             api_task: Some(api_task),
@@ -146,6 +206,10 @@ pub struct TestApp {
     pub storage: Storage,
     pub metrics: Metrics,
     pub registry: Registry,
+    /// The services the worker runs with (pipeline clients included), for starting more workers.
+    pub services: Arc<Services>,
+    /// The kie.ai stand-in.
+    pub kie: KieFake,
     pub worker_health: Option<Arc<WorkerHealth>>,
     worker: Option<worker::StartedWorker>,
     api_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -168,6 +232,17 @@ impl TestApp {
             },
             concurrency: 10,
             start_worker: true,
+            kie: FakeKieConfig {
+                latency: (Duration::from_millis(50), Duration::from_millis(150)),
+                image_max_side: 64,
+                hmac_key: Some(KIE_HMAC_KEY.to_owned()),
+                ..FakeKieConfig::default()
+            },
+            generation: GenerationConfig {
+                deadline: Duration::from_secs(60),
+                per_user_per_minute: 1000,
+            },
+            verify_callback_signatures: true,
         }
     }
 
@@ -244,6 +319,120 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// A user with `credits` and an API key.
+    pub async fn create_user(&self, credits: i64) -> TestUser {
+        let mut tx = self.pool.begin().await.unwrap();
+        let email = format!("user-{}@example.com", Uuid::new_v4().simple());
+        let id = jobs::accounts::create_user(&mut tx, &email, None)
+            .await
+            .unwrap();
+        if credits > 0 {
+            jobs::credits::apply(
+                &mut tx,
+                id,
+                jobs::credits::Kind::Grant,
+                credits,
+                &format!("test-grant:{id}"),
+                Value::Null,
+            )
+            .await
+            .unwrap();
+        }
+        let key = jobs::accounts::issue_api_key(&mut *tx, id, "test")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        TestUser {
+            id,
+            api_key: key.secret,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, user: &TestUser, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&user.api_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, user: &TestUser) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(&user.api_key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /api/v1/generations`, returning (status, body).
+    pub async fn create_generation(&self, user: &TestUser, body: Value) -> (u16, Value) {
+        let response = self.post_json("/api/v1/generations", user, &body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /api/v1/generations/{id}`.
+    pub async fn generation(&self, user: &TestUser, id: &str) -> (u16, Value) {
+        let response = self
+            .get_with_key(&format!("/api/v1/generations/{id}"), &user.api_key)
+            .await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the status endpoint until the generation has finished; returns its final view. Panics after 30 s.
+    pub async fn wait_until_finished(&self, user: &TestUser, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.generation(user, id).await;
+            assert_eq!(status, 200, "{body}");
+            if body["status"] == "succeeded" || body["status"] == "failed" {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "generation {id} still {} after 30 s",
+                body["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Uploads a reference image the way a client does: ask for a presigned PUT, then PUT the bytes to it.
+    pub async fn upload_reference(
+        &self,
+        user: &TestUser,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> String {
+        let body = serde_json::json!({ "content_type": content_type, "byte_size": bytes.len() });
+        let response = self.post_json("/api/v1/uploads", user, &body).await;
+        assert_eq!(response.status(), 201);
+        let upload: Value = response.json().await.unwrap();
+        let put = self
+            .client
+            .put(upload["upload_url"].as_str().unwrap())
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            put.status().is_success(),
+            "PUT to the presigned URL failed: {}",
+            put.text().await.unwrap()
+        );
+        upload["upload_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The user's spendable credits.
+    pub async fn balance(&self, user: &TestUser) -> i64 {
+        jobs::credits::balance(&self.pool, user.id).await.unwrap()
     }
 
     /// Declares that this test leaves `n` dead jobs on purpose.

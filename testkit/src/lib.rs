@@ -8,7 +8,8 @@
 
 mod app;
 mod db;
+pub mod images;
 pub mod test_jobs;
 
-pub use app::{TestApp, TestAppBuilder};
+pub use app::{KIE_HMAC_KEY, TestApp, TestAppBuilder, TestUser};
 pub use db::{TestDb, admin_url};

@@ -67,6 +67,17 @@ pub fn plans(
         .collect())
 }
 
+/// The generation pipeline's clients, from configuration.
+pub fn pipeline(config: &Config, metrics: Metrics) -> jobs::queue::Pipeline {
+    jobs::queue::Pipeline {
+        storage: jobs::storage::Storage::new(&config.storage),
+        kie: jobs::kie::KieClient::new(&config.kie, metrics),
+        kie_config: config.kie.clone(),
+        generation: config.generation.clone(),
+        public_base_url: config.http.public_base_url.clone(),
+    }
+}
+
 /// A worker ready to run.
 pub struct Worker {
     pool: PgPool,
@@ -84,7 +95,11 @@ impl Worker {
         plans: Vec<QueuePlan>,
     ) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
-        let services = Arc::new(Services::new(config.queue.clone(), Metrics::new("worker")));
+        let metrics = Metrics::new("worker");
+        let services = Arc::new(
+            Services::new(config.queue.clone(), metrics.clone())
+                .with_pipeline(pipeline(config, metrics)),
+        );
         let listener = telemetry::bind(config.http.metrics_listen).await?;
         Ok(Self::with_parts(
             pool,

@@ -4,13 +4,29 @@
 //! persisted queue name: never rename it) and a doc comment saying why it exists and why running it twice is
 //! safe.
 
+pub mod delete_generation;
+pub mod poll_generation;
+pub mod probe_upstreams;
 pub mod prune_finished_jobs;
+pub mod store_generation;
+pub mod submit_generation;
 
 use crate::queue::Registry;
 
+pub use delete_generation::DeleteGeneration;
+pub use poll_generation::PollGeneration;
+pub use probe_upstreams::ProbeUpstreams;
 pub use prune_finished_jobs::PruneFinishedJobs;
+pub use store_generation::StoreGeneration;
+pub use submit_generation::SubmitGeneration;
 
 /// The registration list: every job kind the workers run.
 pub fn registry() -> Registry {
-    Registry::new().register::<PruneFinishedJobs>()
+    Registry::new()
+        .register::<SubmitGeneration>()
+        .register::<PollGeneration>()
+        .register::<StoreGeneration>()
+        .register::<DeleteGeneration>()
+        .register::<ProbeUpstreams>()
+        .register::<PruneFinishedJobs>()
 }

@@ -160,3 +160,29 @@ pub async fn enqueue_many<'e>(conn: impl PgExecutor<'e>, jobs: Vec<NewJob>) -> s
     .await?;
     Ok(result.rows_affected())
 }
+
+/// Makes a scheduled (snoozed or delayed) job of `queue` with `idempotency_key` due now and wakes its workers.
+/// Returns whether such a job was waiting. A callback uses this to turn the next poll into an immediate one.
+pub async fn expedite(
+    conn: &mut sqlx::PgConnection,
+    queue: &str,
+    idempotency_key: &str,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE apalis.jobs SET run_at = now()
+          WHERE job_type = $1 AND idempotency_key = $2 AND status = 'Pending' AND run_at > now()",
+    )
+    .bind(queue)
+    .bind(idempotency_key)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if moved > 0 {
+        sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
+            .bind(super::runtime::INSERT_CHANNEL)
+            .bind(queue)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(moved > 0)
+}

@@ -5,7 +5,12 @@ use std::{future::Future, sync::Arc, time::Duration};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 
-use crate::{config::QueueConfig, telemetry::Metrics};
+use crate::{
+    config::{GenerationConfig, KieConfig, QueueConfig},
+    kie::KieClient,
+    storage::Storage,
+    telemetry::Metrics,
+};
 
 /// A kind of background work. Each kind is its own queue, named by [`Job::NAME`].
 ///
@@ -105,17 +110,58 @@ pub struct JobContext {
     pub job_id: String,
     /// This attempt's number, from 1.
     pub attempt: i32,
+    /// The job's attempt budget.
+    pub max_attempts: i32,
 }
 
-/// Long-lived clients and settings shared by every job in a process. Later features add their clients here.
+impl JobContext {
+    /// Whether a retryable failure now would make the job dead: jobs that own a user-visible outcome (a
+    /// reservation to refund) settle it themselves on their last attempt instead of dying silently.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+/// Long-lived clients and settings shared by every job in a process.
 pub struct Services {
     pub queue: QueueConfig,
     pub metrics: Metrics,
+    /// The generation pipeline's clients; absent in processes (and tests) that run no pipeline job.
+    pub pipeline: Option<Pipeline>,
+}
+
+/// Clients and settings of the generation pipeline.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub storage: Storage,
+    pub kie: KieClient,
+    pub kie_config: KieConfig,
+    pub generation: GenerationConfig,
+    /// Base of the callback URLs handed to kie.ai.
+    pub public_base_url: url::Url,
 }
 
 impl Services {
     pub fn new(queue: QueueConfig, metrics: Metrics) -> Self {
-        Self { queue, metrics }
+        Self {
+            queue,
+            metrics,
+            pipeline: None,
+        }
+    }
+
+    pub fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.pipeline = Some(pipeline);
+        self
+    }
+
+    /// The pipeline, or a retryable error in a process configured without it.
+    pub fn pipeline(&self) -> Result<&Pipeline, JobError> {
+        self.pipeline.as_ref().ok_or_else(|| {
+            JobError::Retryable(anyhow::anyhow!(
+                "this worker runs without the generation pipeline"
+            ))
+        })
     }
 }
 

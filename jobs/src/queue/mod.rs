@@ -16,7 +16,9 @@ pub mod ops;
 pub mod registry;
 pub mod runtime;
 
-pub use enqueue::{EnqueueOptions, Enqueued, JobId, NewJob, enqueue, enqueue_many, enqueue_with};
-pub use job::{Job, JobContext, JobError, Outcome, RetryPolicy, Services};
+pub use enqueue::{
+    EnqueueOptions, Enqueued, JobId, NewJob, enqueue, enqueue_many, enqueue_with, expedite,
+};
+pub use job::{Job, JobContext, JobError, Outcome, Pipeline, RetryPolicy, Services};
 pub use registry::Registry;
 pub use runtime::{QueuePlan, RunningWorker, WorkerHealth, start};

@@ -422,6 +422,7 @@ impl Runner {
             services: self.services.clone(),
             job_id: job.id.clone(),
             attempt: job.attempts,
+            max_attempts: job.max_attempts,
         };
         let started = Instant::now();
         let timeout = self.handler.policy.timeout;

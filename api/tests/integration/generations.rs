@@ -1,0 +1,880 @@
+//! The generation pipeline end to end: JSON API → queue → kie.ai stand-in → S3 stand-in → ledger.
+
+use std::time::Duration;
+
+use fakes::kie::CallbackMode;
+use jobs::config::GenerationConfig;
+use serde_json::{Value, json};
+use testkit::{TestApp, TestUser, images};
+
+async fn ledger(app: &TestApp, user: &TestUser) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT kind, amount FROM credit_ledger WHERE user_id = $1 AND kind <> 'grant' ORDER BY id",
+    )
+    .bind(user.id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+fn id_of(body: &Value) -> String {
+    body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {body}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_text_to_image_generation_is_stored_in_the_bucket_and_its_credits_settled() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (status, created) = app
+        .create_generation(
+            &user,
+            json!({"prompt": "a lighthouse at dawn", "aspect_ratio": "16:9"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    assert_eq!(created["credits_reserved"], 10);
+    assert_eq!(
+        created["status_url"],
+        format!("/api/v1/generations/{}", id_of(&created))
+    );
+    assert_eq!(app.balance(&user).await, 90, "reserved at once");
+
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let image = &done["images"][0];
+    assert_eq!(
+        (image["width"].as_i64(), image["height"].as_i64()),
+        (Some(64), Some(36)),
+        "16:9 at the stand-in's 64 px"
+    );
+    assert_eq!(image["content_type"], "image/png");
+    let downloaded = reqwest::get(image["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        downloaded.len() as i64,
+        image["byte_size"].as_i64().unwrap()
+    );
+    assert_eq!(&downloaded[1..4], b"PNG");
+    let key: String = sqlx::query_scalar("SELECT object_key FROM generated_images")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        key,
+        format!("users/{}/generations/{}/0.png", user.id, id_of(&created))
+    );
+    assert_eq!(
+        app.storage.get_bytes(&key).await.unwrap(),
+        downloaded.to_vec()
+    );
+
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("settle".into(), 0)]
+    );
+    assert_eq!(app.balance(&user).await, 90);
+    let (task, model, succeeded): (Option<String>, String, bool) =
+        sqlx::query_as("SELECT task_id, model, succeeded FROM usage_log")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(task, Some(app.kie.tasks()[0].task_id.clone()));
+    assert_eq!(
+        (model.as_str(), succeeded),
+        ("gpt-image-2-text-to-image", true)
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_image_to_image_generation_hands_kie_working_presigned_urls_of_the_references() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let first = app
+        .upload_reference(&user, images::png(20, 10), "image/png")
+        .await;
+    let second = app
+        .upload_reference(&user, images::png(8, 8), "image/png")
+        .await;
+    let (status, created) = app
+        .create_generation(
+            &user,
+            json!({"prompt": "make it blue", "reference_upload_ids": [first, second]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let task = &app.kie.tasks()[0];
+    assert_eq!(task.model, "gpt-image-2-image-to-image");
+    // The stand-in fetched each URL before accepting the task.
+    assert_eq!(task.input_urls.len(), 2);
+    assert!(
+        task.input_urls
+            .iter()
+            .all(|u| u.contains("X-Amz-Signature"))
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn without_callbacks_polling_alone_finishes_the_generation() {
+    let app = TestApp::builder()
+        .kie(|k| k.callbacks = CallbackMode::Lost)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "no callback"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded");
+    let callbacks: i64 = sqlx::query_scalar("SELECT count(*) FROM upstream_callbacks")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(callbacks, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_callback_that_arrives_before_the_first_poll_finishes_the_generation_at_once() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "fast path"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded");
+    let (submitted, finished): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT submitted_at, finished_at FROM generations")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let waited = (finished - submitted).num_milliseconds();
+    // The first poll is 2.5 s after submission; the stand-in calls back after at most 150 ms.
+    assert!(
+        waited < 2000,
+        "finished {waited} ms after submission: the callback did not expedite the poll"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_callback_that_arrives_between_polls_makes_the_next_check_immediate() {
+    let app = TestApp::builder()
+        .kie(|k| k.latency = (Duration::from_millis(3000), Duration::from_millis(3100)))
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "after a poll"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded");
+    let (submitted, finished): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT submitted_at, finished_at FROM generations")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let waited = (finished - submitted).num_milliseconds();
+    // Polls come at 2.5 s and then 2–3 s later (≥ 4.5 s); the callback comes at ~3.1 s.
+    assert!(
+        waited < 4300,
+        "finished {waited} ms after submission: the next poll was not made immediate"
+    );
+    assert!(
+        app.kie.stats().record_info_calls >= 2,
+        "one poll before the task finished, one after the callback"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn duplicated_callbacks_are_harmless() {
+    let app = TestApp::builder()
+        .kie(|k| k.callbacks = CallbackMode::Duplicated)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "twice"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded");
+    app.drain().await;
+    let callbacks: i64 = sqlx::query_scalar("SELECT count(*) FROM upstream_callbacks")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(callbacks, 2);
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("settle".into(), 0)]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_content_policy_refusal_fails_the_generation_and_refunds_it_once() {
+    let app = TestApp::builder()
+        .kie(|k| k.callbacks = CallbackMode::Duplicated)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app.create_generation(&user, json!({"prompt": "[refuse] something forbidden", "resolution": "2K", "aspect_ratio": "1:1"})).await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "failed");
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("content policy"),
+        "{done}"
+    );
+    app.drain().await;
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -20), ("refund".into(), 20)]
+    );
+    assert_eq!(app.balance(&user).await, 100);
+    let succeeded: bool = sqlx::query_scalar("SELECT succeeded FROM usage_log")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(!succeeded);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn transient_5xx_and_429_answers_are_retried_until_the_task_is_created() {
+    let app = TestApp::builder()
+        .kie(|k| {
+            k.fail_creates = 2;
+            k.rate_limit_creates = 1;
+        })
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "bumpy road"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let stats = app.kie.stats();
+    assert_eq!((stats.create_calls, stats.tasks_created), (4, 1));
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("settle".into(), 0)]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_generation_past_its_deadline_is_failed_and_refunded_once() {
+    let app = TestApp::builder()
+        .kie(|k| {
+            k.latency = (Duration::from_secs(20), Duration::from_secs(21));
+            k.callbacks = CallbackMode::Lost;
+        })
+        .generation_config(GenerationConfig {
+            deadline: Duration::from_secs(2),
+            per_user_per_minute: 100,
+        })
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "never ready"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "failed");
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("took too long"),
+        "{done}"
+    );
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("refund".into(), 10)]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_submit_rerun_after_a_lost_answer_adopts_the_task_kie_reported_instead_of_creating_another()
+ {
+    let app = TestApp::builder()
+        .kie(|k| k.lose_create_responses = 1)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "lost answer"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let stats = app.kie.stats();
+    assert_eq!(
+        (stats.create_calls, stats.tasks_created),
+        (1, 1),
+        "the callback's task was adopted"
+    );
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("settle".into(), 0)]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_submit_rerun_after_a_crash_with_no_word_from_kie_creates_one_more_task_and_charges_once()
+{
+    let app = TestApp::builder()
+        .kie(|k| {
+            k.lose_create_responses = 1;
+            k.callbacks = CallbackMode::Lost;
+        })
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "crash between call and commit"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let attempts: i32 = sqlx::query_scalar("SELECT submit_attempts FROM generations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 2);
+    assert_eq!(
+        app.kie.stats().tasks_created,
+        2,
+        "at most one duplicate upstream task per lost answer"
+    );
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("settle".into(), 0)]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_500_class_upstream_failure_is_retried_once_with_a_new_task_then_refunded() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "[fail500] unlucky"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(app.kie.stats().tasks_created, 2);
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("refund".into(), 10)]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn insufficient_credits_answer_402_with_the_balance_and_record_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(15).await;
+    let (status, body) = app
+        .create_generation(
+            &user,
+            json!({"prompt": "big", "resolution": "2K", "aspect_ratio": "16:9"}),
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(
+        (body["balance"].as_i64(), body["cost"].as_i64()),
+        (Some(15), Some(20))
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((rows, jobs), (0, 0));
+    assert_eq!(app.balance(&user).await, 15);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn invalid_requests_get_422_naming_the_field_and_spend_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let too_many: Vec<String> = (0..17).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for (body, field) in [
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"prompt": "x".repeat(20_001)}), "prompt"),
+        (
+            json!({"prompt": "ok", "aspect_ratio": "7:5"}),
+            "aspect_ratio",
+        ),
+        (
+            json!({"prompt": "ok", "aspect_ratio": "auto", "resolution": "2K"}),
+            "resolution",
+        ),
+        (
+            json!({"prompt": "ok", "aspect_ratio": "1:1", "resolution": "4K"}),
+            "resolution",
+        ),
+        (
+            json!({"prompt": "ok", "reference_upload_ids": too_many}),
+            "reference_upload_ids",
+        ),
+        (
+            json!({"prompt": "ok", "reference_upload_ids": [uuid::Uuid::new_v4()]}),
+            "reference_upload_ids",
+        ),
+    ] {
+        let (status, answer) = app.create_generation(&user, body).await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (422, Some(field)),
+            "{answer}"
+        );
+    }
+    assert_eq!(app.balance(&user).await, 100);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_reference_upload_that_is_too_large_or_not_an_image_is_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let too_big = app
+        .post_json(
+            "/api/v1/uploads",
+            &user,
+            &json!({"content_type": "image/png", "byte_size": 10 * 1024 * 1024 + 1}),
+        )
+        .await;
+    assert_eq!(too_big.status(), 422);
+    assert_eq!(too_big.json::<Value>().await.unwrap()["field"], "byte_size");
+    let wrong_type = app
+        .post_json(
+            "/api/v1/uploads",
+            &user,
+            &json!({"content_type": "image/gif", "byte_size": 100}),
+        )
+        .await;
+    assert_eq!(
+        wrong_type.json::<Value>().await.unwrap()["field"],
+        "content_type"
+    );
+    // The length is signed: a presigned PUT for 100 bytes does not take 5,000.
+    let upload: Value = app
+        .post_json(
+            "/api/v1/uploads",
+            &user,
+            &json!({"content_type": "image/png", "byte_size": 100}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let put = app
+        .client
+        .put(upload["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(vec![0u8; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !put.status().is_success(),
+        "a PUT with another length was accepted"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn another_users_generation_is_invisible() {
+    let app = TestApp::spawn().await;
+    let (owner, stranger) = (app.create_user(100).await, app.create_user(100).await);
+    let (_, created) = app
+        .create_generation(&owner, json!({"prompt": "mine"}))
+        .await;
+    let id = id_of(&created);
+    assert_eq!(app.generation(&stranger, &id).await.0, 404);
+    assert_eq!(
+        app.delete(&format!("/api/v1/generations/{id}"), &stranger)
+            .await
+            .status(),
+        404
+    );
+    let events = app
+        .get_with_key(
+            &format!("/api/v1/generations/{id}/events"),
+            &stranger.api_key,
+        )
+        .await;
+    assert_eq!(events.status(), 404);
+    let list: Value = app
+        .get_with_key("/api/v1/generations", &stranger.api_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"], json!([]));
+    app.wait_until_finished(&owner, &id).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_idempotency_key_returns_the_same_generation() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let post = || {
+        app.client
+            .post(app.url("/api/v1/generations"))
+            .bearer_auth(&user.api_key)
+            .header("Idempotency-Key", "req-42")
+            .json(&json!({"prompt": "once"}))
+            .send()
+    };
+    let (first, second) = tokio::join!(post(), post());
+    let first: Value = first.unwrap().json().await.unwrap();
+    let second: Value = second.unwrap().json().await.unwrap();
+    assert_eq!(id_of(&first), id_of(&second));
+    assert_eq!(app.balance(&user).await, 90, "charged once");
+    app.wait_until_finished(&user, &id_of(&first)).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_user_over_the_generation_rate_gets_429_with_retry_after() {
+    let app = TestApp::builder()
+        .generation_config(GenerationConfig {
+            deadline: Duration::from_secs(60),
+            per_user_per_minute: 2,
+        })
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = app
+            .create_generation(&user, json!({"prompt": "quick"}))
+            .await;
+        assert_eq!(status, 202);
+        ids.push(id_of(&body));
+    }
+    let response = app
+        .post_json(
+            "/api/v1/generations",
+            &user,
+            &json!({"prompt": "one too many"}),
+        )
+        .await;
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    for id in ids {
+        app.wait_until_finished(&user, &id).await;
+    }
+    assert_eq!(app.balance(&user).await, 80);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_event_stream_delivers_each_status_change_in_order_and_ends() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "watch me"}))
+        .await;
+    let response = app
+        .get_with_key(
+            &format!("/api/v1/generations/{}/events", id_of(&created)),
+            &user.api_key,
+        )
+        .await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let statuses: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| {
+            serde_json::from_str::<Value>(data).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let order = ["queued", "submitting", "generating", "storing", "succeeded"];
+    let first = order.iter().position(|s| *s == statuses[0]).unwrap();
+    assert_eq!(statuses, order[first..].to_vec(), "{text}");
+    assert!(first <= 1, "the stream started late: {statuses:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn generations_are_listed_newest_first_with_a_cursor() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(1000).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (_, created) = app
+            .create_generation(&user, json!({"prompt": format!("number {n}")}))
+            .await;
+        ids.push(id_of(&created));
+    }
+    let first: Value = app
+        .get_with_key("/api/v1/generations?limit=3", &user.api_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = app
+        .get_with_key(
+            &format!("/api/v1/generations?limit=3&cursor={cursor}"),
+            &user.api_key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(id_of)
+        .collect();
+    ids.reverse();
+    assert_eq!(listed, ids);
+    assert!(second["next_cursor"].is_null());
+    for id in &ids {
+        app.wait_until_finished(&user, id).await;
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn deleting_a_generation_hides_it_at_once_and_a_job_removes_its_rows_and_objects() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "temporary"}))
+        .await;
+    let id = id_of(&created);
+    app.wait_until_finished(&user, &id).await;
+    let key: String = sqlx::query_scalar("SELECT object_key FROM generated_images")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let response = app
+        .delete(&format!("/api/v1/generations/{id}"), &user)
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(app.generation(&user, &id).await.0, 404);
+    app.drain().await;
+    assert!(
+        app.storage.head(&key).await.unwrap().is_none(),
+        "object deleted"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_account_level_error_pauses_submissions_without_failing_users_until_resumed() {
+    let app = TestApp::builder()
+        .kie(|k| k.account_error = Some(402))
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "kie is out of credits"}))
+        .await;
+    let id = id_of(&created);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !jobs::upstream::is_paused(&app.pool, "kie").await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "submissions were not paused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("createimage2_upstream_paused{upstream=\"kie\"} 1")
+    );
+    let (_, waiting) = app.generation(&user, &id).await;
+    assert_eq!(waiting["status"], "submitting", "not failed: {waiting}");
+    assert_eq!(app.balance(&user).await, 90, "still reserved, not refunded");
+
+    // The account is fixed; an operator resumes (the probe would too).
+    app.kie.update(|k| k.account_error = None);
+    jobs::upstream::resume(&app.pool, "kie").await.unwrap();
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE job_type = 'submit_generation' AND status = 'Pending'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let done = app.wait_until_finished(&user, &id).await;
+    assert_eq!(done["status"], "succeeded");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn callbacks_with_a_wrong_secret_or_signature_are_refused_and_unknown_ones_ignored() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let unknown = app
+        .client
+        .post(app.url(&format!("/webhooks/kie/{}/whatever", uuid::Uuid::new_v4())))
+        .json(&json!({"code": 200, "data": {"taskId": "task_x", "state": "success"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 200);
+    let user = app.create_user(100).await;
+    let (_, created) = app.create_generation(&user, json!({"prompt": "p"})).await;
+    let id = id_of(&created);
+    let secret = "known-secret";
+    sqlx::query("UPDATE generations SET callback_secret_hash = $2 WHERE id = $1::uuid")
+        .bind(&id)
+        .bind(jobs::accounts::hash_secret(secret))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let body = json!({"code": 200, "data": {"taskId": "task_x", "state": "success"}});
+    let wrong_secret = app
+        .client
+        .post(app.url(&format!("/webhooks/kie/{id}/guess")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_secret.status(), 401);
+    let unsigned = app
+        .client
+        .post(app.url(&format!("/webhooks/kie/{id}/{secret}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unsigned.status(),
+        401,
+        "HMAC is configured: an unsigned callback is refused"
+    );
+    let callbacks: i64 = sqlx::query_scalar("SELECT count(*) FROM upstream_callbacks")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(callbacks, 0);
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn many_generations_from_three_worker_processes_stay_within_kies_rate_limit_and_all_settle() {
+    let app = TestApp::spawn().await;
+    // Two more worker processes on the same database.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut extra = Vec::new();
+    for _ in 0..2 {
+        let plans = vec![
+            jobs::queue::QueuePlan {
+                queue: "submit_generation".into(),
+                concurrency: 10,
+            },
+            jobs::queue::QueuePlan {
+                queue: "poll_generation".into(),
+                concurrency: 10,
+            },
+            jobs::queue::QueuePlan {
+                queue: "store_generation".into(),
+                concurrency: 10,
+            },
+        ];
+        extra.push(
+            jobs::queue::start(
+                app.pool.clone(),
+                &app.registry,
+                app.services.clone(),
+                plans,
+                stop.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let user = app.create_user(10_000).await;
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let (status, created) = app
+            .create_generation(&user, json!({"prompt": format!("crowd {n}")}))
+            .await;
+        assert_eq!(status, 202);
+        ids.push(id_of(&created));
+    }
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, body) = app.generation(&user, id).await;
+            if body["status"] == "succeeded" {
+                break;
+            }
+            assert_ne!(body["status"], "failed", "{body}");
+            assert!(tokio::time::Instant::now() < deadline, "{body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop.cancel();
+    for worker in extra {
+        worker.wait().await;
+    }
+    let stats = app.kie.stats();
+    assert_eq!(
+        stats.rate_limited_creates, 0,
+        "the fleet never hit kie's limit"
+    );
+    assert!(
+        stats.max_creates_in_window <= 20,
+        "{} creates within 10 s",
+        stats.max_creates_in_window
+    );
+    assert_eq!(stats.tasks_created, 30);
+    let settled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE kind = 'settle'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(settled, 30);
+    assert_eq!(app.balance(&user).await, 10_000 - 300);
+    app.finish().await;
+}

@@ -1,0 +1,4 @@
+//! The web tier over HTTP against a real database, the S3 stand-in and the kie.ai stand-in.
+
+mod generations;
+mod site;

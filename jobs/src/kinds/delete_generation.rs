@@ -1,0 +1,43 @@
+//! Removes a generation the user deleted: its images from the bucket, then its rows.
+//!
+//! Why: the api only hides the generation (`deleted_at`) so the request returns at once; the slow part
+//! (bucket deletes) happens here.
+//! Safe twice: deleting missing objects is not an error; a missing row is success.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::queue::{Job, JobContext, JobError, Outcome, RetryPolicy};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteGeneration {
+    pub generation_id: Uuid,
+}
+
+impl Job for DeleteGeneration {
+    const NAME: &'static str = "delete_generation";
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 10,
+        base: Duration::from_secs(5),
+        cap: Duration::from_secs(600),
+        timeout: Duration::from_secs(120),
+    };
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let storage = &ctx.services.pipeline()?.storage;
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT object_key FROM generated_images WHERE generation_id = $1")
+                .bind(self.generation_id)
+                .fetch_all(&ctx.pool)
+                .await?;
+        storage.delete_many(&keys).await?;
+        // Rows go last, so a crash before this point leaves the keys to delete on the next run.
+        sqlx::query("DELETE FROM generations WHERE id = $1 AND deleted_at IS NOT NULL")
+            .bind(self.generation_id)
+            .execute(&ctx.pool)
+            .await?;
+        Ok(Outcome::Done)
+    }
+}

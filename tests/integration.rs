@@ -24,6 +24,7 @@ fn role_env(command: &mut Command, db: &TestDb, listen: u16, metrics: u16) {
         .env("S3_BUCKET", "unused")
         .env("S3_ACCESS_KEY_ID", "unused")
         .env("S3_SECRET_ACCESS_KEY", "unused")
+        .env("KIE_API_KEY", "unused")
         .env("LISTEN_ADDR", format!("127.0.0.1:{listen}"))
         .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics}"))
         .env("QUEUE_SHUTDOWN_GRACE_SECONDS", "5");

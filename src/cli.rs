@@ -24,7 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the site and the JSON API (LISTEN_ADDR) and /metrics, /healthz, /readyz (METRICS_LISTEN_ADDR).
+    /// Serve the site and the JSON API (LISTEN_ADDR), /metrics, /healthz, /readyz (METRICS_LISTEN_ADDR) and,
+    /// when OPERATOR_TOKEN is set, the ops console (ADMIN_LISTEN_ADDR).
     /// Records intents and enqueues jobs; never calls an external service on a request path.
     Api,
     /// Run background jobs from the given queues. Start several workers with different queues and
@@ -53,6 +54,9 @@ pub enum Command {
         /// /metrics, /healthz and /readyz address.
         #[arg(long, default_value = "127.0.0.1:9090")]
         metrics_listen: SocketAddr,
+        /// The ops console's address (its password is printed, or OPERATOR_TOKEN).
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        console_listen: SocketAddr,
     },
     /// Operator commands on the job queue.
     Jobs {
@@ -145,7 +149,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev {
             listen,
             metrics_listen,
-        } => crate::dev::run(listen, metrics_listen, shutdown_signal()).await,
+            console_listen,
+        } => crate::dev::run(listen, metrics_listen, console_listen, shutdown_signal()).await,
         Command::Jobs { command } => {
             let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
             jobs_command(&pool, command).await

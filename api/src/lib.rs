@@ -4,6 +4,7 @@
 //! and enqueues jobs in the same transaction; workers do everything slow or external.
 //! `Api::build(config)` → [`Api::run_until_stopped`]; tests start it on port 0.
 
+mod console;
 mod error;
 mod events;
 mod generations;
@@ -85,6 +86,8 @@ pub struct Api {
     state: AppState,
     listener: TcpListener,
     ops_listener: Option<TcpListener>,
+    /// The ops console's listener and token, when an operator token is configured.
+    console: Option<(TcpListener, SecretString)>,
 }
 
 impl Api {
@@ -98,10 +101,21 @@ impl Api {
         });
         let listener = telemetry::bind(config.http.listen).await?;
         let ops_listener = telemetry::bind(config.http.metrics_listen).await?;
+        let console = match &config.http.operator_token {
+            Some(token) => Some((
+                telemetry::bind(config.http.admin_listen).await?,
+                token.clone(),
+            )),
+            None => {
+                tracing::info!("OPERATOR_TOKEN is not set: the ops console is off");
+                None
+            }
+        };
         Ok(Self {
             state,
             listener,
             ops_listener: Some(ops_listener),
+            console,
         })
     }
 
@@ -115,7 +129,18 @@ impl Api {
             state,
             listener,
             ops_listener,
+            console: None,
         }
+    }
+
+    /// Serves the ops console on `listener`, behind `operator_token`.
+    pub fn with_console(mut self, listener: TcpListener, operator_token: SecretString) -> Self {
+        self.console = Some((listener, operator_token));
+        self
+    }
+
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -133,6 +158,18 @@ impl Api {
         if let Some(listener) = self.ops_listener {
             let probe = Arc::new(ApiProbe(self.state.clone()));
             tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
+        }
+        if let Some((listener, token)) = self.console {
+            let console = console::router(self.state.pool.clone(), token);
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, console)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %error, "ops console stopped");
+                }
+            });
         }
         tokio::spawn(events::listen(
             self.state.pool.clone(),

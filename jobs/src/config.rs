@@ -201,6 +201,10 @@ pub struct HttpConfig {
     /// `PUBLIC_BASE_URL` (default http://127.0.0.1:8080): links in e-mails and callback URLs are built from
     /// this, never from the Host header.
     pub public_base_url: url::Url,
+    /// `ADMIN_LISTEN_ADDR` (default 127.0.0.1:9091): the ops console (api role), on its own listener.
+    pub admin_listen: SocketAddr,
+    /// `OPERATOR_TOKEN`: the ops console's password (HTTP Basic, any user name). Without it the console is off.
+    pub operator_token: Option<SecretString>,
 }
 
 impl HttpConfig {
@@ -223,6 +227,20 @@ impl HttpConfig {
                 name: "PUBLIC_BASE_URL",
                 reason: error.to_string(),
             })?,
+            admin_listen: parsed_or(
+                source,
+                "ADMIN_LISTEN_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9091)),
+            )?,
+            operator_token: match source.get("OPERATOR_TOKEN") {
+                Some(token) if token.len() < 16 => {
+                    return Err(ConfigError::Invalid {
+                        name: "OPERATOR_TOKEN",
+                        reason: "must be at least 16 characters".into(),
+                    });
+                }
+                token => token.map(SecretString::from),
+            },
         })
     }
 }

@@ -141,6 +141,12 @@ pub fn ledger_key(id: Uuid) -> String {
     format!("generation:{id}")
 }
 
+/// The span every job of a generation runs in: one search for the trace id shows its whole life, from the
+/// api request that logged it through every job and upstream call.
+pub fn span(generation: &Generation) -> tracing::Span {
+    tracing::info_span!("generation", generation.id = %generation.id, trace_id = %generation.trace_id)
+}
+
 /// The channel that carries status changes to the api's server-sent events.
 pub const EVENTS_CHANNEL: &str = "generation_events";
 

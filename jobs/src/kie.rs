@@ -286,6 +286,13 @@ impl KieClient {
     }
 
     fn observe(&self, operation: &str, outcome: &str, started: Instant) {
+        tracing::debug!(
+            upstream = "kie",
+            operation,
+            outcome,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "upstream call"
+        );
         let labels = ["kie", operation, outcome];
         self.metrics
             .upstream_requests_total

@@ -52,6 +52,7 @@ pub struct MetricSet {
     pub jobs_dead_total: IntCounterVec,
     pub workers_alive: IntGaugeVec,
     pub jobs: IntGaugeVec,
+    pub jobs_stuck: IntGaugeVec,
     pub job_oldest_waiting_age_seconds: prometheus::GaugeVec,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
@@ -143,6 +144,17 @@ impl Metrics {
                         "Jobs by queue and state (waiting, scheduled, running, dead).",
                     ),
                     &["queue", "state"],
+                )
+                .unwrap(),
+            ),
+            jobs_stuck: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "createimage2_jobs_stuck",
+                        "Jobs running on a worker that stopped heartbeating (the reaper hands them back).",
+                    ),
+                    &["queue"],
                 )
                 .unwrap(),
             ),
@@ -241,6 +253,7 @@ impl Metrics {
     ) -> sqlx::Result<()> {
         let stats = crate::queue::ops::queue_stats(pool).await?;
         self.jobs.reset();
+        self.jobs_stuck.reset();
         self.job_oldest_waiting_age_seconds.reset();
         for queue in known_queues {
             for state in ["waiting", "scheduled", "running", "dead"] {
@@ -258,6 +271,7 @@ impl Metrics {
                 .set(s.scheduled);
             self.jobs.with_label_values(&[q, "running"]).set(s.running);
             self.jobs.with_label_values(&[q, "dead"]).set(s.dead);
+            self.jobs_stuck.with_label_values(&[q]).set(s.stuck);
             self.job_oldest_waiting_age_seconds
                 .with_label_values(&[q])
                 .set(s.oldest_waiting_age_seconds);

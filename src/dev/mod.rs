@@ -31,6 +31,7 @@ pub fn dev_root() -> PathBuf {
 pub async fn run(
     listen: SocketAddr,
     metrics_listen: SocketAddr,
+    console_listen: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     telemetry::init_logging(LogFormat::Pretty);
@@ -118,12 +119,20 @@ pub async fn run(
             generation,
         });
     let ops_listener = telemetry::bind(metrics_listen).await?;
-    let api = api::Api::with_parts(state, listener, Some(ops_listener));
+    let operator_token = std::env::var("OPERATOR_TOKEN")
+        .ok()
+        .filter(|t| t.len() >= 16)
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
+    let console_listener = telemetry::bind(console_listen).await?;
+    let api = api::Api::with_parts(state, listener, Some(ops_listener))
+        .with_console(console_listener, operator_token.clone().into());
+    let console = api.console_addr().context("console listener")?;
     let (site, ops) = (api.addr(), api.ops_addr().context("ops listener")?);
     println!();
     println!("  createimage2 dev is running");
     println!("  site and API : http://{site}/");
     println!("  metrics      : http://{ops}/metrics   (health: /healthz, /readyz)");
+    println!("  ops console  : http://{console}/   (user: any, password: {operator_token})");
     println!(
         "  database     : {} ({})",
         redact(&database.url),

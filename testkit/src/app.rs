@@ -32,6 +32,9 @@ pub struct TestAppBuilder {
     verify_callback_signatures: bool,
 }
 
+/// The ops console's token in tests.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
 /// The HMAC key the kie stand-in signs callbacks with in tests.
 pub const KIE_HMAC_KEY: &str = "test-webhook-hmac-key";
 
@@ -163,8 +166,13 @@ impl TestAppBuilder {
         let ops_listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let api = api::Api::with_parts(state, listener, Some(ops_listener));
+        let console_listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let api = api::Api::with_parts(state, listener, Some(ops_listener))
+            .with_console(console_listener, OPERATOR_TOKEN.to_owned().into());
         let ops_addr = api.ops_addr().unwrap();
+        let console_addr = api.console_addr().unwrap();
         let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
         let (worker, worker_ops_addr) = match worker {
             Some((started, addr)) => (Some(started), addr),
@@ -174,6 +182,7 @@ impl TestAppBuilder {
             pool,
             api_addr,
             ops_addr,
+            console_addr,
             worker_ops_addr,
             client: reqwest::Client::new(),
             storage,
@@ -200,6 +209,8 @@ pub struct TestApp {
     pub api_addr: SocketAddr,
     /// The api's `/metrics`, `/healthz`, `/readyz` listener.
     pub ops_addr: SocketAddr,
+    /// The ops console (password [`OPERATOR_TOKEN`]).
+    pub console_addr: SocketAddr,
     /// The worker's ops listener.
     pub worker_ops_addr: Option<SocketAddr>,
     pub client: reqwest::Client,

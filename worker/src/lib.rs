@@ -144,21 +144,27 @@ impl Worker {
         )
         .await?;
         let health = running.health.clone();
+        let ops_stop = CancellationToken::new();
         if let Some(listener) = self.ops_listener {
             let probe = Arc::new(WorkerProbe {
                 metrics: self.services.metrics.clone(),
                 health: health.clone(),
             });
-            tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
+            // The ops listener outlives `shutdown`: while draining, /readyz answers 503 ("draining") rather than
+            // refusing connections; it closes once the drain is over.
+            tokio::spawn(telemetry::serve_ops(listener, probe, ops_stop.clone()));
         }
-        Ok(StartedWorker { health, running })
+        Ok(StartedWorker {
+            health,
+            running,
+            ops_stop,
+        })
     }
 
     /// Runs until `shutdown`, then drains: no new claims; in-flight jobs finish within the grace period or are
     /// handed back.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let started = self.start(shutdown).await?;
-        started.running.wait().await;
+        self.start(shutdown).await?.wait().await;
         Ok(())
     }
 }
@@ -167,12 +173,14 @@ impl Worker {
 pub struct StartedWorker {
     pub health: Arc<WorkerHealth>,
     running: queue::RunningWorker,
+    ops_stop: CancellationToken,
 }
 
 impl StartedWorker {
     /// Waits for the drain that follows shutdown.
     pub async fn wait(self) {
         self.running.wait().await;
+        self.ops_stop.cancel();
     }
 }
 

@@ -878,3 +878,42 @@ async fn many_generations_from_three_worker_processes_stay_within_kies_rate_limi
     assert_eq!(app.balance(&user).await, 10_000 - 300);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn every_pipeline_queue_and_kie_operation_shows_up_in_the_worker_metrics_after_one_generation()
+ {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "observable"}))
+        .await;
+    app.wait_until_finished(&user, &id_of(&created)).await;
+    app.drain().await;
+    let url = format!("http://{}/metrics", app.worker_ops_addr.unwrap());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    for queue in ["submit_generation", "poll_generation", "store_generation"] {
+        assert!(
+            text.contains(&format!(
+                "createimage2_jobs_completed_total{{queue=\"{queue}\"}} 1"
+            )),
+            "{queue}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "createimage2_workers_alive{{queue=\"{queue}\"}} 1"
+            )),
+            "{queue}"
+        );
+    }
+    for operation in ["create_task", "download_url", "fetch_result"] {
+        let line = format!(
+            "createimage2_upstream_requests_total{{operation=\"{operation}\",outcome=\"ok\",upstream=\"kie\"}} 1"
+        );
+        assert!(text.contains(&line), "missing {line}");
+    }
+    assert!(
+        text.contains("createimage2_generations_total{outcome=\"succeeded\",resolution=\"1K\"} 1")
+    );
+    assert!(text.contains("createimage2_credits_total{kind=\"settled\"} 10"));
+    app.finish().await;
+}

@@ -1,4 +1,5 @@
 //! The web tier over HTTP against a real database, the S3 stand-in and the kie.ai stand-in.
 
+mod console;
 mod generations;
 mod site;

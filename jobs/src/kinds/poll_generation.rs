@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{store_generation::StoreGeneration, submit_generation::SubmitGeneration};
@@ -58,11 +59,19 @@ impl Job for PollGeneration {
     };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let Some(generation) = generations::find(&ctx.pool, self.generation_id).await? else {
+            return Ok(Outcome::Done); // deleted: nothing to do
+        };
+        // Every log line (and upstream call) of this attempt carries the generation's trace id.
+        let span = generations::span(&generation);
+        self.handle(ctx, generation).instrument(span).await
+    }
+}
+
+impl PollGeneration {
+    async fn handle(self, ctx: JobContext, generation: Generation) -> Result<Outcome, JobError> {
         let pipeline = ctx.services.pipeline()?;
         let metrics = &ctx.services.metrics;
-        let Some(generation) = generations::find(&ctx.pool, self.generation_id).await? else {
-            return Ok(Outcome::Done);
-        };
         let Some(task_id) = generation.upstream_task_id.clone() else {
             return Ok(Outcome::Done);
         };

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -37,10 +38,18 @@ impl Job for StoreGeneration {
     };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let metrics = &ctx.services.metrics;
         let Some(generation) = generations::find(&ctx.pool, self.generation_id).await? else {
-            return Ok(Outcome::Done);
+            return Ok(Outcome::Done); // deleted: nothing to do
         };
+        // Every log line (and upstream call) of this attempt carries the generation's trace id.
+        let span = generations::span(&generation);
+        self.handle(ctx, generation).instrument(span).await
+    }
+}
+
+impl StoreGeneration {
+    async fn handle(self, ctx: JobContext, generation: Generation) -> Result<Outcome, JobError> {
+        let metrics = &ctx.services.metrics;
         if generation.is_finished()
             || generation.deleted_at.is_some()
             || generation.status != "storing"

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::poll_generation::PollGeneration;
@@ -55,11 +56,19 @@ impl Job for SubmitGeneration {
     };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let pipeline = ctx.services.pipeline()?;
-        let metrics = &ctx.services.metrics;
         let Some(generation) = generations::find(&ctx.pool, self.generation_id).await? else {
             return Ok(Outcome::Done); // deleted: nothing to do
         };
+        // Every log line (and upstream call) of this attempt carries the generation's trace id.
+        let span = generations::span(&generation);
+        self.handle(ctx, generation).instrument(span).await
+    }
+}
+
+impl SubmitGeneration {
+    async fn handle(self, ctx: JobContext, generation: Generation) -> Result<Outcome, JobError> {
+        let pipeline = ctx.services.pipeline()?;
+        let metrics = &ctx.services.metrics;
         if generation.is_finished() || generation.deleted_at.is_some() {
             return Ok(Outcome::Done);
         }

@@ -15,10 +15,16 @@ pub struct QueueStats {
     pub running: i64,
     /// Out of attempts or failed permanently; kept for an operator.
     pub dead: i64,
+    /// Running, but its worker has not heartbeated for `STUCK_AFTER_SECONDS`: the reaper will hand it back.
+    pub stuck: i64,
     /// Seconds since the oldest waiting job became due (0 when none waits).
     pub oldest_waiting_age_seconds: f64,
     pub paused: bool,
 }
+
+/// A running job whose worker has been silent this long counts as stuck (the default of
+/// `QUEUE_DEAD_WORKER_SECONDS`).
+pub const STUCK_AFTER_SECONDS: f64 = 60.0;
 
 /// Every queue with unfinished or dead jobs (or a pause), from one grouped query.
 pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
@@ -29,6 +35,7 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
         scheduled: i64,
         running: i64,
         dead: i64,
+        stuck: i64,
         oldest: Option<f64>,
         paused: bool,
     }
@@ -39,18 +46,22 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
                     count(*) FILTER (WHERE status = 'Pending' AND run_at > now()) AS scheduled,
                     count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS running,
                     count(*) FILTER (WHERE status = 'Failed') AS dead,
+                    count(*) FILTER (WHERE status IN ('Queued', 'Running')
+                                       AND (w.last_seen IS NULL OR w.last_seen < now() - make_interval(secs => $1)))
+                        AS stuck,
                     EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE status = 'Pending' AND run_at <= now()))::float8
                         AS oldest
-               FROM apalis.jobs
+               FROM apalis.jobs j LEFT JOIN apalis.workers w ON w.id = j.lock_by
               WHERE status IN ('Pending', 'Queued', 'Running', 'Failed')
               GROUP BY job_type
          )
          SELECT coalesce(c.job_type, p.queue) AS queue, coalesce(c.waiting, 0) AS waiting,
                 coalesce(c.scheduled, 0) AS scheduled, coalesce(c.running, 0) AS running,
-                coalesce(c.dead, 0) AS dead, c.oldest, p.queue IS NOT NULL AS paused
+                coalesce(c.dead, 0) AS dead, coalesce(c.stuck, 0) AS stuck, c.oldest, p.queue IS NOT NULL AS paused
            FROM counts c FULL JOIN queue_pauses p ON p.queue = c.job_type
           ORDER BY 1",
     )
+    .bind(STUCK_AFTER_SECONDS)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -61,6 +72,7 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
             scheduled: row.scheduled,
             running: row.running,
             dead: row.dead,
+            stuck: row.stuck,
             oldest_waiting_age_seconds: row.oldest.unwrap_or(0.0).max(0.0),
             paused: row.paused,
         })

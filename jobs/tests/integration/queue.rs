@@ -677,6 +677,20 @@ async fn queue_gauges_match_a_known_queue_state_and_job_metrics_are_recorded() {
     .execute(&app.pool)
     .await
     .unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         VALUES ('silent', 'test_record', 'createimage2', '', now() - interval '5 minutes')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, lock_by, lock_at)
+         VALUES ('stuck-one', 'test_record', '\\x7b7d', 'Running', 1, 5, now(), 'silent', now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     sqlx::query("UPDATE apalis.jobs SET run_at = now() - interval '90 seconds' WHERE job = convert_to('{\"label\":\"a\"}', 'UTF8')")
         .execute(&app.pool)
         .await
@@ -685,7 +699,8 @@ async fn queue_gauges_match_a_known_queue_state_and_job_metrics_are_recorded() {
     for line in [
         "createimage2_jobs{queue=\"test_record\",state=\"waiting\"} 3",
         "createimage2_jobs{queue=\"test_record\",state=\"scheduled\"} 1",
-        "createimage2_jobs{queue=\"test_record\",state=\"running\"} 0",
+        "createimage2_jobs{queue=\"test_record\",state=\"running\"} 1",
+        "createimage2_jobs_stuck{queue=\"test_record\"} 1",
         "createimage2_jobs{queue=\"test_record\",state=\"dead\"} 1",
     ] {
         assert!(text.contains(line), "missing {line}");
@@ -723,5 +738,55 @@ async fn completed_jobs_are_counted_and_their_wait_and_duration_observed() {
         "createimage2_job_duration_seconds_count{outcome=\"done\",queue=\"test_record\"} 5"
     ));
     assert!(text.contains("createimage2_workers_alive{queue=\"test_record\"} 1"));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn readiness_turns_false_while_a_worker_drains() {
+    let config = QueueConfig {
+        shutdown_grace: Duration::from_secs(10),
+        ..QueueConfig::default()
+    };
+    let app = TestApp::builder().without_worker().spawn().await;
+    let services = std::sync::Arc::new(jobs::queue::Services::new(
+        config,
+        jobs::telemetry::Metrics::new("t"),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let plans = vec![jobs::queue::QueuePlan {
+        queue: "test_slow".into(),
+        concurrency: 1,
+    }];
+    let running = queue::start(
+        app.pool.clone(),
+        &test_jobs::registry(),
+        services,
+        plans,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let Enqueued::New(id) = app
+        .enqueue(&Slow {
+            label: "draining".into(),
+            ms: 1500,
+        })
+        .await
+    else {
+        panic!()
+    };
+    while app.job_status(&id).await != "Running" {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(running.health.readiness().is_ok());
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(running.health.readiness(), Err("draining".to_owned()));
+    running.wait().await;
+    assert_eq!(
+        app.job_status(&id).await,
+        "Done",
+        "the in-flight job finished during the drain"
+    );
     app.finish().await;
 }

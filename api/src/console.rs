@@ -1,0 +1,306 @@
+//! The ops console: a few maud pages on a separate admin listener, behind the operator token (HTTP Basic,
+//! any user name, the token as password). It shows what `createimage2 jobs …` shows — queues, workers, dead
+//! jobs, upstreams — live (the page refreshes itself), with buttons to retry, cancel or discard a job and to
+//! pause or resume a queue or an upstream.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{Path, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use base64::Engine as _;
+use jobs::queue::ops;
+use maud::{DOCTYPE, Markup, html};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+
+use crate::AppError;
+
+#[derive(Clone)]
+struct Console {
+    pool: PgPool,
+    token: Arc<SecretString>,
+}
+
+/// The console's router. Every route requires the operator token.
+pub fn router(pool: PgPool, token: SecretString) -> Router {
+    let console = Console {
+        pool,
+        token: Arc::new(token),
+    };
+    Router::new()
+        .route("/", get(overview))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/retry", post(retry))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/discard", post(discard))
+        .route("/queues/{queue}/pause", post(pause_queue))
+        .route("/queues/{queue}/resume", post(resume_queue))
+        .route("/upstreams/{upstream}/pause", post(pause_upstream))
+        .route("/upstreams/{upstream}/resume", post(resume_upstream))
+        .layer(middleware::from_fn_with_state(
+            console.clone(),
+            require_operator,
+        ))
+        .with_state(console)
+}
+
+async fn require_operator(
+    State(console): State<Console>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !presents_token(request.headers(), console.token.expose_secret()) {
+        let mut response = (StatusCode::UNAUTHORIZED, "operator token required\n").into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"createimage2 ops\""),
+        );
+        return response;
+    }
+    // Browsers resend Basic credentials on cross-site requests: refuse state changes that are not same-origin.
+    if request.method() != axum::http::Method::GET {
+        let site = request
+            .headers()
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok());
+        if matches!(site, Some("cross-site" | "same-site")) {
+            return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn presents_token(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let presented = if let Some(basic) = value.strip_prefix("Basic ") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
+            return false;
+        };
+        let Ok(text) = String::from_utf8(decoded) else {
+            return false;
+        };
+        text.split_once(':')
+            .map(|(_, password)| password.to_owned())
+            .unwrap_or_default()
+    } else if let Some(bearer) = value.strip_prefix("Bearer ") {
+        bearer.trim().to_owned()
+    } else {
+        return false;
+    };
+    presented.len() == token.len() && bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+}
+
+fn page(title: &str, refresh: bool, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                @if refresh { meta http-equiv="refresh" content="5"; }
+                title { (title) " · createimage2 ops" }
+                style { (CSS) }
+            }
+            body {
+                header { a href="/" { "createimage2 ops" } }
+                main { (body) }
+            }
+        }
+    }
+}
+
+const CSS: &str = "body{font:14px system-ui,sans-serif;margin:0;color:#1d1d1f}header{background:#1d1d1f;padding:10px 20px}\
+header a{color:#fff;text-decoration:none;font-weight:600}main{padding:20px;max-width:1200px}\
+table{border-collapse:collapse;width:100%;margin-bottom:24px}th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #ddd}\
+th{background:#f5f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00020;font-weight:600}\
+form{display:inline}button{font:inherit;padding:2px 8px;cursor:pointer}pre{white-space:pre-wrap;background:#f5f5f7;padding:10px}";
+
+#[derive(sqlx::FromRow)]
+struct WorkerRow {
+    id: String,
+    queue: String,
+    seconds_since_seen: f64,
+    running: i64,
+}
+
+async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
+    let queues = ops::queue_stats(&console.pool).await?;
+    let dead = ops::dead_jobs(&console.pool, None, 50).await?;
+    let workers: Vec<WorkerRow> = sqlx::query_as(
+        "SELECT w.id, w.worker_type AS queue, EXTRACT(EPOCH FROM now() - w.last_seen)::float8 AS seconds_since_seen,
+                (SELECT count(*) FROM apalis.jobs j WHERE j.lock_by = w.id AND j.status = 'Running') AS running
+           FROM apalis.workers w
+          WHERE w.storage_name = 'createimage2' AND w.last_seen > now() - interval '1 hour'
+          ORDER BY w.worker_type, w.id",
+    )
+    .fetch_all(&console.pool)
+    .await?;
+    let upstreams = jobs::upstream::paused(&console.pool).await?;
+    let kie_paused = upstreams
+        .iter()
+        .any(|(name, ..)| name == jobs::upstream::KIE);
+    Ok(page(
+        "Overview",
+        true,
+        html! {
+            h2 { "Queues" }
+            table {
+                tr { th { "queue" } th { "waiting" } th { "scheduled" } th { "running" } th { "stuck" } th { "dead" }
+                     th { "oldest waiting" } th { "" } }
+                @for q in &queues {
+                    tr {
+                        td { (q.queue) @if q.paused { " " span.bad { "(paused)" } } }
+                        td.num { (q.waiting) } td.num { (q.scheduled) } td.num { (q.running) }
+                        td.num class=[(q.stuck > 0).then_some("bad")] { (q.stuck) }
+                        td.num class=[(q.dead > 0).then_some("bad")] { (q.dead) }
+                        td.num { (format!("{:.1} s", q.oldest_waiting_age_seconds)) }
+                        td {
+                            @if q.paused {
+                                form method="post" action={ "/queues/" (q.queue) "/resume" } { button { "resume" } }
+                            } @else {
+                                form method="post" action={ "/queues/" (q.queue) "/pause" } { button { "pause" } }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Workers" }
+            table {
+                tr { th { "worker" } th { "queue" } th { "last heartbeat" } th { "running" } }
+                @for w in &workers {
+                    tr {
+                        td { (w.id) } td { (w.queue) }
+                        td.num class=[(w.seconds_since_seen > 60.0).then_some("bad")] { (format!("{:.0} s ago", w.seconds_since_seen)) }
+                        td.num { (w.running) }
+                    }
+                }
+            }
+            h2 { "Upstreams" }
+            table {
+                tr { th { "upstream" } th { "state" } th { "" } }
+                @for (name, reason, since, _) in &upstreams {
+                    tr { td { (name) } td.bad { "paused since " (since.format("%Y-%m-%d %H:%M:%S UTC")) ": " (reason) }
+                         td { form method="post" action={ "/upstreams/" (name) "/resume" } { button { "resume" } } } }
+                }
+                @if !kie_paused {
+                    tr { td { "kie" } td { "submitting" }
+                         td { form method="post" action="/upstreams/kie/pause" { button { "pause" } } } }
+                }
+            }
+            h2 { "Dead jobs" }
+            table {
+                tr { th { "job" } th { "queue" } th { "attempts" } th { "died" } th { "last error" } th { "" } }
+                @for job in &dead {
+                    tr {
+                        td { a href={ "/jobs/" (job.id) } { (job.id) } }
+                        td { (job.queue) }
+                        td.num { (job.attempts) "/" (job.max_attempts) }
+                        td { (job.done_at.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()) }
+                        td { (job.last_error.as_deref().unwrap_or("")) }
+                        td {
+                            form method="post" action={ "/jobs/" (job.id) "/retry" } { button { "retry" } }
+                            " "
+                            form method="post" action={ "/jobs/" (job.id) "/discard" } { button { "discard" } }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+async fn job_page(
+    State(console): State<Console>,
+    Path(id): Path<String>,
+) -> Result<Markup, AppError> {
+    let job = ops::find_job(&console.pool, &id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok(page(
+        &format!("Job {id}"),
+        false,
+        html! {
+            h2 { "Job " (job.id) }
+            table {
+                tr { th { "queue" } td { (job.queue) } }
+                tr { th { "status" } td { (job.status) } }
+                tr { th { "attempts" } td { (job.attempts) "/" (job.max_attempts) } }
+                tr { th { "run at" } td { (job.run_at) } }
+                tr { th { "worker" } td { (job.lock_by.as_deref().unwrap_or("")) } }
+                tr { th { "last error" } td { (job.last_error.as_deref().unwrap_or("")) } }
+            }
+            h3 { "Payload" }
+            pre { (job.payload) }
+            form method="post" action={ "/jobs/" (job.id) "/retry" } { button { "retry" } }
+            " "
+            form method="post" action={ "/jobs/" (job.id) "/cancel" } { button { "cancel" } }
+            " "
+            form method="post" action={ "/jobs/" (job.id) "/discard" } { button { "discard" } }
+        },
+    ))
+}
+
+fn done(changed: bool) -> Result<Redirect, AppError> {
+    if changed {
+        Ok(Redirect::to("/"))
+    } else {
+        Err(AppError::Conflict(
+            "the job is not in a state that allows this".into(),
+        ))
+    }
+}
+
+async fn retry(State(c): State<Console>, Path(id): Path<String>) -> Result<Redirect, AppError> {
+    done(ops::retry_job(&c.pool, &id).await?)
+}
+
+async fn cancel(State(c): State<Console>, Path(id): Path<String>) -> Result<Redirect, AppError> {
+    done(ops::cancel_job(&c.pool, &id).await?)
+}
+
+async fn discard(State(c): State<Console>, Path(id): Path<String>) -> Result<Redirect, AppError> {
+    done(ops::discard_job(&c.pool, &id).await?)
+}
+
+async fn pause_queue(
+    State(c): State<Console>,
+    Path(queue): Path<String>,
+) -> Result<Redirect, AppError> {
+    ops::pause_queue(&c.pool, &queue, "paused from the ops console").await?;
+    Ok(Redirect::to("/"))
+}
+
+async fn resume_queue(
+    State(c): State<Console>,
+    Path(queue): Path<String>,
+) -> Result<Redirect, AppError> {
+    ops::resume_queue(&c.pool, &queue).await?;
+    Ok(Redirect::to("/"))
+}
+
+async fn pause_upstream(
+    State(c): State<Console>,
+    Path(upstream): Path<String>,
+) -> Result<Redirect, AppError> {
+    jobs::upstream::pause(&c.pool, &upstream, "paused from the ops console").await?;
+    Ok(Redirect::to("/"))
+}
+
+async fn resume_upstream(
+    State(c): State<Console>,
+    Path(upstream): Path<String>,
+) -> Result<Redirect, AppError> {
+    jobs::upstream::resume(&c.pool, &upstream).await?;
+    Ok(Redirect::to("/"))
+}

@@ -1,0 +1,162 @@
+//! The ops console on its admin listener.
+
+use jobs::queue::{Enqueued, ops};
+use testkit::{OPERATOR_TOKEN, TestApp, test_jobs::AlwaysFails};
+
+fn console_url(app: &TestApp, path: &str) -> String {
+    format!("http://{}{}", app.console_addr, path)
+}
+
+#[tokio::test]
+async fn the_console_requires_the_operator_token() {
+    let app = TestApp::spawn().await;
+    let anonymous = app.client.get(console_url(&app, "/")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let wrong = app
+        .client
+        .get(console_url(&app, "/"))
+        .basic_auth("ops", Some("wrong-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = app
+        .client
+        .get(console_url(&app, "/"))
+        .basic_auth("ops", Some(OPERATOR_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let page = right.text().await.unwrap();
+    for section in ["Queues", "Workers", "Upstreams", "Dead jobs"] {
+        assert!(
+            page.contains(&format!("<h2>{section}</h2>")),
+            "missing {section}"
+        );
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_console_shows_a_dead_job_and_its_retry_button_runs_it_again() {
+    let mut app = TestApp::spawn().await;
+    let Enqueued::New(id) = app
+        .enqueue(&AlwaysFails {
+            label: "console".into(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    app.drain().await;
+    let page = app
+        .client
+        .get(console_url(&app, "/"))
+        .basic_auth("ops", Some(OPERATOR_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&id) && page.contains("upstream said no (attempt 3)"),
+        "dead job not shown"
+    );
+
+    let cross_site = app
+        .client
+        .post(console_url(&app, &format!("/jobs/{id}/retry")))
+        .basic_auth("ops", Some(OPERATOR_TOKEN))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cross_site.status(),
+        403,
+        "a cross-site form post is refused"
+    );
+    assert_eq!(app.job_status(&id).await, "Failed");
+
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let retried = no_redirects
+        .post(console_url(&app, &format!("/jobs/{id}/retry")))
+        .basic_auth("ops", Some(OPERATOR_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 303);
+    app.drain().await;
+    let job = ops::find_job(&app.pool, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.status.as_str(), job.attempts),
+        ("Failed", 3),
+        "ran its three attempts again"
+    );
+    let runs = testkit::test_jobs::runs(&app.pool, "console").await;
+    assert_eq!(runs.len(), 6);
+    app.expect_dead(1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn pausing_a_queue_from_the_console_stops_claims_until_resumed() {
+    let app = TestApp::spawn().await;
+    let post = |path: String| {
+        app.client
+            .post(console_url(&app, &path))
+            .basic_auth("ops", Some(OPERATOR_TOKEN))
+            .send()
+    };
+    assert!(
+        post("/queues/test_record/pause".into())
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let stats = ops::queue_stats(&app.pool).await.unwrap();
+    assert!(stats.iter().any(|s| s.queue == "test_record" && s.paused));
+    assert!(
+        post("/queues/test_record/resume".into())
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(
+        ops::queue_stats(&app.pool)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| !s.paused)
+    );
+    assert!(
+        post("/upstreams/kie/pause".into())
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(jobs::upstream::is_paused(&app.pool, "kie").await.unwrap());
+    assert!(
+        post("/upstreams/kie/resume".into())
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(!jobs::upstream::is_paused(&app.pool, "kie").await.unwrap());
+    app.finish().await;
+}

@@ -19,10 +19,20 @@ use secrecy::ExposeSecret;
 use crate::config::StorageConfig;
 
 /// A bucket and the client that reaches it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Storage {
     pub client: Client,
     pub bucket: String,
+    /// Counts and times each call as upstream `s3`, when set.
+    metrics: Option<crate::telemetry::Metrics>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
 }
 
 impl Storage {
@@ -47,6 +57,28 @@ impl Storage {
         Self {
             client: Client::from_conf(s3_config),
             bucket: config.bucket.clone(),
+            metrics: None,
+        }
+    }
+
+    /// Records every bucket call in `createimage2_upstream_*{upstream="s3"}`.
+    pub fn with_metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn observe<T, E>(&self, operation: &str, started: std::time::Instant, result: &Result<T, E>) {
+        if let Some(metrics) = &self.metrics {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            let labels = ["s3", operation, outcome];
+            metrics
+                .upstream_requests_total
+                .with_label_values(&labels)
+                .inc();
+            metrics
+                .upstream_request_duration_seconds
+                .with_label_values(&labels)
+                .observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -92,14 +124,22 @@ fn sdk_error(what: &str, error: impl std::error::Error) -> anyhow::Error {
 impl Storage {
     /// HEAD; `None` when the object does not exist.
     pub async fn head(&self, key: &str) -> anyhow::Result<Option<ObjectInfo>> {
-        match self
+        let started = std::time::Instant::now();
+        let result = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-        {
+            .await;
+        let missing = matches!(&result, Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()));
+        let counted: Result<(), ()> = if missing || result.is_ok() {
+            Ok(())
+        } else {
+            Err(())
+        };
+        self.observe("head_object", started, &counted);
+        match result {
             Ok(head) => Ok(Some(ObjectInfo {
                 byte_size: head.content_length().unwrap_or(0),
                 content_type: head.content_type().map(str::to_owned),
@@ -147,15 +187,18 @@ impl Storage {
     }
 
     pub async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> anyhow::Result<()> {
-        self.client
+        let started = std::time::Instant::now();
+        let result = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
             .body(ByteStream::from(bytes))
             .send()
-            .await
-            .map_err(|e| sdk_error(&format!("PUT {key}"), e))?;
+            .await;
+        self.observe("put_object", started, &result);
+        result.map_err(|e| sdk_error(&format!("PUT {key}"), e))?;
         Ok(())
     }
 

@@ -89,7 +89,7 @@ pub async fn run(
     let metrics = Metrics::new("dev");
     let generation = GenerationConfig::default();
     let pipeline = Pipeline {
-        storage: storage.clone(),
+        storage: storage.clone().with_metrics(metrics.clone()),
         kie: KieClient::new(&kie_config, metrics.clone()),
         kie_config: kie_config.clone(),
         generation: generation.clone(),

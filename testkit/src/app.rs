@@ -119,7 +119,7 @@ impl TestAppBuilder {
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new("test");
         let pipeline = Pipeline {
-            storage: storage.clone(),
+            storage: storage.clone().with_metrics(metrics.clone()),
             kie: KieClient::new(&kie_config, metrics.clone()),
             kie_config: kie_config.clone(),
             generation: self.generation.clone(),

@@ -70,7 +70,7 @@ pub fn plans(
 /// The generation pipeline's clients, from configuration.
 pub fn pipeline(config: &Config, metrics: Metrics) -> jobs::queue::Pipeline {
     jobs::queue::Pipeline {
-        storage: jobs::storage::Storage::new(&config.storage),
+        storage: jobs::storage::Storage::new(&config.storage).with_metrics(metrics.clone()),
         kie: jobs::kie::KieClient::new(&config.kie, metrics),
         kie_config: config.kie.clone(),
         generation: config.generation.clone(),

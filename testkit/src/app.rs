@@ -261,6 +261,11 @@ impl TestApp {
         Self::builder().spawn().await
     }
 
+    /// The S3 stand-in's endpoint (bucket `test-bucket`, keys `testkey` / `testsecret`), for worker processes.
+    pub fn s3_endpoint(&self) -> String {
+        self._s3.endpoint()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.api_addr, path)
     }

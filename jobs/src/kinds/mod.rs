@@ -4,19 +4,25 @@
 //! persisted queue name: never rename it) and a doc comment saying why it exists and why running it twice is
 //! safe.
 
+pub mod build_export;
 pub mod delete_generation;
+pub mod expire_exports;
 pub mod poll_generation;
 pub mod probe_upstreams;
 pub mod prune_finished_jobs;
+pub mod send_email;
 pub mod store_generation;
 pub mod submit_generation;
 
 use crate::queue::Registry;
 
+pub use build_export::BuildExport;
 pub use delete_generation::DeleteGeneration;
+pub use expire_exports::ExpireExports;
 pub use poll_generation::PollGeneration;
 pub use probe_upstreams::ProbeUpstreams;
 pub use prune_finished_jobs::PruneFinishedJobs;
+pub use send_email::SendEmail;
 pub use store_generation::StoreGeneration;
 pub use submit_generation::SubmitGeneration;
 
@@ -29,4 +35,7 @@ pub fn registry() -> Registry {
         .register::<DeleteGeneration>()
         .register::<ProbeUpstreams>()
         .register::<PruneFinishedJobs>()
+        .register::<SendEmail>()
+        .register::<BuildExport>()
+        .register::<ExpireExports>()
 }

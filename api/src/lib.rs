@@ -7,6 +7,7 @@
 mod console;
 mod error;
 mod events;
+mod exports;
 mod generations;
 mod routes;
 mod views;

@@ -14,7 +14,7 @@ use maud::Markup;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::{AppError, AppState, generations, views, webhooks};
+use crate::{AppError, AppState, exports, generations, views, webhooks};
 
 pub fn router(state: AppState) -> Router {
     Router::new()

@@ -1,0 +1,1 @@
+//! GDPR export bundles (tests arrive with the export work).

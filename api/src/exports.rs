@@ -9,7 +9,10 @@ use uuid::Uuid;
 use crate::{AppError, AppState, routes::ApiUser};
 
 /// `POST /api/v1/exports`.
-pub async fn request_export(State(_state): State<AppState>, ApiUser(_user): ApiUser) -> Result<StatusCode, AppError> {
+pub async fn request_export(
+    State(_state): State<AppState>,
+    ApiUser(_user): ApiUser,
+) -> Result<StatusCode, AppError> {
     Ok(StatusCode::NOT_IMPLEMENTED)
 }
 

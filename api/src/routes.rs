@@ -35,6 +35,12 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/generations/{id}/events",
             get(generations::generation_events),
         )
+        .route("/api/v1/exports", post(exports::request_export))
+        .route("/api/v1/exports/{id}", get(exports::get_export))
+        .route(
+            "/api/v1/exports/{id}/download",
+            get(exports::download_export),
+        )
         .route(
             "/webhooks/kie/{generation}/{secret}",
             post(webhooks::kie_callback),

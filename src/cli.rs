@@ -63,10 +63,29 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Operator commands on accounts (deletion on request by e-mail, or of a child's account).
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
     /// Operator commands on upstreams (kie.ai): submissions pause fleet-wide on account-level errors.
     Upstream {
         #[command(subcommand)]
         command: UpstreamCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Close an account at once and delete its data (the same job as a user's own deletion). Only the fact
+    /// and the reason of the deletion are kept.
+    Delete {
+        #[arg(long)]
+        email: String,
+        /// `child` for an account reported as belonging to a child under 13, `request` for a deletion asked
+        /// for by e-mail, `operator` otherwise.
+        #[arg(long, value_parser = ["child", "request", "operator"])]
+        reason: String,
     },
 }
 
@@ -154,6 +173,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { command } => {
             let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
             jobs_command(&pool, command).await
+        }
+        Command::Accounts {
+            command: AccountsCommand::Delete { email, reason },
+        } => {
+            let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
+            let reason = match reason.as_str() {
+                "child" => jobs::accounts::DeletionReason::ChildAccount,
+                "request" => jobs::accounts::DeletionReason::UserRequest,
+                _ => jobs::accounts::DeletionReason::Operator,
+            };
+            let user = jobs::accounts::find_user_by_email(&pool, &email)
+                .await?
+                .with_context(|| format!("no account with the e-mail {email}"))?;
+            let mut tx = pool.begin().await?;
+            let deletion = jobs::accounts::request_deletion(&mut tx, user, reason).await?;
+            tx.commit().await?;
+            match deletion {
+                Some(id) => println!("account closed; deletion {id} queued"),
+                None => println!("that account is already being deleted"),
+            }
+            Ok(())
         }
         Command::Upstream { command } => {
             let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;

@@ -4,6 +4,7 @@
 //! and enqueues jobs in the same transaction; workers do everything slow or external.
 //! `Api::build(config)` → [`Api::run_until_stopped`]; tests start it on port 0.
 
+mod account;
 mod console;
 mod error;
 mod events;

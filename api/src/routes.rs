@@ -14,7 +14,7 @@ use maud::Markup;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::{AppError, AppState, exports, generations, views, webhooks};
+use crate::{AppError, AppState, account, exports, generations, views, webhooks};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -22,6 +22,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/api/v1/me", get(me))
+        .route(
+            "/api/v1/account",
+            axum::routing::delete(account::delete_account),
+        )
         .route("/api/v1/uploads", post(generations::create_upload))
         .route(
             "/api/v1/generations",

@@ -5,3 +5,4 @@
 
 pub mod kie;
 pub mod s3;
+pub mod stripe;

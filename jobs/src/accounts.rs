@@ -90,3 +90,65 @@ pub async fn user_for_api_key<'e>(
     .fetch_optional(conn)
     .await
 }
+
+/// Why an account is deleted (recorded in `account_deletions`, with nothing else about the person).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeletionReason {
+    UserRequest,
+    ChildAccount,
+    Operator,
+}
+
+impl DeletionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserRequest => "user_request",
+            Self::ChildAccount => "child_account",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+/// Makes the account unusable at once — sessions and API keys revoked, sign-in refused — records that a
+/// deletion happened, and enqueues the job that removes the data. In the caller's transaction. Returns the
+/// deletion's id, or `None` if the account was already being deleted.
+pub async fn request_deletion(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    reason: DeletionReason,
+) -> sqlx::Result<Option<Uuid>> {
+    let marked = sqlx::query(
+        "UPDATE users SET deletion_requested_at = now() WHERE id = $1 AND deletion_requested_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if marked == 0 {
+        return Ok(None);
+    }
+    sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let deletion_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO account_deletions (id, reason) VALUES ($1, $2)")
+        .bind(deletion_id)
+        .bind(reason.as_str())
+        .execute(&mut *tx)
+        .await?;
+    crate::queue::enqueue_with(
+        &mut *tx,
+        &crate::kinds::DeleteAccount {
+            user_id,
+            deletion_id,
+        },
+        crate::queue::EnqueueOptions::key(format!("delete_account:{user_id}")),
+    )
+    .await?;
+    Ok(Some(deletion_id))
+}

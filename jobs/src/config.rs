@@ -319,6 +319,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub kie: KieConfig,
     pub generation: GenerationConfig,
+    pub stripe: Option<crate::stripe::StripeConfig>,
     /// `LOG_FORMAT` (default json): `json` in production, `pretty` for people.
     pub log_format: LogFormat,
 }
@@ -336,6 +337,7 @@ impl Config {
             http: HttpConfig::from_source(source)?,
             kie: KieConfig::from_source(source)?,
             generation: GenerationConfig::from_source(source)?,
+            stripe: crate::stripe::StripeConfig::from_source(source)?,
             log_format: parsed_or(source, "LOG_FORMAT", LogFormat::Json)?,
         })
     }

@@ -15,5 +15,7 @@ pub mod queue;
 pub mod rate_limit;
 pub mod schedule;
 pub mod storage;
+pub mod stripe;
 pub mod telemetry;
+pub mod trial;
 pub mod upstream;

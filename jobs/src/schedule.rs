@@ -9,7 +9,10 @@ use croner::Cron;
 use sqlx::PgExecutor;
 
 use crate::{
-    kinds::{ProbeUpstreams, PruneFinishedJobs},
+    kinds::{
+        ExpireExports, ExpireTrialFingerprints, ProbeUpstreams, PruneFinishedJobs,
+        PurgeExpiredRecords, RotateHashPepper,
+    },
     queue::{EnqueueOptions, Enqueued, NewJob, enqueue::enqueue_new},
 };
 
@@ -84,6 +87,18 @@ pub fn schedules() -> Vec<Schedule> {
         }),
         Schedule::new("probe_upstreams", "* * * * *", || {
             NewJob::of(&ProbeUpstreams {}, EnqueueOptions::default())
+        }),
+        Schedule::new("expire_trial_fingerprints", "5 * * * *", || {
+            NewJob::of(&ExpireTrialFingerprints {}, EnqueueOptions::default())
+        }),
+        Schedule::new("rotate_hash_pepper", "0 0 * * *", || {
+            NewJob::of(&RotateHashPepper {}, EnqueueOptions::default())
+        }),
+        Schedule::new("purge_expired_records", "35 * * * *", || {
+            NewJob::of(&PurgeExpiredRecords {}, EnqueueOptions::default())
+        }),
+        Schedule::new("expire_exports", "45 * * * *", || {
+            NewJob::of(&ExpireExports {}, EnqueueOptions::default())
         }),
     ]
 }

@@ -74,6 +74,7 @@ pub async fn run(
         ..fakes::kie::FakeKieConfig::default()
     })
     .await?;
+    let stripe = fakes::stripe::StripeFake::start("sk_test_dev").await?;
     let listener = telemetry::bind(listen).await?;
     let site = listener.local_addr()?;
     let kie_config = KieConfig {
@@ -94,6 +95,13 @@ pub async fn run(
         kie_config: kie_config.clone(),
         generation: generation.clone(),
         public_base_url: format!("http://{site}").parse()?,
+        stripe: Some(jobs::stripe::StripeClient::new(
+            jobs::stripe::StripeConfig {
+                api_base: stripe.base_url().parse()?,
+                secret_key: "sk_test_dev".to_owned().into(),
+            },
+            metrics.clone(),
+        )),
     };
     let services =
         Arc::new(Services::new(QueueConfig::default(), metrics.clone()).with_pipeline(pipeline));

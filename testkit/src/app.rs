@@ -35,6 +35,9 @@ pub struct TestAppBuilder {
 /// The ops console's token in tests.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
+/// The Stripe stand-in's secret key in tests.
+pub const STRIPE_SECRET_KEY: &str = "sk_test_createimage2";
+
 /// The HMAC key the kie stand-in signs callbacks with in tests.
 pub const KIE_HMAC_KEY: &str = "test-webhook-hmac-key";
 
@@ -101,6 +104,9 @@ impl TestAppBuilder {
         });
         storage.ensure_bucket().await.unwrap();
         let kie = KieFake::start(self.kie.clone()).await.unwrap();
+        let stripe = fakes::stripe::StripeFake::start(STRIPE_SECRET_KEY)
+            .await
+            .unwrap();
         let listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -124,6 +130,13 @@ impl TestAppBuilder {
             kie_config: kie_config.clone(),
             generation: self.generation.clone(),
             public_base_url: format!("http://{api_addr}").parse().unwrap(),
+            stripe: Some(jobs::stripe::StripeClient::new(
+                jobs::stripe::StripeConfig {
+                    api_base: stripe.base_url().parse().unwrap(),
+                    secret_key: STRIPE_SECRET_KEY.to_owned().into(),
+                },
+                metrics.clone(),
+            )),
         };
         let services = Arc::new(
             Services::new(self.queue_config.clone(), metrics.clone())
@@ -190,6 +203,7 @@ impl TestAppBuilder {
             registry: self.registry,
             services,
             kie,
+            stripe,
             worker_health: worker.as_ref().map(|w| w.health.clone()),
             worker,
             api_task: Some(api_task),
@@ -221,6 +235,8 @@ pub struct TestApp {
     pub services: Arc<Services>,
     /// The kie.ai stand-in.
     pub kie: KieFake,
+    /// The Stripe stand-in.
+    pub stripe: fakes::stripe::StripeFake,
     pub worker_health: Option<Arc<WorkerHealth>>,
     worker: Option<worker::StartedWorker>,
     api_task: Option<JoinHandle<anyhow::Result<()>>>,

@@ -71,10 +71,14 @@ pub fn plans(
 pub fn pipeline(config: &Config, metrics: Metrics) -> jobs::queue::Pipeline {
     jobs::queue::Pipeline {
         storage: jobs::storage::Storage::new(&config.storage).with_metrics(metrics.clone()),
-        kie: jobs::kie::KieClient::new(&config.kie, metrics),
+        kie: jobs::kie::KieClient::new(&config.kie, metrics.clone()),
         kie_config: config.kie.clone(),
         generation: config.generation.clone(),
         public_base_url: config.http.public_base_url.clone(),
+        stripe: config
+            .stripe
+            .clone()
+            .map(|stripe| jobs::stripe::StripeClient::new(stripe, metrics.clone())),
     }
 }
 

@@ -3,4 +3,5 @@
 mod console;
 mod exports;
 mod generations;
+mod privacy;
 mod site;

@@ -5,11 +5,15 @@
 //! safe.
 
 pub mod build_export;
+pub mod delete_account;
 pub mod delete_generation;
 pub mod expire_exports;
+pub mod expire_trial_fingerprints;
 pub mod poll_generation;
 pub mod probe_upstreams;
 pub mod prune_finished_jobs;
+pub mod purge_expired_records;
+pub mod rotate_hash_pepper;
 pub mod send_email;
 pub mod store_generation;
 pub mod submit_generation;
@@ -17,11 +21,15 @@ pub mod submit_generation;
 use crate::queue::Registry;
 
 pub use build_export::BuildExport;
+pub use delete_account::DeleteAccount;
 pub use delete_generation::DeleteGeneration;
 pub use expire_exports::ExpireExports;
+pub use expire_trial_fingerprints::ExpireTrialFingerprints;
 pub use poll_generation::PollGeneration;
 pub use probe_upstreams::ProbeUpstreams;
 pub use prune_finished_jobs::PruneFinishedJobs;
+pub use purge_expired_records::PurgeExpiredRecords;
+pub use rotate_hash_pepper::RotateHashPepper;
 pub use send_email::SendEmail;
 pub use store_generation::StoreGeneration;
 pub use submit_generation::SubmitGeneration;
@@ -38,4 +46,8 @@ pub fn registry() -> Registry {
         .register::<SendEmail>()
         .register::<BuildExport>()
         .register::<ExpireExports>()
+        .register::<DeleteAccount>()
+        .register::<ExpireTrialFingerprints>()
+        .register::<RotateHashPepper>()
+        .register::<PurgeExpiredRecords>()
 }

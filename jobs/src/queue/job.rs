@@ -137,8 +137,10 @@ pub struct Pipeline {
     pub kie: KieClient,
     pub kie_config: KieConfig,
     pub generation: GenerationConfig,
-    /// Base of the callback URLs handed to kie.ai.
+    /// Base of the callback URLs handed to kie.ai (and of links in e-mails).
     pub public_base_url: url::Url,
+    /// Stripe, when configured (`STRIPE_SECRET_KEY`).
+    pub stripe: Option<crate::stripe::StripeClient>,
 }
 
 impl Services {

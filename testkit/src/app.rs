@@ -217,6 +217,29 @@ impl TestAppBuilder {
     }
 }
 
+/// Runners started by [`TestApp::start_worker`].
+pub struct ExtraWorker {
+    running: queue::RunningWorker,
+    stop: CancellationToken,
+}
+
+impl ExtraWorker {
+    pub fn health(&self) -> &Arc<WorkerHealth> {
+        &self.running.health
+    }
+
+    /// Signals shutdown without waiting for the drain.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Shuts down and waits for the drain.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.running.wait().await;
+    }
+}
+
 /// The stack on port 0: api, a worker serving every queue of its registry, the S3 stand-in.
 pub struct TestApp {
     pub pool: PgPool,
@@ -351,6 +374,31 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Starts another worker's runners on this database (its own worker ids, as a second process would have),
+    /// serving `queues` as (name, concurrency), with the app's pipeline clients and `config`.
+    pub async fn start_worker(&self, queues: &[(&str, usize)], config: QueueConfig) -> ExtraWorker {
+        let mut services = Services::new(config, self.metrics.clone());
+        services.pipeline = self.services.pipeline.clone();
+        let plans = queues
+            .iter()
+            .map(|(queue, concurrency)| QueuePlan {
+                queue: (*queue).to_owned(),
+                concurrency: *concurrency,
+            })
+            .collect();
+        let stop = CancellationToken::new();
+        let running = queue::start(
+            self.pool.clone(),
+            &self.registry,
+            Arc::new(services),
+            plans,
+            stop.clone(),
+        )
+        .await
+        .expect("the extra worker starts");
+        ExtraWorker { running, stop }
     }
 
     /// A user with `credits` and an API key.

@@ -11,5 +11,5 @@ mod db;
 pub mod images;
 pub mod test_jobs;
 
-pub use app::{KIE_HMAC_KEY, OPERATOR_TOKEN, TestApp, TestAppBuilder, TestUser};
+pub use app::{ExtraWorker, KIE_HMAC_KEY, OPERATOR_TOKEN, TestApp, TestAppBuilder, TestUser};
 pub use db::{TestDb, admin_url};

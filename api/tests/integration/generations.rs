@@ -804,35 +804,15 @@ async fn callbacks_with_a_wrong_secret_or_signature_are_refused_and_unknown_ones
 async fn many_generations_from_three_worker_processes_stay_within_kies_rate_limit_and_all_settle() {
     let app = TestApp::spawn().await;
     // Two more worker processes on the same database.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut extra = Vec::new();
-    for _ in 0..2 {
-        let plans = vec![
-            jobs::queue::QueuePlan {
-                queue: "submit_generation".into(),
-                concurrency: 10,
-            },
-            jobs::queue::QueuePlan {
-                queue: "poll_generation".into(),
-                concurrency: 10,
-            },
-            jobs::queue::QueuePlan {
-                queue: "store_generation".into(),
-                concurrency: 10,
-            },
-        ];
-        extra.push(
-            jobs::queue::start(
-                app.pool.clone(),
-                &app.registry,
-                app.services.clone(),
-                plans,
-                stop.clone(),
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    let pipeline_queues = [
+        ("submit_generation", 10),
+        ("poll_generation", 10),
+        ("store_generation", 10),
+    ];
+    let extra = [
+        app.start_worker(&pipeline_queues, Default::default()).await,
+        app.start_worker(&pipeline_queues, Default::default()).await,
+    ];
     let user = app.create_user(10_000).await;
     let mut ids = Vec::new();
     for n in 0..30 {
@@ -854,9 +834,8 @@ async fn many_generations_from_three_worker_processes_stay_within_kies_rate_limi
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    stop.cancel();
     for worker in extra {
-        worker.wait().await;
+        worker.stop().await;
     }
     let stats = app.kie.stats();
     assert_eq!(

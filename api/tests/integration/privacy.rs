@@ -1,6 +1,6 @@
 //! The privacy policy's promises kept by code: account deletion, trial fingerprints, retention.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use jobs::{
     accounts::{self, DeletionReason},

@@ -357,22 +357,11 @@ async fn the_reaper_hands_back_jobs_of_a_worker_that_stopped_heartbeating() {
 
     // A live worker then runs the handed-back job.
     app.expect_dead(1);
-    let registry = test_jobs::registry();
-    let services = std::sync::Arc::new(jobs::queue::Services::new(
-        QueueConfig::default(),
-        jobs::telemetry::Metrics::new("t"),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let plans = vec![jobs::queue::QueuePlan {
-        queue: "test_record".into(),
-        concurrency: 2,
-    }];
-    let running = queue::start(app.pool.clone(), &registry, services, plans, stop.clone())
-        .await
-        .unwrap();
+    let worker = app
+        .start_worker(&[("test_record", 2)], QueueConfig::default())
+        .await;
     app.drain().await;
-    stop.cancel();
-    running.wait().await;
+    worker.stop().await;
     assert_eq!(count_runs(&app, "orphan").await, 1);
     app.finish().await;
 }
@@ -538,31 +527,15 @@ async fn shutdown_hands_back_jobs_that_cannot_finish_within_the_grace_period() {
 async fn two_workers_share_a_queue_without_running_any_job_twice() {
     let app = TestApp::builder().concurrency(20).spawn().await;
     // A second worker process on the same database.
-    let services = std::sync::Arc::new(jobs::queue::Services::new(
-        QueueConfig::default(),
-        jobs::telemetry::Metrics::new("t"),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let plans = vec![jobs::queue::QueuePlan {
-        queue: "test_record".into(),
-        concurrency: 20,
-    }];
-    let second = queue::start(
-        app.pool.clone(),
-        &test_jobs::registry(),
-        services,
-        plans,
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let second = app
+        .start_worker(&[("test_record", 20)], QueueConfig::default())
+        .await;
     let jobs: Vec<_> = (0..500)
         .map(|i| queue::NewJob::of(&record(&format!("shared-{i}")), EnqueueOptions::default()))
         .collect();
     assert_eq!(queue::enqueue_many(&app.pool, jobs).await.unwrap(), 500);
     app.drain().await;
-    stop.cancel();
-    second.wait().await;
+    second.stop().await;
     let (runs, distinct): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT label) FROM test_job_runs WHERE label LIKE 'shared-%'",
     )
@@ -748,24 +721,7 @@ async fn readiness_turns_false_while_a_worker_drains() {
         ..QueueConfig::default()
     };
     let app = TestApp::builder().without_worker().spawn().await;
-    let services = std::sync::Arc::new(jobs::queue::Services::new(
-        config,
-        jobs::telemetry::Metrics::new("t"),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let plans = vec![jobs::queue::QueuePlan {
-        queue: "test_slow".into(),
-        concurrency: 1,
-    }];
-    let running = queue::start(
-        app.pool.clone(),
-        &test_jobs::registry(),
-        services,
-        plans,
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let worker = app.start_worker(&[("test_slow", 1)], config).await;
     let Enqueued::New(id) = app
         .enqueue(&Slow {
             label: "draining".into(),
@@ -778,11 +734,11 @@ async fn readiness_turns_false_while_a_worker_drains() {
     while app.job_status(&id).await != "Running" {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(running.health.readiness().is_ok());
-    stop.cancel();
+    assert!(worker.health().readiness().is_ok());
+    worker.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(running.health.readiness(), Err("draining".to_owned()));
-    running.wait().await;
+    assert_eq!(worker.health().readiness(), Err("draining".to_owned()));
+    worker.stop().await;
     assert_eq!(
         app.job_status(&id).await,
         "Done",

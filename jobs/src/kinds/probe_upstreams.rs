@@ -30,7 +30,10 @@ impl Job for ProbeUpstreams {
         let paused = upstream::paused(&ctx.pool).await?;
         // Keep the gauge true in this process also after an operator resumed an upstream elsewhere.
         if !paused.iter().any(|(name, ..)| name == upstream::KIE) {
-            metrics.upstream_paused.with_label_values(&[upstream::KIE]).set(0);
+            metrics
+                .upstream_paused
+                .with_label_values(&[upstream::KIE])
+                .set(0);
         }
         for (name, reason, _, probe_due) in paused {
             metrics.upstream_paused.with_label_values(&[&name]).set(1);

@@ -68,6 +68,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Publish a new privacy-policy version (policy §9): registered users are e-mailed once, at least 30 days
+    /// before it takes effect.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Operator commands on upstreams (kie.ai): submissions pause fleet-wide on account-level errors.
     Upstream {
         #[command(subcommand)]
@@ -87,6 +93,22 @@ pub enum AccountsCommand {
         #[arg(long, value_parser = ["child", "request", "operator"])]
         reason: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Publish `version`, in force from `effective` (YYYY-MM-DD, UTC, at least 30 days ahead; refused otherwise).
+    Publish {
+        #[arg(long)]
+        version: String,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        effective: chrono::NaiveDate,
+        /// What changes, in a sentence or two, for the e-mail.
+        #[arg(long)]
+        summary: String,
+    },
+    /// The version in force and the upcoming one.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +214,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match deletion {
                 Some(id) => println!("account closed; deletion {id} queued"),
                 None => println!("that account is already being deleted"),
+            }
+            Ok(())
+        }
+        Command::Policy { command } => {
+            let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
+            match command {
+                PolicyCommand::Publish {
+                    version,
+                    effective,
+                    summary,
+                } => {
+                    let effective_at = effective
+                        .and_hms_opt(0, 0, 0)
+                        .expect("midnight exists")
+                        .and_utc();
+                    jobs::policy::publish(&pool, &version, effective_at, &summary).await?;
+                    println!("published {version}, effective {effective}; notices are being sent");
+                }
+                PolicyCommand::Status => {
+                    match jobs::policy::current(&pool).await? {
+                        Some(p) => println!(
+                            "in force: {} since {}",
+                            p.version,
+                            p.effective_at.date_naive()
+                        ),
+                        None => println!("in force: the built-in policy"),
+                    }
+                    if let Some(p) = jobs::policy::upcoming(&pool).await? {
+                        println!(
+                            "upcoming: {} from {} ({})",
+                            p.version,
+                            p.effective_at.date_naive(),
+                            p.summary
+                        );
+                    }
+                }
             }
             Ok(())
         }

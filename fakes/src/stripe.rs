@@ -91,11 +91,12 @@ impl Drop for StripeFake {
 
 type SharedState = Arc<Mutex<Shared>>;
 
-fn authorized(shared: &SharedState, headers: &HeaderMap) -> Result<(), Response> {
+/// The rejection for a request without the secret key, if it lacks it.
+fn unauthorized(shared: &SharedState, headers: &HeaderMap) -> Option<Response> {
     let expected = format!("Bearer {}", shared.lock().expect("lock").secret_key);
     match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(value) if value == expected => Ok(()),
-        _ => Err(error(
+        Some(value) if value == expected => None,
+        _ => Some(error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             "Invalid API Key provided",
@@ -116,7 +117,7 @@ async fn create_customer(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(response) = authorized(&shared, &headers) {
+    if let Some(response) = unauthorized(&shared, &headers) {
         return response;
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
@@ -137,7 +138,7 @@ async fn get_customer(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(response) = authorized(&shared, &headers) {
+    if let Some(response) = unauthorized(&shared, &headers) {
         return response;
     }
     match shared.lock().expect("lock").customers.get(&id) {
@@ -156,7 +157,7 @@ async fn delete_customer(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(response) = authorized(&shared, &headers) {
+    if let Some(response) = unauthorized(&shared, &headers) {
         return response;
     }
     let mut shared = shared.lock().expect("lock");

@@ -3,5 +3,6 @@
 mod console;
 mod exports;
 mod generations;
+mod policy;
 mod privacy;
 mod site;

@@ -14,6 +14,8 @@ impl Job for BuildExport {
     const NAME: &'static str = "build_export";
 
     async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
-        Err(JobError::permanent(anyhow::anyhow!("build_export is not implemented yet")))
+        Err(JobError::permanent(anyhow::anyhow!(
+            "build_export is not implemented yet"
+        )))
     }
 }

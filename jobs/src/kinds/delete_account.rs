@@ -8,6 +8,7 @@
 //! 4. the user row deleted in one transaction, which cascades to sessions, API keys, sign-in tokens, consents,
 //!    generations and their images, uploads, usage log, credit account and ledger, exports, outbox rows;
 //! 5. the `account_deletions` record completed — it holds only the reason and the times.
+//!
 //! The same address can then sign up again as a new account.
 
 use std::time::Duration;

@@ -15,6 +15,7 @@ pub mod prune_finished_jobs;
 pub mod purge_expired_records;
 pub mod rotate_hash_pepper;
 pub mod send_email;
+pub mod send_policy_notices;
 pub mod store_generation;
 pub mod submit_generation;
 
@@ -31,6 +32,7 @@ pub use prune_finished_jobs::PruneFinishedJobs;
 pub use purge_expired_records::PurgeExpiredRecords;
 pub use rotate_hash_pepper::RotateHashPepper;
 pub use send_email::SendEmail;
+pub use send_policy_notices::SendPolicyNotices;
 pub use store_generation::StoreGeneration;
 pub use submit_generation::SubmitGeneration;
 
@@ -50,4 +52,5 @@ pub fn registry() -> Registry {
         .register::<ExpireTrialFingerprints>()
         .register::<RotateHashPepper>()
         .register::<PurgeExpiredRecords>()
+        .register::<SendPolicyNotices>()
 }

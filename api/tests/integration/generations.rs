@@ -896,3 +896,33 @@ async fn every_pipeline_queue_and_kie_operation_shows_up_in_the_worker_metrics_a
     assert!(text.contains("createimage2_credits_total{kind=\"settled\"} 10"));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn the_automatic_probe_resumes_paused_submissions_once_kie_answers_again() {
+    let app = TestApp::spawn().await;
+    jobs::upstream::pause(&app.pool, "kie", "kie.ai answered code 402: out of credits")
+        .await
+        .unwrap();
+    // Not due yet: the probe leaves it paused.
+    app.enqueue(&jobs::kinds::ProbeUpstreams {}).await;
+    app.drain().await;
+    assert!(jobs::upstream::is_paused(&app.pool, "kie").await.unwrap());
+    // Due: the stand-in's credit endpoint answers, so submissions resume.
+    sqlx::query("UPDATE upstream_pauses SET probe_after = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.enqueue_with(
+        &jobs::kinds::ProbeUpstreams {},
+        jobs::queue::EnqueueOptions::key("second probe"),
+    )
+    .await;
+    app.drain().await;
+    assert!(!jobs::upstream::is_paused(&app.pool, "kie").await.unwrap());
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("createimage2_upstream_paused{upstream=\"kie\"} 0")
+    );
+    app.finish().await;
+}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod credits;
 pub mod db;
 pub mod email;
+pub mod exports;
 pub mod generations;
 pub mod kie;
 pub mod kinds;

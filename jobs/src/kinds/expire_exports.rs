@@ -1,7 +1,8 @@
-//! Deletes export bundles past their 7 days (owner: export work).
-//! Placeholder until its implementation lands: fails permanently so a queued job is visible, never silently done.
+//! Deletes export bundles past their 7 days (the link in the e-mail then says the export expired).
+//! Safe twice: deleting missing objects is not an error; rows already expired are skipped.
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::queue::{Job, JobContext, JobError, Outcome};
 
@@ -11,9 +12,23 @@ pub struct ExpireExports {}
 impl Job for ExpireExports {
     const NAME: &'static str = "expire_exports";
 
-    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
-        Err(JobError::permanent(anyhow::anyhow!(
-            "expire_exports is not implemented yet"
-        )))
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let storage = &ctx.services.pipeline()?.storage;
+        let due: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, object_key FROM export_requests WHERE status = 'ready' AND expires_at < now() LIMIT 1000",
+        )
+        .fetch_all(&ctx.pool)
+        .await?;
+        let keys: Vec<String> = due.iter().map(|(_, key)| key.clone()).collect();
+        storage.delete_many(&keys).await?;
+        let ids: Vec<Uuid> = due.iter().map(|(id, _)| *id).collect();
+        sqlx::query("UPDATE export_requests SET status = 'expired' WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&ctx.pool)
+            .await?;
+        if !ids.is_empty() {
+            tracing::info!(expired = ids.len(), "expired export bundles");
+        }
+        Ok(Outcome::Done)
     }
 }

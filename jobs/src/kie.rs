@@ -185,6 +185,9 @@ impl KieClient {
             .expect("a reqwest client with timeouts builds");
         // Exported from the start, so "not paused" is a value rather than a missing series.
         metrics.upstream_paused.with_label_values(&["kie"]).set(0);
+        metrics
+            .upstream_rate_limit_wait_seconds
+            .with_label_values(&["kie"]);
         Self {
             http,
             base: config.base_url.clone(),

@@ -259,6 +259,16 @@ async fn supervise(
     shutdown: CancellationToken,
 ) {
     let queue = runner.queue;
+    // Every per-queue series exists from the start (at zero), so rates and alerts see "nothing failed" rather
+    // than "no data".
+    for counter in [
+        &metrics.jobs_completed_total,
+        &metrics.jobs_retried_total,
+        &metrics.jobs_snoozed_total,
+        &metrics.jobs_dead_total,
+    ] {
+        counter.with_label_values(&[queue]);
+    }
     metrics.workers_alive.with_label_values(&[queue]).inc();
     loop {
         let result = tokio::spawn(runner.clone().run(shutdown.clone())).await;

@@ -262,6 +262,7 @@ impl Metrics {
             self.job_oldest_waiting_age_seconds
                 .with_label_values(&[queue])
                 .set(0.0);
+            self.jobs_stuck.with_label_values(&[queue]).set(0);
         }
         for s in stats {
             let q = s.queue.as_str();

@@ -1,10 +1,32 @@
-//! Load, chaos and benchmark programs (`cargo run --release -p loadtest -- <scenario>`). Scenarios arrive with
-//! the load-test issue; until then this binary says so rather than pretending to measure.
+//! Load and benchmark programs: `cargo run --release -p loadtest -- <scenario>`. Each scenario prints a table
+//! (median and min–max over `--runs`) and one final summary line, and can write its numbers as JSON.
 
-fn main() -> std::process::ExitCode {
-    let scenario = std::env::args().nth(1).unwrap_or_default();
-    eprintln!(
-        "loadtest: scenario {scenario:?} is not implemented yet (see the load, chaos and benchmarks issue)"
-    );
-    std::process::ExitCode::FAILURE
+mod queue;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest",
+    about = "Benchmarks of createimage2 on one machine."
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// The queue layer with no-op jobs: bulk enqueue, burn-down of a backlog, idle insert→start latency.
+    Queue(queue::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.scenario {
+        Scenario::Queue(args) => runtime.block_on(queue::run(args)),
+    }
 }

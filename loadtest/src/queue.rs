@@ -1,0 +1,242 @@
+//! `loadtest queue`: the project's queue layer with no-op jobs, against a fresh database per run.
+//!
+//! 1. bulk enqueue rate (`enqueue_many`, 5,000 per statement);
+//! 2. burn-down of the backlog by one worker process with production settings;
+//! 3. insert→start latency of single jobs into an idle worker (from just before the INSERT to the job's start).
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use jobs::{
+    config::{DatabaseConfig, QueueConfig},
+    queue::{
+        self, EnqueueOptions, Job, JobContext, JobError, NewJob, Outcome, QueuePlan, Registry,
+        Services,
+    },
+    telemetry::Metrics,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Backlog size for the burn-down.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: usize,
+    /// Repetitions; the table shows medians with min–max.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Worker concurrency ("production settings").
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Single jobs timed into an idle worker.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// Also write the numbers as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+static STARTS: OnceLock<mpsc::UnboundedSender<(u64, Instant)>> = OnceLock::new();
+
+/// Does nothing; a timed one reports when it started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Noop {
+    timed: Option<u64>,
+}
+
+impl Job for Noop {
+    const NAME: &'static str = "loadtest_noop";
+
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        if let (Some(sequence), Some(starts)) = (self.timed, STARTS.get()) {
+            let _ = starts.send((sequence, Instant::now()));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+struct RunResult {
+    enqueue_per_second: f64,
+    burn_down_per_second: f64,
+    start_p50_ms: f64,
+    start_p99_ms: f64,
+}
+
+fn admin_url() -> String {
+    let configured = std::env::var("DATABASE_URL")
+        .ok()
+        .and_then(|u| url::Url::parse(&u).ok());
+    let mut url = configured
+        .unwrap_or_else(|| url::Url::parse("postgres://postgres@127.0.0.1:5432/postgres").unwrap());
+    url.set_path("/postgres");
+    url.to_string()
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (sender, mut starts) = mpsc::unbounded_channel();
+    STARTS.set(sender).ok();
+    let mut results = Vec::new();
+    for run in 1..=args.runs {
+        let name = format!("loadtest_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .context("connecting to Postgres")?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let result = one_run(&args, &name, &mut starts).await;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await?;
+        let result = result?;
+        eprintln!(
+            "run {run}: enqueue {:.0}/s, burn-down {:.0}/s, start p50 {:.1} ms p99 {:.1} ms",
+            result.enqueue_per_second,
+            result.burn_down_per_second,
+            result.start_p50_ms,
+            result.start_p99_ms
+        );
+        results.push(result);
+    }
+    let summary = |values: Vec<f64>| -> (f64, f64, f64) {
+        let mut sorted = values;
+        sorted.sort_by(f64::total_cmp);
+        (
+            sorted[sorted.len() / 2],
+            sorted[0],
+            sorted[sorted.len() - 1],
+        )
+    };
+    let enqueue = summary(results.iter().map(|r| r.enqueue_per_second).collect());
+    let burn = summary(results.iter().map(|r| r.burn_down_per_second).collect());
+    let p50 = summary(results.iter().map(|r| r.start_p50_ms).collect());
+    let p99 = summary(results.iter().map(|r| r.start_p99_ms).collect());
+    println!();
+    println!("{:<34} {:>12} {:>24}", "measurement", "median", "min – max");
+    for (label, (median, low, high), unit) in [
+        ("bulk enqueue", enqueue, "jobs/s"),
+        (
+            &*format!(
+                "burn-down of {} (concurrency {})",
+                args.jobs, args.concurrency
+            ),
+            burn,
+            "jobs/s",
+        ),
+        ("idle insert→start p50", p50, "ms"),
+        ("idle insert→start p99", p99, "ms"),
+    ] {
+        println!("{label:<34} {median:>9.1} {unit:<6} {low:>9.1} – {high:.1}");
+    }
+    println!();
+    println!(
+        "queue: burn-down {:.0} jobs/s, p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: not measured in this version",
+        burn.0, p50.0, p99.0
+    );
+    if let Some(path) = args.json {
+        let numbers = serde_json::json!({
+            "runs": args.runs, "jobs": args.jobs, "concurrency": args.concurrency,
+            "bulk_enqueue_per_second": {"median": enqueue.0, "min": enqueue.1, "max": enqueue.2},
+            "burn_down_per_second": {"median": burn.0, "min": burn.1, "max": burn.2},
+            "start_p50_ms": {"median": p50.0, "min": p50.1, "max": p50.2},
+            "start_p99_ms": {"median": p99.0, "min": p99.1, "max": p99.2},
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&numbers)?)?;
+    }
+    Ok(())
+}
+
+async fn one_run(
+    args: &Args,
+    database: &str,
+    starts: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+) -> anyhow::Result<RunResult> {
+    let mut url = url::Url::parse(&admin_url())?;
+    url.set_path(&format!("/{database}"));
+    let pool = jobs::db::pool(&DatabaseConfig {
+        url: url.to_string().into(),
+        max_connections: 40,
+    })?;
+    jobs::db::migrate(&pool).await?;
+
+    // 1. Bulk enqueue.
+    let started = Instant::now();
+    for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(5_000) {
+        let batch = chunk
+            .iter()
+            .map(|_| NewJob::of(&Noop { timed: None }, EnqueueOptions::default()))
+            .collect();
+        queue::enqueue_many(&pool, batch).await?;
+    }
+    let enqueue_per_second = args.jobs as f64 / started.elapsed().as_secs_f64();
+
+    // 2. Burn-down.
+    let registry = Registry::new().register::<Noop>();
+    let services = std::sync::Arc::new(Services::new(
+        QueueConfig::default(),
+        Metrics::new("loadtest"),
+    ));
+    let stop = CancellationToken::new();
+    let plans = vec![QueuePlan {
+        queue: Noop::NAME.into(),
+        concurrency: args.concurrency,
+    }];
+    let started = Instant::now();
+    let worker = queue::start(pool.clone(), &registry, services, plans, stop.clone()).await?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+                .fetch_one(&pool)
+                .await?;
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "burn-down did not finish in 15 minutes ({left} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let burn_down_per_second = args.jobs as f64 / started.elapsed().as_secs_f64();
+
+    // 3. Idle insert→start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while starts.try_recv().is_ok() {}
+    let mut latencies = Vec::with_capacity(args.samples);
+    for sequence in 0..args.samples as u64 {
+        let sent = Instant::now();
+        queue::enqueue(
+            &pool,
+            &Noop {
+                timed: Some(sequence),
+            },
+        )
+        .await?;
+        let (seen, at) = tokio::time::timeout(Duration::from_secs(10), starts.recv())
+            .await?
+            .context("worker gone")?;
+        anyhow::ensure!(seen == sequence, "job {seen} started instead of {sequence}");
+        latencies.push((at - sent).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    stop.cancel();
+    worker.wait().await;
+    pool.close().await;
+    Ok(RunResult {
+        enqueue_per_second,
+        burn_down_per_second,
+        start_p50_ms: percentile(0.5),
+        start_p99_ms: percentile(0.99),
+    })
+}

@@ -298,15 +298,8 @@ impl KieClient {
             duration_ms = started.elapsed().as_millis() as u64,
             "upstream call"
         );
-        let labels = ["kie", operation, outcome];
         self.metrics
-            .upstream_requests_total
-            .with_label_values(&labels)
-            .inc();
-        self.metrics
-            .upstream_request_duration_seconds
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .observe_upstream("kie", operation, outcome, started);
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, KieError> {

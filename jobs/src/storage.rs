@@ -70,15 +70,7 @@ impl Storage {
     fn observe<T, E>(&self, operation: &str, started: std::time::Instant, result: &Result<T, E>) {
         if let Some(metrics) = &self.metrics {
             let outcome = if result.is_ok() { "ok" } else { "error" };
-            let labels = ["s3", operation, outcome];
-            metrics
-                .upstream_requests_total
-                .with_label_values(&labels)
-                .inc();
-            metrics
-                .upstream_request_duration_seconds
-                .with_label_values(&labels)
-                .observe(started.elapsed().as_secs_f64());
+            metrics.observe_upstream("s3", operation, outcome, started);
         }
     }
 

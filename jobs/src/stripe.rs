@@ -76,15 +76,8 @@ impl StripeClient {
             Ok(_) => "http_error",
             Err(_) => "transport_error",
         };
-        let labels = ["stripe", "delete_customer", outcome];
         self.metrics
-            .upstream_requests_total
-            .with_label_values(&labels)
-            .inc();
-        self.metrics
-            .upstream_request_duration_seconds
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .observe_upstream("stripe", "delete_customer", outcome, started);
         let response = result?;
         let status = response.status();
         if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {

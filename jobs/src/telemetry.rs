@@ -280,6 +280,23 @@ impl Metrics {
         Ok(())
     }
 
+    /// Counts and times one call to an external service (`createimage2_upstream_*`).
+    pub fn observe_upstream(
+        &self,
+        upstream: &str,
+        operation: &str,
+        outcome: &str,
+        started: std::time::Instant,
+    ) {
+        let labels = [upstream, operation, outcome];
+        self.upstream_requests_total
+            .with_label_values(&labels)
+            .inc();
+        self.upstream_request_duration_seconds
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

@@ -144,6 +144,19 @@ async fn without_callbacks_polling_alone_finishes_the_generation() {
     app.finish().await;
 }
 
+/// Waits for the generation to succeed; returns how long after its submission to kie it finished.
+async fn succeeded_ms_after_submission(app: &TestApp, user: &TestUser, id: &str) -> i64 {
+    let done = app.wait_until_finished(user, id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (submitted, finished): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT submitted_at, finished_at FROM generations WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    (finished - submitted).num_milliseconds()
+}
+
 #[tokio::test]
 async fn a_callback_that_arrives_before_the_first_poll_finishes_the_generation_at_once() {
     let app = TestApp::spawn().await;
@@ -151,14 +164,7 @@ async fn a_callback_that_arrives_before_the_first_poll_finishes_the_generation_a
     let (_, created) = app
         .create_generation(&user, json!({"prompt": "fast path"}))
         .await;
-    let done = app.wait_until_finished(&user, &id_of(&created)).await;
-    assert_eq!(done["status"], "succeeded");
-    let (submitted, finished): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT submitted_at, finished_at FROM generations")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    let waited = (finished - submitted).num_milliseconds();
+    let waited = succeeded_ms_after_submission(&app, &user, &id_of(&created)).await;
     // The first poll is 2.5 s after submission; the stand-in calls back after at most 150 ms.
     assert!(
         waited < 2000,
@@ -177,14 +183,7 @@ async fn a_callback_that_arrives_between_polls_makes_the_next_check_immediate() 
     let (_, created) = app
         .create_generation(&user, json!({"prompt": "after a poll"}))
         .await;
-    let done = app.wait_until_finished(&user, &id_of(&created)).await;
-    assert_eq!(done["status"], "succeeded");
-    let (submitted, finished): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT submitted_at, finished_at FROM generations")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    let waited = (finished - submitted).num_milliseconds();
+    let waited = succeeded_ms_after_submission(&app, &user, &id_of(&created)).await;
     // Polls come at 2.5 s and then 2–3 s later (≥ 4.5 s); the callback comes at ~3.1 s.
     assert!(
         waited < 4300,

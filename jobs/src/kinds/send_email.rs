@@ -55,17 +55,9 @@ impl Job for SendEmail {
             Err(DeliveryError::Transient(_)) => "transient_error",
             Err(DeliveryError::Permanent(_)) => "permanent_error",
         };
-        let labels = ["smtp", "send", outcome];
         ctx.services
             .metrics
-            .upstream_requests_total
-            .with_label_values(&labels)
-            .inc();
-        ctx.services
-            .metrics
-            .upstream_request_duration_seconds
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .observe_upstream("smtp", "send", outcome, started);
         let error = result.as_ref().err().map(ToString::to_string);
         sqlx::query(
             "UPDATE email_outbox SET attempts = attempts + 1, last_error = $2,

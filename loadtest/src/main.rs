@@ -1,6 +1,7 @@
 //! Load and benchmark programs: `cargo run --release -p loadtest -- <scenario>`. Each scenario prints a table
 //! (median and min–max over `--runs`) and one final summary line, and can write its numbers as JSON.
 
+mod apalis_defaults;
 mod queue;
 
 use clap::{Parser, Subcommand};

@@ -37,6 +37,12 @@ pub struct Args {
     /// Single jobs timed into an idle worker.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Backlog for apalis-postgres at its defaults (it burns ~1,000 jobs/s; the ratio is per second).
+    #[arg(long, default_value_t = 20_000)]
+    apalis_jobs: usize,
+    /// Single jobs timed into the idle apalis worker (each may wait up to its ~30 s heartbeat poll).
+    #[arg(long, default_value_t = 5)]
+    apalis_samples: usize,
     /// Also write the numbers as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -66,6 +72,9 @@ struct RunResult {
     burn_down_per_second: f64,
     start_p50_ms: f64,
     start_p99_ms: f64,
+    apalis_enqueue_per_second: f64,
+    apalis_burn_down_per_second: f64,
+    apalis_start_p50_ms: f64,
 }
 
 fn admin_url() -> String {
@@ -119,6 +128,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let burn = summary(results.iter().map(|r| r.burn_down_per_second).collect());
     let p50 = summary(results.iter().map(|r| r.start_p50_ms).collect());
     let p99 = summary(results.iter().map(|r| r.start_p99_ms).collect());
+    let apalis_enqueue = summary(
+        results
+            .iter()
+            .map(|r| r.apalis_enqueue_per_second)
+            .collect(),
+    );
+    let apalis_burn = summary(
+        results
+            .iter()
+            .map(|r| r.apalis_burn_down_per_second)
+            .collect(),
+    );
+    let apalis_p50 = summary(results.iter().map(|r| r.apalis_start_p50_ms).collect());
+    let ratio = summary(
+        results
+            .iter()
+            .map(|r| r.burn_down_per_second / r.apalis_burn_down_per_second)
+            .collect(),
+    );
     println!();
     println!("{:<34} {:>12} {:>24}", "measurement", "median", "min – max");
     for (label, (median, low, high), unit) in [
@@ -133,13 +161,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         ("idle insert→start p50", p50, "ms"),
         ("idle insert→start p99", p99, "ms"),
+        (
+            "apalis-postgres defaults: enqueue",
+            apalis_enqueue,
+            "jobs/s",
+        ),
+        (
+            &*format!("apalis defaults: burn-down of {}", args.apalis_jobs),
+            apalis_burn,
+            "jobs/s",
+        ),
+        ("apalis defaults: insert→start p50", apalis_p50, "ms"),
+        ("burn-down ratio (same run)", ratio, "×"),
     ] {
         println!("{label:<34} {median:>9.1} {unit:<6} {low:>9.1} – {high:.1}");
     }
     println!();
     println!(
-        "queue: burn-down {:.0} jobs/s, p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: not measured in this version",
-        burn.0, p50.0, p99.0
+        "queue: burn-down {:.0} jobs/s, p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: {:.0} jobs/s (ratio {:.1})",
+        burn.0, p50.0, p99.0, apalis_burn.0, ratio.0
     );
     if let Some(path) = args.json {
         let numbers = serde_json::json!({
@@ -148,6 +188,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "burn_down_per_second": {"median": burn.0, "min": burn.1, "max": burn.2},
             "start_p50_ms": {"median": p50.0, "min": p50.1, "max": p50.2},
             "start_p99_ms": {"median": p99.0, "min": p99.1, "max": p99.2},
+            "apalis_defaults": {
+                "bulk_enqueue_per_second": {"median": apalis_enqueue.0, "min": apalis_enqueue.1, "max": apalis_enqueue.2},
+                "burn_down_per_second": {"median": apalis_burn.0, "min": apalis_burn.1, "max": apalis_burn.2},
+                "start_p50_ms": {"median": apalis_p50.0, "min": apalis_p50.1, "max": apalis_p50.2},
+            },
+            "burn_down_ratio": {"median": ratio.0, "min": ratio.1, "max": ratio.2},
         });
         std::fs::write(path, serde_json::to_string_pretty(&numbers)?)?;
     }
@@ -230,13 +276,23 @@ async fn one_run(
     }
     latencies.sort_by(f64::total_cmp);
     let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let (start_p50_ms, start_p99_ms) = (percentile(0.5), percentile(0.99));
     stop.cancel();
     worker.wait().await;
+
+    // The same with apalis-postgres at its defaults, in the same run and database.
+    let apalis =
+        crate::apalis_defaults::measure(&pool, args.apalis_jobs, args.apalis_samples).await?;
+    let mut apalis_starts = apalis.starts_ms;
+    apalis_starts.sort_by(f64::total_cmp);
     pool.close().await;
     Ok(RunResult {
         enqueue_per_second,
         burn_down_per_second,
-        start_p50_ms: percentile(0.5),
-        start_p99_ms: percentile(0.99),
+        start_p50_ms,
+        start_p99_ms,
+        apalis_enqueue_per_second: apalis.enqueue_per_second,
+        apalis_burn_down_per_second: apalis.burn_down_per_second,
+        apalis_start_p50_ms: apalis_starts[apalis_starts.len() / 2],
     })
 }

@@ -456,3 +456,74 @@ async fn under_worker_kills_and_upstream_faults_every_generation_ends_settled_or
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn the_jobs_operator_commands_show_and_change_job_state_as_they_say() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, done_at, last_result)
+         VALUES ('dead-1', 'prune_finished_jobs', '\\x7b7d', 'Failed', 3, 3, now(), now(), '{\"Err\": \"boom\"}'),
+                ('waiting-1', 'prune_finished_jobs', '\\x7b7d', 'Pending', 0, 3, now() + interval '1 hour', NULL, NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let run = |args: &[&str]| {
+        let output = binary()
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let status = |id: &str| {
+        let pool = db.pool.clone();
+        let id = id.to_owned();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM apalis.jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let dead = run(&["jobs", "dead"]);
+    assert!(
+        dead.contains("dead-1") && dead.contains("error: boom"),
+        "{dead}"
+    );
+    let stats = run(&["jobs", "stats"]);
+    assert!(stats.contains("prune_finished_jobs"), "{stats}");
+    run(&["jobs", "retry", "dead-1"]);
+    assert_eq!(status("dead-1").await, "Pending");
+    run(&["jobs", "cancel", "waiting-1"]);
+    assert_eq!(status("waiting-1").await, "Killed");
+    run(&["jobs", "pause", "prune_finished_jobs"]);
+    assert!(
+        run(&["jobs", "stats"])
+            .lines()
+            .any(|l| l.starts_with("prune_finished_jobs") && l.ends_with("true"))
+    );
+    run(&["jobs", "resume", "prune_finished_jobs"]);
+    let paused: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_pauses")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(paused, 0);
+    run(&["upstream", "pause", "kie"]);
+    assert!(run(&["upstream", "status"]).contains("kie: paused"));
+    run(&["upstream", "resume", "kie"]);
+    let failed = binary()
+        .args(["jobs", "discard", "waiting-1"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "only dead jobs can be discarded");
+}

@@ -28,6 +28,13 @@ pub async fn request_export(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
 ) -> Result<Response, AppError> {
+    let id = start(&state, user).await?;
+    let view = view(&state, user, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Records an export request and enqueues its build (one in progress per user, three a day).
+pub async fn start(state: &AppState, user: Uuid) -> Result<Uuid, AppError> {
     let running: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM export_requests WHERE user_id = $1 AND status IN ('pending', 'running'))",
     )
@@ -74,8 +81,7 @@ pub async fn request_export(
     )
     .await?;
     tx.commit().await?;
-    let view = view(&state, user, id).await?;
-    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+    Ok(id)
 }
 
 #[derive(sqlx::FromRow)]
@@ -130,17 +136,24 @@ pub async fn download_export(
     ApiUser(user): ApiUser,
     Path(id): Path<Uuid>,
 ) -> Result<Response, AppError> {
-    let row = owned(&state, user, id).await?;
+    match download_url(&state, user, id).await? {
+        Some(url) => Ok(Redirect::to(&url).into_response()),
+        None => Ok((StatusCode::GONE, Json(json!({"error": "expired", "message": "this export has expired; request a new one"}))).into_response()),
+    }
+}
+
+/// A five-minute link to the user's ready export; `None` once it has expired.
+pub async fn download_url(state: &AppState, user: Uuid, id: Uuid) -> Result<Option<String>, AppError> {
+    let row = owned(state, user, id).await?;
     match (row.status.as_str(), row.object_key) {
         ("ready", Some(key)) => {
             let pipeline = state
                 .pipeline
                 .as_deref()
                 .ok_or_else(|| AppError::Internal(anyhow::anyhow!("storage not configured")))?;
-            let url = pipeline.storage.presign_get(&key, DOWNLOAD_TTL).await?;
-            Ok(Redirect::to(&url).into_response())
+            Ok(Some(pipeline.storage.presign_get(&key, DOWNLOAD_TTL).await?))
         }
-        ("expired", _) => Ok((StatusCode::GONE, Json(json!({"error": "expired", "message": "this export has expired; request a new one"}))).into_response()),
+        ("expired", _) => Ok(None),
         _ => Err(AppError::Conflict("the export is not ready yet".into())),
     }
 }

@@ -32,7 +32,7 @@ use crate::{ApiPipeline, AppError, AppState, routes::ApiUser};
 const UPLOAD_URL_TTL: Duration = Duration::from_secs(15 * 60);
 const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(10 * 60);
 
-fn pipeline(state: &AppState) -> Result<&ApiPipeline, AppError> {
+pub fn pipeline(state: &AppState) -> Result<&ApiPipeline, AppError> {
     state
         .pipeline
         .as_deref()
@@ -51,6 +51,11 @@ pub async fn create_upload(
     ApiUser(user): ApiUser,
     Json(body): Json<NewUpload>,
 ) -> Result<Response, AppError> {
+    Ok((StatusCode::CREATED, Json(sign_upload(&state, user, &body).await?)).into_response())
+}
+
+/// Records an upload and signs its PUT (content type and length are part of the signature).
+pub async fn sign_upload(state: &AppState, user: Uuid, body: &NewUpload) -> Result<Value, AppError> {
     let extension = match body.content_type.as_str() {
         "image/jpeg" => "jpg",
         "image/png" => "png",
@@ -70,7 +75,7 @@ pub async fn create_upload(
     }
     let id = Uuid::now_v7();
     let key = format!("users/{user}/uploads/{id}.{extension}");
-    let url = pipeline(&state)?
+    let url = pipeline(state)?
         .storage
         .presign_put(&key, &body.content_type, body.byte_size, UPLOAD_URL_TTL)
         .await?;
@@ -83,17 +88,13 @@ pub async fn create_upload(
         .execute(&state.pool)
         .await?;
     let expires_at = Utc::now() + UPLOAD_URL_TTL;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "upload_id": id,
-            "upload_url": url,
-            "method": "PUT",
-            "headers": {"Content-Type": body.content_type, "Content-Length": body.byte_size.to_string()},
-            "expires_at": expires_at,
-        })),
-    )
-        .into_response())
+    Ok(json!({
+        "upload_id": id,
+        "upload_url": url,
+        "method": "PUT",
+        "headers": {"Content-Type": body.content_type, "Content-Length": body.byte_size.to_string()},
+        "expires_at": expires_at,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +114,6 @@ pub async fn create_generation(
     headers: HeaderMap,
     Json(body): Json<NewGeneration>,
 ) -> Result<Response, AppError> {
-    let pipeline = pipeline(&state)?;
     let prompt = body.prompt.unwrap_or_default();
     let aspect_ratio = body.aspect_ratio.unwrap_or_else(|| "auto".into());
     let resolution = body.resolution.unwrap_or_else(|| "1K".into());
@@ -141,37 +141,88 @@ pub async fn create_generation(
     {
         return Ok((StatusCode::ACCEPTED, Json(view(&state, &existing).await?)).into_response());
     }
-    let mut references = body.reference_upload_ids.clone();
+    let generation = create(
+        &state,
+        Owner::User(user),
+        &prompt,
+        &aspect_ratio,
+        &resolution,
+        &body.reference_upload_ids,
+        idempotency_key,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&state, &generation).await?)).into_response())
+}
+
+/// Who a generation belongs to.
+#[derive(Debug, Clone)]
+pub enum Owner {
+    User(Uuid),
+    /// A no-signup trial, tied to a browser session (by its id hash). Free, 1K, no references.
+    Trial(Vec<u8>),
+}
+
+/// Records a generation: in one transaction reserve its cost (members), insert it, and enqueue its submit
+/// job. Input must have passed [`generations::validate`]. With an idempotency key, a repeat returns the
+/// generation the first request created.
+pub async fn create(
+    state: &AppState,
+    owner: Owner,
+    prompt: &str,
+    aspect_ratio: &str,
+    resolution: &str,
+    reference_upload_ids: &[Uuid],
+    idempotency_key: Option<&str>,
+) -> Result<Generation, AppError> {
+    let pipeline = pipeline(state)?;
+    let (user, trial_session) = match &owner {
+        Owner::User(user) => (Some(*user), None),
+        Owner::Trial(hash) => (None, Some(hash.clone())),
+    };
+    let mut references = reference_upload_ids.to_vec();
+    references.sort();
     references.dedup();
-    let owned: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2")
-            .bind(&references)
-            .bind(user)
-            .fetch_one(&state.pool)
-            .await?;
-    if owned != references.len() as i64 {
+    if let Some(user) = user {
+        let owned: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2",
+        )
+        .bind(&references)
+        .bind(user)
+        .fetch_one(&state.pool)
+        .await?;
+        if owned != references.len() as i64 {
+            return Err(AppError::Invalid {
+                field: "reference_upload_ids",
+                message: "unknown upload id (upload each reference through /api/v1/uploads first)"
+                    .into(),
+            });
+        }
+        let per_minute = pipeline.generation.per_user_per_minute;
+        if let Take::RetryAfter(wait) = rate_limit::take(
+            &state.pool,
+            &format!("generations:user:{user}"),
+            per_minute,
+            Duration::from_secs(60),
+        )
+        .await?
+        {
+            return Err(AppError::TooManyRequests {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            });
+        }
+    } else if !references.is_empty() {
         return Err(AppError::Invalid {
             field: "reference_upload_ids",
-            message: "unknown upload id (upload each reference through /api/v1/uploads first)"
-                .into(),
-        });
-    }
-    let per_minute = pipeline.generation.per_user_per_minute;
-    if let Take::RetryAfter(wait) = rate_limit::take(
-        &state.pool,
-        &format!("generations:user:{user}"),
-        per_minute,
-        Duration::from_secs(60),
-    )
-    .await?
-    {
-        return Err(AppError::TooManyRequests {
-            retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            message: "the free trial does not take reference images".into(),
         });
     }
 
     let id = Uuid::now_v7();
-    let cost = generations::cost(&resolution);
+    let cost = if user.is_some() {
+        generations::cost(resolution)
+    } else {
+        0
+    };
     let model = if references.is_empty() {
         jobs::kie::MODEL_TEXT_TO_IMAGE
     } else {
@@ -180,16 +231,17 @@ pub async fn create_generation(
     let trace_id = Uuid::new_v4().simple().to_string();
     let mut tx = state.pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO generations (id, user_id, prompt, aspect_ratio, resolution, model, reference_upload_ids,
-                                  credits_reserved, idempotency_key, trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        "INSERT INTO generations (id, user_id, trial_session_hash, prompt, aspect_ratio, resolution, model,
+                                  reference_upload_ids, credits_reserved, idempotency_key, trace_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(id)
     .bind(user)
-    .bind(&prompt)
-    .bind(&aspect_ratio)
-    .bind(&resolution)
+    .bind(trial_session)
+    .bind(prompt)
+    .bind(aspect_ratio)
+    .bind(resolution)
     .bind(model)
     .bind(&references)
     .bind(cost as i32)
@@ -199,43 +251,48 @@ pub async fn create_generation(
     .await?
     .rows_affected();
     if inserted == 0 {
-        // A concurrent POST with the same Idempotency-Key won: answer with its generation.
+        // A concurrent request with the same idempotency key won: answer with its generation.
         tx.rollback().await?;
-        let existing =
-            find_by_idempotency_key(&state, user, idempotency_key.unwrap_or_default()).await?;
-        let existing = existing.ok_or_else(|| AppError::Conflict("retry the request".into()))?;
-        return Ok((StatusCode::ACCEPTED, Json(view(&state, &existing).await?)).into_response());
+        let existing = match user {
+            Some(user) => {
+                find_by_idempotency_key(state, user, idempotency_key.unwrap_or_default()).await?
+            }
+            None => None,
+        };
+        return existing.ok_or_else(|| AppError::Conflict("retry the request".into()));
     }
-    let blocked: bool =
-        sqlx::query_scalar("SELECT shortfall > 0 FROM credit_accounts WHERE user_id = $1")
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?
-            .unwrap_or(false);
-    if blocked {
-        return Err(AppError::Conflict(
-            "a refunded or disputed payment left credits owing; new generations are paused until it is settled".into(),
-        ));
-    }
-    match credits::apply(
-        &mut tx,
-        user,
-        Kind::Reserve,
-        -cost,
-        &generations::ledger_key(id),
-        json!({"generation": id}),
-    )
-    .await?
-    {
-        Applied::Yes => {}
-        Applied::InsufficientCredits => {
-            let balance = credits::balance(&mut *tx, user).await?;
-            return Err(AppError::PaymentRequired { balance, cost });
+    if let Some(user) = user {
+        let blocked: bool =
+            sqlx::query_scalar("SELECT shortfall > 0 FROM credit_accounts WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(false);
+        if blocked {
+            return Err(AppError::Conflict(
+                "a refunded or disputed payment left credits owing; new generations are paused until it is settled".into(),
+            ));
         }
-        Applied::AlreadyApplied => {
-            return Err(AppError::Internal(anyhow::anyhow!(
-                "reservation for a new id existed"
-            )));
+        match credits::apply(
+            &mut tx,
+            user,
+            Kind::Reserve,
+            -cost,
+            &generations::ledger_key(id),
+            json!({"generation": id}),
+        )
+        .await?
+        {
+            Applied::Yes => {}
+            Applied::InsufficientCredits => {
+                let balance = credits::balance(&mut *tx, user).await?;
+                return Err(AppError::PaymentRequired { balance, cost });
+            }
+            Applied::AlreadyApplied => {
+                return Err(AppError::Internal(anyhow::anyhow!(
+                    "reservation for a new id existed"
+                )));
+            }
         }
     }
     enqueue_with(
@@ -250,11 +307,10 @@ pub async fn create_generation(
         .credits_total
         .with_label_values(&["reserved"])
         .inc_by(cost as u64);
-    tracing::info!(generation.id = %id, trace_id = %trace_id, resolution, "generation requested");
-    let generation = generations::find(&state.pool, id)
+    tracing::info!(generation.id = %id, trace_id = %trace_id, resolution, trial = user.is_none(), "generation requested");
+    generations::find(&state.pool, id)
         .await?
-        .ok_or(AppError::NotFound)?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &generation).await?)).into_response())
+        .ok_or(AppError::NotFound)
 }
 
 async fn find_by_idempotency_key(
@@ -272,7 +328,7 @@ async fn find_by_idempotency_key(
 }
 
 /// The caller's generation, or 404 (also for another user's: never 403).
-async fn owned(state: &AppState, user: Uuid, id: Uuid) -> Result<Generation, AppError> {
+pub async fn owned(state: &AppState, user: Uuid, id: Uuid) -> Result<Generation, AppError> {
     let generation = generations::find(&state.pool, id)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -387,11 +443,11 @@ pub async fn list_generations(
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+pub fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
 }
 
-fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+pub fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()?;
@@ -410,6 +466,13 @@ pub async fn delete_generation(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, AppError> {
     let generation = owned(&state, user, id).await?;
+    remove(&state, &generation).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Hides a finished generation at once and enqueues the job that deletes its rows and objects.
+pub async fn remove(state: &AppState, generation: &Generation) -> Result<(), AppError> {
+    let id = generation.id;
     if !generation.is_finished() {
         return Err(AppError::Conflict(
             "the generation is still in progress; delete it once it has finished".into(),
@@ -427,7 +490,7 @@ pub async fn delete_generation(
     )
     .await?;
     tx.commit().await?;
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }
 
 /// `GET /api/v1/generations/{id}/events`: the current status, then each change, until it finishes.
@@ -437,8 +500,19 @@ pub async fn generation_events(
     Path(id): Path<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     // Subscribe before reading the row, so no change between the two is missed.
-    let mut receiver = state.events.subscribe();
+    let receiver = state.events.subscribe();
     let generation = owned(&state, user, id).await?;
+    Ok(status_stream(&state, receiver, generation))
+}
+
+/// Server-sent events of one generation: its current status, then each change, until it finishes.
+/// `receiver` must be subscribed before `generation` was read, so no change between the two is missed.
+pub fn status_stream(
+    state: &AppState,
+    mut receiver: tokio::sync::broadcast::Receiver<crate::events::GenerationEvent>,
+    generation: Generation,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
+    let id = generation.id;
     let pool = state.pool.clone();
     let stream = async_stream::stream! {
         let mut last = generation.status.clone();
@@ -468,10 +542,10 @@ pub async fn generation_events(
             }
         }
     };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-fn status_event(status: &str) -> Event {
+pub fn status_event(status: &str) -> Event {
     Event::default()
         .event("status")
         .data(json!({ "status": status }).to_string())

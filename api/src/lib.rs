@@ -11,6 +11,7 @@ mod events;
 mod exports;
 mod generations;
 mod routes;
+pub mod site;
 mod views;
 mod webhooks;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub pipeline: Option<Arc<ApiPipeline>>,
     /// Generation status changes from Postgres (LISTEN), fanned out to server-sent-event streams.
     pub events: events::Events,
+    /// The server-rendered site; absent, only the JSON API and health endpoints are served.
+    pub site: Option<Arc<site::SiteState>>,
 }
 
 /// Settings and clients of the generation endpoints.
@@ -63,7 +66,13 @@ impl AppState {
             worker_health: None,
             owns_queue_gauges: false,
             pipeline: None,
+            site: None,
         }
+    }
+
+    pub fn with_site(mut self, site: site::SiteState) -> Self {
+        self.site = Some(Arc::new(site));
+        self
     }
 
     pub fn with_pipeline(mut self, pipeline: ApiPipeline) -> Self {
@@ -96,11 +105,18 @@ impl Api {
     /// Builds with its own pool and metrics, bound to `LISTEN_ADDR` and `METRICS_LISTEN_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
-        let state = AppState::new(pool, Metrics::new("api")).with_pipeline(ApiPipeline {
-            storage: Storage::new(&config.storage),
-            kie_webhook_hmac_key: config.kie.webhook_hmac_key.clone(),
-            generation: config.generation.clone(),
-        });
+        let state = AppState::new(pool, Metrics::new("api"))
+            .with_pipeline(ApiPipeline {
+                storage: Storage::new(&config.storage),
+                kie_webhook_hmac_key: config.kie.webhook_hmac_key.clone(),
+                generation: config.generation.clone(),
+            })
+            .with_site(site::SiteState::new(
+                config.site.clone(),
+                config.http.public_base_url.clone(),
+                &storage_origin(&config.storage.endpoint),
+                config.stripe.is_some(),
+            ));
         let listener = telemetry::bind(config.http.listen).await?;
         let ops_listener = telemetry::bind(config.http.metrics_listen).await?;
         let console = match &config.http.operator_token {
@@ -179,11 +195,19 @@ impl Api {
             shutdown.clone(),
         ));
         let app = routes::router(self.state);
-        axum::serve(self.listener, app)
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         Ok(())
     }
+}
+
+/// The origin (scheme, host, port) of the object store, for the site's Content-Security-Policy.
+pub fn storage_origin(endpoint: &str) -> String {
+    url::Url::parse(endpoint).map_or_else(|_| endpoint.to_owned(), |u| u.origin().ascii_serialization())
 }
 
 /// Readiness of the api: the database answers, and in-process workers (if any) are alive.

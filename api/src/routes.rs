@@ -14,11 +14,16 @@ use maud::Markup;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::{AppError, AppState, account, exports, generations, views, webhooks};
+use crate::{AppError, AppState, account, exports, generations, site, views, webhooks};
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(home))
+    let mut router = Router::new();
+    if state.site.is_some() {
+        router = router.merge(site::router(&state));
+    } else {
+        router = router.route("/", get(home));
+    }
+    let router = router
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/api/v1/me", get(me))
@@ -49,11 +54,17 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/kie/{generation}/{secret}",
             post(webhooks::kie_callback),
         )
+        .fallback(not_found);
+    let router = if state.site.is_some() {
+        site::layers(router, &state)
+    } else {
+        router
+    };
+    router
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             record_http_metrics,
         ))
-        .fallback(not_found)
         .with_state(state)
 }
 
@@ -62,7 +73,7 @@ async fn home() -> Markup {
 }
 
 async fn not_found() -> (StatusCode, Markup) {
-    (StatusCode::NOT_FOUND, views::not_found())
+    site::not_found()
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

@@ -30,10 +30,3 @@ pub fn home() -> Markup {
         },
     )
 }
-
-pub fn not_found() -> Markup {
-    layout(
-        "Not found",
-        html! { h1 { "Page not found" } p { a href="/" { "Back to the generator" } } },
-    )
-}

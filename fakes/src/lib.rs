@@ -4,5 +4,7 @@
 //! Each stand-in is a real server speaking the real protocol, so the production clients are what gets tested.
 
 pub mod kie;
+pub mod oidc;
 pub mod s3;
 pub mod stripe;
+pub mod turnstile;

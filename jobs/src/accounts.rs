@@ -152,3 +152,124 @@ pub async fn request_deletion(
     .await?;
     Ok(Some(deletion_id))
 }
+
+/// How a person proved who they are at sign-in.
+#[derive(Debug, Clone)]
+pub enum Proof<'a> {
+    /// They opened a link sent to this address.
+    Email(&'a str),
+    /// Google vouched for this subject (and, when verified, this address).
+    Google {
+        sub: &'a str,
+        email: &'a str,
+        email_verified: bool,
+        name: Option<&'a str>,
+    },
+}
+
+/// The outcome of [`sign_in_or_up`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignIn {
+    Existing(Uuid),
+    Created(Uuid),
+    /// The account is being deleted: no sign-in.
+    BeingDeleted,
+    /// Google's address is unverified and belongs to another account: no silent linking.
+    Unverified,
+}
+
+/// Finds or creates the account for `proof`. Google accounts are keyed on `sub`; a Google identity is linked to
+/// an existing e-mail account only when Google says the address is verified. A new account starts with
+/// `signup_credits` (ledger key `signup:<user>`).
+pub async fn sign_in_or_up(
+    tx: &mut PgConnection,
+    proof: Proof<'_>,
+    signup_credits: i64,
+) -> sqlx::Result<SignIn> {
+    let (email, sub, verified, name) = match proof {
+        Proof::Email(email) => (email.trim().to_lowercase(), None, true, None),
+        Proof::Google {
+            sub,
+            email,
+            email_verified,
+            name,
+        } => (email.trim().to_lowercase(), Some(sub), email_verified, name),
+    };
+    let existing: Option<(Uuid, Option<String>, bool)> = match sub {
+        Some(sub) => {
+            sqlx::query_as(
+                "SELECT id, google_sub, deletion_requested_at IS NOT NULL FROM users WHERE google_sub = $1",
+            )
+            .bind(sub)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        None => None,
+    };
+    let existing = match existing {
+        Some(found) => Some(found),
+        None => {
+            sqlx::query_as(
+                "SELECT id, google_sub, deletion_requested_at IS NOT NULL FROM users WHERE email = $1 FOR UPDATE",
+            )
+            .bind(&email)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    if let Some((id, linked_sub, deleting)) = existing {
+        if deleting {
+            return Ok(SignIn::BeingDeleted);
+        }
+        if let Some(sub) = sub
+            && linked_sub.as_deref() != Some(sub)
+        {
+            if !verified || linked_sub.is_some() {
+                return Ok(SignIn::Unverified);
+            }
+            sqlx::query("UPDATE users SET google_sub = $2, updated_at = now() WHERE id = $1")
+                .bind(id)
+                .bind(sub)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if verified {
+            sqlx::query(
+                "UPDATE users SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        return Ok(SignIn::Existing(id));
+    }
+    let id = create_user(tx, &email, name).await?;
+    sqlx::query(
+        "UPDATE users SET google_sub = $2, email_verified_at = CASE WHEN $3 THEN now() END WHERE id = $1",
+    )
+    .bind(id)
+    .bind(sub)
+    .bind(verified)
+    .execute(&mut *tx)
+    .await?;
+    if signup_credits > 0 {
+        crate::credits::apply(
+            tx,
+            id,
+            crate::credits::Kind::Grant,
+            signup_credits,
+            &format!("signup:{id}"),
+            serde_json::json!({"reason": "signup"}),
+        )
+        .await?;
+    }
+    Ok(SignIn::Created(id))
+}
+
+/// A fresh single-use token for an e-mailed link: `(token for the link, SHA-256 to store)`.
+pub fn new_link_token() -> (String, Vec<u8>) {
+    let token =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let hash = hash_secret(&token);
+    (token, hash)
+}

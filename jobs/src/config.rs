@@ -310,6 +310,203 @@ impl Default for GenerationConfig {
     }
 }
 
+/// The site: sessions, sign-in, the trial, analytics and products.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    /// `SESSION_IDLE_HOURS` (default 72): a session unused this long ends.
+    pub session_idle: Duration,
+    /// `SESSION_ABSOLUTE_DAYS` (default 30): every session ends this long after sign-in.
+    pub session_absolute: Duration,
+    /// `SIGN_IN_LINK_MINUTES` (default 15): how long an e-mailed link works (once).
+    pub sign_in_link_ttl: Duration,
+    /// `SIGN_IN_EMAILS_PER_ADDRESS_PER_HOUR` (default 5, fleet-wide) and `SIGN_IN_EMAILS_PER_CLIENT_PER_HOUR`
+    /// (default 20): limits on requesting sign-in links.
+    pub sign_in_per_address_per_hour: u32,
+    pub sign_in_per_client_per_hour: u32,
+    /// `SIGNUP_CREDITS` (default 20): credits a new account starts with (two 1K images).
+    pub signup_credits: i64,
+    /// Google sign-in; off unless `GOOGLE_CLIENT_ID` is set.
+    pub google: Option<GoogleConfig>,
+    /// The no-signup trial's bot check; the trial is off unless `TURNSTILE_SITE_KEY` is set.
+    pub turnstile: Option<TurnstileConfig>,
+    /// `GA4_MEASUREMENT_ID` (optional): Google Analytics 4, loaded only after consent and never under DNT/GPC.
+    pub ga4_measurement_id: Option<String>,
+    /// `GA4_SCRIPT_URL` (default https://www.googletagmanager.com/gtag/js): where gtag.js is loaded from.
+    pub ga4_script_url: url::Url,
+    /// `CLIENT_IP_HEADER` (e.g. `CF-Connecting-IP`) and `TRUSTED_PROXIES` (comma-separated CIDRs): the header
+    /// is believed only from those peers; otherwise the peer address is the client.
+    pub client_ip_header: Option<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `CREDIT_PACKS` and `PLANS`: `id:credits:stripe_price_id:amount_minor:currency`, comma-separated.
+    pub packs: Vec<Product>,
+    pub plans: Vec<Product>,
+    /// Dev-only pages (the e-mail outbox). Never set from the environment: only `createimage2 dev` sets it.
+    pub dev_pages: bool,
+}
+
+/// Google OpenID Connect.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    /// `GOOGLE_CLIENT_ID` and `GOOGLE_CLIENT_SECRET`.
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// `GOOGLE_ISSUER_URL` (default https://accounts.google.com): discovery starts here.
+    pub issuer_url: url::Url,
+}
+
+/// Cloudflare Turnstile.
+#[derive(Debug, Clone)]
+pub struct TurnstileConfig {
+    /// `TURNSTILE_SITE_KEY` and `TURNSTILE_SECRET_KEY`.
+    pub site_key: String,
+    pub secret_key: SecretString,
+    /// `TURNSTILE_VERIFY_URL` (default Cloudflare's siteverify).
+    pub verify_url: url::Url,
+    /// `TURNSTILE_SCRIPT_URL` (default Cloudflare's api.js).
+    pub script_url: url::Url,
+}
+
+/// A credit pack or a monthly plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub id: String,
+    /// Credits granted (per purchase for a pack, per paid month for a plan).
+    pub credits: i64,
+    pub stripe_price_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+impl Product {
+    /// `12.00 USD` style.
+    pub fn price_label(&self) -> String {
+        format!(
+            "{}.{:02} {}",
+            self.amount_minor / 100,
+            self.amount_minor % 100,
+            self.currency.to_uppercase()
+        )
+    }
+}
+
+fn products<S: Source>(
+    source: &S,
+    name: &'static str,
+    default: &str,
+) -> Result<Vec<Product>, ConfigError> {
+    let raw = source.get(name).unwrap_or_else(|| default.to_owned());
+    raw.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let invalid = |reason: &str| ConfigError::Invalid {
+                name,
+                reason: format!("{item:?}: {reason}"),
+            };
+            let parts: Vec<&str> = item.split(':').collect();
+            let [id, credits, price, amount, currency] = parts[..] else {
+                return Err(invalid("expected id:credits:price_id:amount_minor:currency"));
+            };
+            Ok(Product {
+                id: id.to_owned(),
+                credits: credits.parse().map_err(|_| invalid("credits is not a number"))?,
+                stripe_price_id: price.to_owned(),
+                amount_minor: amount.parse().map_err(|_| invalid("amount is not a number"))?,
+                currency: currency.to_lowercase(),
+            })
+        })
+        .collect()
+}
+
+fn url_or<S: Source>(source: &S, name: &'static str, default: &str) -> Result<url::Url, ConfigError> {
+    let raw = source.get(name).unwrap_or_else(|| default.to_owned());
+    url::Url::parse(&raw).map_err(|error| ConfigError::Invalid {
+        name,
+        reason: error.to_string(),
+    })
+}
+
+impl SiteConfig {
+    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
+        let google = match source.get("GOOGLE_CLIENT_ID") {
+            Some(client_id) => Some(GoogleConfig {
+                client_id,
+                client_secret: required(source, "GOOGLE_CLIENT_SECRET")?.into(),
+                issuer_url: url_or(source, "GOOGLE_ISSUER_URL", "https://accounts.google.com")?,
+            }),
+            None => None,
+        };
+        let turnstile = match source.get("TURNSTILE_SITE_KEY") {
+            Some(site_key) => Some(TurnstileConfig {
+                site_key,
+                secret_key: required(source, "TURNSTILE_SECRET_KEY")?.into(),
+                verify_url: url_or(
+                    source,
+                    "TURNSTILE_VERIFY_URL",
+                    "https://challenges.cloudflare.com/turnstile/v0/siteverify",
+                )?,
+                script_url: url_or(
+                    source,
+                    "TURNSTILE_SCRIPT_URL",
+                    "https://challenges.cloudflare.com/turnstile/v0/api.js",
+                )?,
+            }),
+            None => None,
+        };
+        let trusted_proxies = source
+            .get("TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|cidr| !cidr.is_empty())
+            .map(|cidr| {
+                cidr.parse().map_err(|error: ipnet::AddrParseError| ConfigError::Invalid {
+                    name: "TRUSTED_PROXIES",
+                    reason: format!("{cidr:?}: {error}"),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            session_idle: Duration::from_secs(3600 * parsed_or(source, "SESSION_IDLE_HOURS", 72)?),
+            session_absolute: Duration::from_secs(
+                86_400 * parsed_or(source, "SESSION_ABSOLUTE_DAYS", 30)?,
+            ),
+            sign_in_link_ttl: Duration::from_secs(60 * parsed_or(source, "SIGN_IN_LINK_MINUTES", 15)?),
+            sign_in_per_address_per_hour: parsed_or(source, "SIGN_IN_EMAILS_PER_ADDRESS_PER_HOUR", 5)?,
+            sign_in_per_client_per_hour: parsed_or(source, "SIGN_IN_EMAILS_PER_CLIENT_PER_HOUR", 20)?,
+            signup_credits: parsed_or(source, "SIGNUP_CREDITS", 20)?,
+            google,
+            turnstile,
+            ga4_measurement_id: source.get("GA4_MEASUREMENT_ID"),
+            ga4_script_url: url_or(
+                source,
+                "GA4_SCRIPT_URL",
+                "https://www.googletagmanager.com/gtag/js",
+            )?,
+            client_ip_header: source.get("CLIENT_IP_HEADER"),
+            trusted_proxies,
+            packs: products(
+                source,
+                "CREDIT_PACKS",
+                "pack_100:100:price_pack_100:500:usd,pack_500:500:price_pack_500:2000:usd",
+            )?,
+            plans: products(source, "PLANS", "plan_monthly:300:price_plan_monthly:900:usd")?,
+            dev_pages: false,
+        })
+    }
+
+    /// The product with this id, pack or plan.
+    pub fn product(&self, id: &str) -> Option<&Product> {
+        self.packs.iter().chain(&self.plans).find(|p| p.id == id)
+    }
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        Self::from_source(&HashMap::new()).expect("defaults are valid")
+    }
+}
+
 /// Everything a role needs. Loaded once at start-up by the binary and handed down.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -320,6 +517,7 @@ pub struct Config {
     pub kie: KieConfig,
     pub generation: GenerationConfig,
     pub stripe: Option<crate::stripe::StripeConfig>,
+    pub site: SiteConfig,
     /// `LOG_FORMAT` (default json): `json` in production, `pretty` for people.
     pub log_format: LogFormat,
 }
@@ -338,6 +536,7 @@ impl Config {
             kie: KieConfig::from_source(source)?,
             generation: GenerationConfig::from_source(source)?,
             stripe: crate::stripe::StripeConfig::from_source(source)?,
+            site: SiteConfig::from_source(source)?,
             log_format: parsed_or(source, "LOG_FORMAT", LogFormat::Json)?,
         })
     }

@@ -5,6 +5,7 @@
 //! [`kinds::registry`] (every job kind), [`schedule`] (periodic work), [`telemetry`].
 
 pub mod accounts;
+pub mod billing;
 pub mod config;
 pub mod credits;
 pub mod db;

@@ -155,6 +155,43 @@ impl Storage {
         Ok(request.uri().to_owned())
     }
 
+    /// A presigned GET URL that makes the browser save the object as `filename` (Content-Disposition).
+    pub async fn presign_download(
+        &self,
+        key: &str,
+        filename: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        let config = PresigningConfig::expires_in(ttl)?;
+        let safe: String = filename
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            .collect();
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .response_content_disposition(format!("attachment; filename=\"{safe}\""))
+            .presigned(config)
+            .await
+            .map_err(|e| sdk_error("presigning GET", e))?;
+        Ok(request.uri().to_owned())
+    }
+
+    /// Copies an object inside the bucket (server-side: no bytes pass through this process).
+    pub async fn copy(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(format!("{}/{from}", self.bucket))
+            .key(to)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("COPY {from}"), e))?;
+        Ok(())
+    }
+
     /// A presigned PUT URL for exactly this content type and length, valid for `ttl`. The uploader must send
     /// the same `Content-Type` and `Content-Length` headers.
     pub async fn presign_put(

@@ -63,6 +63,9 @@ pub struct MetricSet {
     pub generations_total: IntCounterVec,
     pub generation_seconds: HistogramVec,
     pub credits_total: IntCounterVec,
+    pub sign_ins_total: IntCounterVec,
+    pub trial_checks_total: IntCounterVec,
+    pub stripe_webhooks_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -223,6 +226,21 @@ impl Metrics {
                 "createimage2_credits_total",
                 "Credits moved through the ledger, by kind (granted, reserved, settled, refunded, clawed_back).",
                 &["kind"],
+            ),
+            sign_ins_total: counter(
+                "createimage2_sign_ins_total",
+                "Completed sign-ins, by kind (sign_in, sign_up).",
+                &["kind"],
+            ),
+            trial_checks_total: counter(
+                "createimage2_trial_checks_total",
+                "No-signup trial requests, by outcome (started, refused_repeat, turnstile_failed, turnstile_error).",
+                &["outcome"],
+            ),
+            stripe_webhooks_total: counter(
+                "createimage2_stripe_webhooks_total",
+                "Stripe webhook deliveries, by outcome (recorded, duplicate, bad_signature, stale, malformed).",
+                &["outcome"],
             ),
             build_info: register(
                 r,

@@ -42,6 +42,30 @@ fn button(url: &str, label: &str) -> Markup {
     }
 }
 
+/// Confirms a new e-mail address for an account (single use, expiring).
+pub fn email_change(link_url: &str, expires_minutes: u32) -> Message {
+    let subject = "Confirm your new e-mail address for createimage2".to_owned();
+    let text = format!(
+        "Someone (hopefully you) asked to use this address for a createimage2 account. Confirm it with this \
+         link (valid for {expires_minutes} minutes, once):\n\n{link_url}\n\nIf it was not you, ignore this e-mail.\n\n{FOOTER_TEXT}\n"
+    );
+    let html = layout(
+        &subject,
+        html! {
+            h1 style="font-size:20px" { "Confirm your new address" }
+            p { "Use this address for your createimage2 account. The link works once and expires in " (expires_minutes) " minutes." }
+            (button(link_url, "Confirm address"))
+            p { "If it was not you, ignore this e-mail: nothing changes." }
+        },
+    );
+    Message {
+        template: "email_change",
+        subject,
+        text,
+        html,
+    }
+}
+
 /// A sign-in link (single use, expiring).
 pub fn sign_in_link(link_url: &str, expires_minutes: u32) -> Message {
     let subject = "Your sign-in link for createimage2".to_owned();

@@ -9,6 +9,7 @@ pub mod delete_account;
 pub mod delete_generation;
 pub mod expire_exports;
 pub mod expire_trial_fingerprints;
+pub mod open_checkout;
 pub mod poll_generation;
 pub mod probe_upstreams;
 pub mod prune_finished_jobs;
@@ -26,6 +27,7 @@ pub use delete_account::DeleteAccount;
 pub use delete_generation::DeleteGeneration;
 pub use expire_exports::ExpireExports;
 pub use expire_trial_fingerprints::ExpireTrialFingerprints;
+pub use open_checkout::OpenCheckout;
 pub use poll_generation::PollGeneration;
 pub use probe_upstreams::ProbeUpstreams;
 pub use prune_finished_jobs::PruneFinishedJobs;
@@ -53,4 +55,5 @@ pub fn registry() -> Registry {
         .register::<RotateHashPepper>()
         .register::<PurgeExpiredRecords>()
         .register::<SendPolicyNotices>()
+        .register::<OpenCheckout>()
 }

@@ -1,0 +1,378 @@
+//! The account page and its forms: profile (an e-mail change is confirmed by a link to the new address),
+//! credits and plan, usage log, API keys, sessions, consent, export and deletion.
+
+use axum::{
+    extract::{Path, Query, State},
+    http::HeaderMap,
+    response::{IntoResponse, Redirect, Response},
+};
+use jobs::{
+    accounts::{self, DeletionReason},
+    email::{self, Outgoing},
+};
+use maud::Markup;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{
+    PageError,
+    pages::{Empty, analytics_consent, chrome, privacy_signal},
+    session::{self, CsrfForm, Member},
+    views::{self, AccountView},
+};
+use crate::{AppError, AppState, exports};
+
+async fn load(state: &AppState, member: &Member, headers: &HeaderMap) -> Result<AccountView, PageError> {
+    let pool = &state.pool;
+    let user = member.user_id;
+    let shortfall: i64 = sqlx::query_scalar("SELECT shortfall FROM credit_accounts WHERE user_id = $1")
+        .bind(user)
+        .fetch_optional(pool)
+        .await?
+        .unwrap_or(0);
+    let ledger = sqlx::query_as(
+        "SELECT created_at, kind, amount, business_key FROM credit_ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 20",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    let plan: Option<(String, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT plan_id, status, current_period_end FROM subscriptions WHERE user_id = $1
+          ORDER BY (status IN ('active', 'trialing', 'past_due')) DESC, updated_at DESC LIMIT 1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await?;
+    let usage = sqlx::query_as(
+        "SELECT created_at, model, generation_ms, succeeded FROM usage_log WHERE user_id = $1
+          ORDER BY created_at DESC LIMIT 20",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    let api_keys = sqlx::query_as(
+        "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    let exports = sqlx::query_as(
+        "SELECT id, status, created_at, expires_at FROM export_requests WHERE user_id = $1
+          ORDER BY created_at DESC LIMIT 3",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL
+            AND LEAST(idle_expires_at, absolute_expires_at) > now()",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await?;
+    let has_customer: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM stripe_customers WHERE user_id = $1)")
+            .bind(user)
+            .fetch_one(pool)
+            .await?;
+    Ok(AccountView {
+        email: member.email.clone(),
+        display_name: member.display_name.clone(),
+        balance: member.balance,
+        shortfall,
+        ledger,
+        plan,
+        usage,
+        api_keys,
+        new_key: None,
+        analytics_consent: analytics_consent(state, &member.visitor).await?,
+        privacy_signal: privacy_signal(headers),
+        exports,
+        sessions,
+        has_customer,
+    })
+}
+
+/// `GET /account`.
+pub async fn page(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let mut view = load(&state, &member, &headers).await?;
+    view.new_key = member
+        .visitor
+        .take("new_api_key")
+        .await?
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let chrome = chrome(&state, &member.visitor, &headers, "/account").await?;
+    let csrf = chrome.csrf.clone().unwrap_or_default();
+    Ok(views::account(&chrome, &csrf, &view))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ProfileForm {
+    display_name: Option<String>,
+    email: String,
+}
+
+/// `POST /account/profile`: the name changes at once; a new e-mail address once confirmed from its inbox.
+pub async fn update_profile(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(form): CsrfForm<ProfileForm>,
+) -> Result<Response, PageError> {
+    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let name = form
+        .display_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > 200) {
+        return Err(PageError::BadRequest("The name can have at most 200 characters.".into()));
+    }
+    sqlx::query("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1")
+        .bind(member.user_id)
+        .bind(name)
+        .execute(&state.pool)
+        .await?;
+    let new_email = form.email.trim().to_lowercase();
+    let mut message = "Your profile was saved.".to_owned();
+    if new_email != member.email {
+        if !new_email.contains('@') || new_email.len() > 320 || new_email.len() < 3 {
+            return Err(PageError::BadRequest("That does not look like an e-mail address.".into()));
+        }
+        let (token, hash) = accounts::new_link_token();
+        let minutes = site.config.sign_in_link_ttl.as_secs() / 60;
+        let mut tx = state.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sign_in_tokens SET used_at = now() WHERE user_id = $1 AND purpose = 'email_change' AND used_at IS NULL",
+        )
+        .bind(member.user_id)
+        .execute(&mut *tx)
+        .await?;
+        let token_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO sign_in_tokens (id, token_hash, purpose, email, user_id, expires_at)
+             VALUES ($1, $2, 'email_change', $3, $4, now() + make_interval(secs => $5))",
+        )
+        .bind(token_id)
+        .bind(&hash)
+        .bind(&new_email)
+        .bind(member.user_id)
+        .bind(site.config.sign_in_link_ttl.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        let link = site.url(&format!("/account/email/confirm?token={token}"));
+        email::queue(
+            &mut tx,
+            Outgoing {
+                to: &new_email,
+                user_id: Some(member.user_id),
+                idempotency_key: format!("email-change:{token_id}"),
+                message: mail::email_change(&link, minutes as u32),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        message = format!("Saved. We sent a confirmation link to {new_email}; the new address is used once you open it.");
+    }
+    member.visitor.flash(&message).await?;
+    Ok(Redirect::to("/account").into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /account/email/confirm?token=…`: a button that confirms (a GET consumes nothing).
+pub async fn email_landing(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Markup, PageError> {
+    let chrome = chrome(&state, &member.visitor, &headers, "/account").await?;
+    let csrf = chrome.csrf.clone().unwrap_or_default();
+    Ok(views::link_landing(
+        &chrome,
+        &csrf,
+        "/account/email/confirm",
+        query.token.as_deref().unwrap_or_default(),
+        "/account",
+        "Confirm your new e-mail address",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    token: String,
+}
+
+/// `POST /account/email/confirm`.
+pub async fn confirm_email(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(form): CsrfForm<TokenForm>,
+) -> Result<Response, PageError> {
+    let mut tx = state.pool.begin().await?;
+    let email: Option<String> = sqlx::query_scalar(
+        "UPDATE sign_in_tokens SET used_at = now()
+          WHERE token_hash = $1 AND purpose = 'email_change' AND user_id = $2 AND used_at IS NULL AND expires_at > now()
+      RETURNING email",
+    )
+    .bind(accounts::hash_secret(form.token.trim()))
+    .bind(member.user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(email) = email else {
+        return Err(PageError::BadRequest(
+            "This confirmation link has expired, was already used, or belongs to another account.".into(),
+        ));
+    };
+    let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1 AND id <> $2)")
+        .bind(&email)
+        .bind(member.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if taken {
+        return Err(PageError::BadRequest(
+            "Another account already uses that address.".into(),
+        ));
+    }
+    sqlx::query("UPDATE users SET email = $2, email_verified_at = now(), updated_at = now() WHERE id = $1")
+        .bind(member.user_id)
+        .bind(&email)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    member.visitor.flash(&format!("Your e-mail address is now {email}.")).await?;
+    Ok(Redirect::to("/account").into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeyForm {
+    name: String,
+}
+
+/// `POST /account/api-keys`: the key is shown once, on the next page view.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(form): CsrfForm<KeyForm>,
+) -> Result<Response, PageError> {
+    let name = form.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(PageError::BadRequest("A key needs a name of 1 to 100 characters.".into()));
+    }
+    let key = accounts::issue_api_key(&state.pool, member.user_id, name).await?;
+    member
+        .visitor
+        .set("new_api_key", serde_json::Value::String(key.secret))
+        .await?;
+    Ok(Redirect::to("/account#api-keys").into_response())
+}
+
+/// `POST /account/api-keys/{id}/revoke`.
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    member: Member,
+    Path(id): Path<Uuid>,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    let revoked = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(member.user_id)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    if revoked == 0 {
+        return Err(PageError::NotFound);
+    }
+    member.visitor.flash("The key was revoked.").await?;
+    Ok(Redirect::to("/account#api-keys").into_response())
+}
+
+/// `POST /account/sessions/revoke`: every session of the account ends, this one included.
+pub async fn sign_out_everywhere(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    session::revoke_all(&state.pool, member.user_id).await?;
+    member.visitor.sign_out().await?;
+    Ok(Redirect::to("/sign-in").into_response())
+}
+
+/// `POST /account/export`.
+pub async fn request_export(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    let message = match exports::start(&state, member.user_id).await {
+        Ok(_) => "Your export is being prepared. We will e-mail you when it is ready.".to_owned(),
+        Err(AppError::Conflict(_)) => "An export is already being prepared.".to_owned(),
+        Err(AppError::TooManyRequests { .. }) => {
+            "You have asked for three exports today; please try again tomorrow.".to_owned()
+        }
+        Err(other) => return Err(other.into()),
+    };
+    member.visitor.flash(&message).await?;
+    Ok(Redirect::to("/account#privacy").into_response())
+}
+
+/// `GET /account/exports/{id}/download`.
+pub async fn download_export(
+    State(state): State<AppState>,
+    member: Member,
+    Path(id): Path<Uuid>,
+) -> Result<Response, PageError> {
+    match exports::download_url(&state, member.user_id, id).await {
+        Ok(Some(url)) => Ok(Redirect::to(&url).into_response()),
+        Ok(None) => Err(PageError::BadRequest("This export has expired; request a new one.".into())),
+        Err(AppError::Conflict(message)) => Err(PageError::BadRequest(message)),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// `GET /account/delete`: the confirmation.
+pub async fn confirm_delete(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let chrome = chrome(&state, &member.visitor, &headers, "/account").await?;
+    let csrf = chrome.csrf.clone().unwrap_or_default();
+    Ok(views::confirm_account_delete(&chrome, &csrf, &member.email))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteForm {
+    confirm_email: String,
+}
+
+/// `POST /account/delete`: closes the account at once; a job deletes its data.
+pub async fn delete(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(form): CsrfForm<DeleteForm>,
+) -> Result<Response, PageError> {
+    if form.confirm_email.trim().to_lowercase() != member.email {
+        return Err(PageError::BadRequest(
+            "The address you typed does not match your account's. Nothing was deleted.".into(),
+        ));
+    }
+    let mut tx = state.pool.begin().await?;
+    accounts::request_deletion(&mut tx, member.user_id, DeletionReason::UserRequest).await?;
+    tx.commit().await?;
+    member.visitor.sign_out().await?;
+    member
+        .visitor
+        .flash("Your account is closed and its data is being deleted.")
+        .await?;
+    Ok(Redirect::to("/").into_response())
+}

@@ -1,0 +1,118 @@
+//! Pricing, and the way to Stripe: the page records a checkout (or portal) intent and enqueues the job that
+//! creates the Stripe session; the browser waits on `/billing/intents/{id}` and is sent on once the URL exists.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use jobs::billing::IntentKind;
+use maud::Markup;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    PageError,
+    pages::{Empty, chrome},
+    session::{CsrfForm, Member, Visitor},
+    views,
+};
+use crate::AppState;
+
+/// Whether purchases can be made (a Stripe key is configured).
+fn billing_enabled(state: &AppState) -> bool {
+    state.site.as_ref().is_some_and(|s| s.billing)
+}
+
+/// `GET /pricing`.
+pub async fn pricing(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let site = state.site.clone().ok_or_else(|| PageError::internal("site not configured"))?;
+    let chrome = chrome(&state, &visitor, &headers, "/pricing").await?;
+    let csrf = chrome.member.is_some().then(|| chrome.csrf.clone()).flatten();
+    Ok(views::pricing(
+        &chrome,
+        csrf.as_deref(),
+        &site.config.packs,
+        &site.config.plans,
+        billing_enabled(&state),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CheckoutForm {
+    product: String,
+}
+
+/// `POST /billing/checkout`: records the intent and its job in one transaction.
+pub async fn checkout(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(form): CsrfForm<CheckoutForm>,
+) -> Result<Response, PageError> {
+    let site = state.site.clone().ok_or_else(|| PageError::internal("site not configured"))?;
+    if !billing_enabled(&state) {
+        return Err(PageError::BadRequest("Payments are not available right now.".into()));
+    }
+    let (kind, product) = if let Some(pack) = site.config.packs.iter().find(|p| p.id == form.product) {
+        (IntentKind::Pack, pack)
+    } else if let Some(plan) = site.config.plans.iter().find(|p| p.id == form.product) {
+        (IntentKind::Plan, plan)
+    } else {
+        return Err(PageError::BadRequest("There is no such product.".into()));
+    };
+    let id = jobs::billing::record_intent(&state.pool, member.user_id, kind, Some(product)).await?;
+    Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
+}
+
+/// `POST /billing/portal`: Stripe's customer portal (manage or cancel a plan, invoices).
+pub async fn portal(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    if !billing_enabled(&state) {
+        return Err(PageError::BadRequest("Payments are not available right now.".into()));
+    }
+    let id = jobs::billing::record_intent(&state.pool, member.user_id, IntentKind::Portal, None).await?;
+    Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
+}
+
+/// `GET /billing/intents/{id}`: 303 to Stripe once the worker has the URL; until then a waiting page (which
+/// refreshes without JavaScript) or, for the page's script, JSON.
+pub async fn intent(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Response, PageError> {
+    let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT status, url, error FROM checkout_intents WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(member.user_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (status, url, error) = row.ok_or(PageError::NotFound)?;
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        return Ok(Json(json!({"status": status, "url": url})).into_response());
+    }
+    if let Some(url) = url {
+        return Ok(Redirect::to(&url).into_response());
+    }
+    let mut chrome = chrome(&state, &member.visitor, &headers, "/pricing").await?;
+    let failed = (status == "failed").then(|| {
+        error.unwrap_or_else(|| "Stripe could not be reached. Please try again.".into())
+    });
+    chrome.refresh = failed.is_none();
+    Ok(views::checkout_waiting(&chrome, id, failed.as_deref()).into_response())
+}

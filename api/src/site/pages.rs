@@ -1,0 +1,598 @@
+//! The generator, generation pages, gallery, legal pages, consent, and the dev outbox.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::{OriginalUri, Path, Query, State},
+    http::{HeaderMap, Method, StatusCode},
+    response::{IntoResponse, Redirect, Response},
+};
+use jobs::generations::{self as domain, Generation};
+use maud::Markup;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    PageError,
+    session::{self, CsrfForm, Member, Visitor},
+    views::{self, Chrome, GalleryItem, GenerationView, GeneratorForm},
+};
+use crate::{
+    AppError, AppState,
+    generations::{self, Owner},
+};
+
+const IMAGE_URL_TTL: Duration = Duration::from_secs(30 * 60);
+const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
+const GALLERY_PAGE: i64 = 24;
+const PRIVACY_POLICY: &str = include_str!("privacy-policy.txt");
+
+/// Whether the browser asks not to be tracked (Do Not Track or Global Privacy Control).
+pub fn privacy_signal(headers: &HeaderMap) -> bool {
+    headers.get("dnt").is_some_and(|v| v.as_bytes() == b"1")
+        || headers.get("sec-gpc").is_some_and(|v| v.as_bytes() == b"1")
+}
+
+/// The visitor's recorded analytics choice: the account's newest record, else this session's.
+pub async fn analytics_consent(state: &AppState, visitor: &Visitor) -> Result<Option<bool>, PageError> {
+    if let Some(user) = visitor.user_id().await {
+        return Ok(sqlx::query_scalar(
+            "SELECT analytics FROM consent_records WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(user)
+        .fetch_optional(&state.pool)
+        .await?);
+    }
+    Ok(visitor
+        .current()
+        .await
+        .and_then(|c| c.data.get("analytics_consent").and_then(Value::as_bool)))
+}
+
+/// The page frame's data for this visitor.
+pub async fn chrome(
+    state: &AppState,
+    visitor: &Visitor,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Chrome, PageError> {
+    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let member = match visitor.user_id().await {
+        Some(user) => sqlx::query_as::<_, (String, i64)>(
+            "SELECT u.email, coalesce(a.balance, 0) FROM users u LEFT JOIN credit_accounts a ON a.user_id = u.id
+              WHERE u.id = $1",
+        )
+        .bind(user)
+        .fetch_optional(&state.pool)
+        .await?,
+        None => None,
+    };
+    let csrf = Some(visitor.csrf_token().await?);
+    let flash = visitor.take_flash().await?;
+    let signal = privacy_signal(headers);
+    let (banner, analytics) = match &site.config.ga4_measurement_id {
+        Some(id) if !signal => {
+            let consent = analytics_consent(state, visitor).await?;
+            (
+                consent.is_none(),
+                (consent == Some(true)).then(|| (id.clone(), site.config.ga4_script_url.to_string())),
+            )
+        }
+        _ => (false, None),
+    };
+    Ok(Chrome {
+        member,
+        csrf,
+        flash,
+        banner,
+        analytics,
+        path: path.to_owned(),
+        refresh: false,
+    })
+}
+
+/// `next` values must stay on this site.
+pub fn local_path(next: Option<&str>) -> String {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+            path.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+/// `GET /`: the generator for members, the landing page with the trial for everyone else.
+pub async fn home(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let chrome = chrome(&state, &visitor, &headers, "/").await?;
+    let csrf = chrome.csrf.clone().unwrap_or_default();
+    if let Some(user) = visitor.user_id().await {
+        let mut form = GeneratorForm::default();
+        if let Some(Value::Array(ids)) = visitor.take("references").await? {
+            let ids: Vec<Uuid> = ids.iter().filter_map(|v| v.as_str()?.parse().ok()).collect();
+            form.references = reference_previews(&state, user, &ids).await?;
+        }
+        let balance = chrome.member.as_ref().map_or(0, |m| m.1);
+        return Ok(views::generator(&chrome, &csrf, balance, &form));
+    }
+    Ok(views::landing(&chrome, &csrf, trial_widget(&state), &GeneratorForm::default()))
+}
+
+pub fn trial_widget(state: &AppState) -> Option<(&str, &str)> {
+    state
+        .site
+        .as_ref()
+        .and_then(|s| s.config.turnstile.as_ref())
+        .map(|t| (t.site_key.as_str(), t.script_url.as_str()))
+}
+
+async fn reference_previews(
+    state: &AppState,
+    user: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, String)>, PageError> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, object_key FROM uploads WHERE user_id = $1 AND id = ANY($2) ORDER BY created_at",
+    )
+    .bind(user)
+    .bind(ids)
+    .fetch_all(&state.pool)
+    .await?;
+    let storage = &generations::pipeline(state)?.storage;
+    let mut previews = Vec::with_capacity(rows.len());
+    for (id, key) in rows {
+        previews.push((id, storage.presign_get(&key, IMAGE_URL_TTL).await?));
+    }
+    Ok(previews)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GenerateForm {
+    #[serde(default)]
+    prompt: String,
+    aspect_ratio: Option<String>,
+    resolution: Option<String>,
+    #[serde(default)]
+    reference_upload_ids: Vec<Uuid>,
+    idempotency_key: Option<String>,
+}
+
+/// `POST /generate`: records the generation, then shows its status page. A refused request shows the form
+/// again with the reason and nothing lost.
+pub async fn generate(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    CsrfForm(form): CsrfForm<GenerateForm>,
+) -> Result<Response, PageError> {
+    let aspect_ratio = form.aspect_ratio.clone().unwrap_or_else(|| "auto".into());
+    let resolution = form.resolution.clone().unwrap_or_else(|| "1K".into());
+    let result = match domain::validate(
+        &form.prompt,
+        &aspect_ratio,
+        &resolution,
+        form.reference_upload_ids.len(),
+    ) {
+        Err(invalid) => Err(AppError::from(invalid)),
+        Ok(()) => {
+            generations::create(
+                &state,
+                Owner::User(member.user_id),
+                &form.prompt,
+                &aspect_ratio,
+                &resolution,
+                &form.reference_upload_ids,
+                form.idempotency_key.as_deref().filter(|k| !k.is_empty() && k.len() <= 255),
+            )
+            .await
+        }
+    };
+    match result {
+        Ok(generation) => Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response()),
+        Err(AppError::Internal(error)) => Err(PageError::from(error)),
+        Err(refused) => {
+            let status = refused.status();
+            let chrome = chrome(&state, &member.visitor, &headers, "/").await?;
+            let csrf = chrome.csrf.clone().unwrap_or_default();
+            let references =
+                reference_previews(&state, member.user_id, &form.reference_upload_ids).await?;
+            let message = match &refused {
+                AppError::PaymentRequired { balance, cost } => format!(
+                    "This needs {cost} credits and your balance is {balance}. Buy credits on the pricing page, or pick a lower resolution."
+                ),
+                other => other.to_string(),
+            };
+            let page = views::generator(
+                &chrome,
+                &csrf,
+                member.balance,
+                &GeneratorForm {
+                    prompt: form.prompt,
+                    aspect_ratio,
+                    resolution,
+                    references,
+                    error: Some(message),
+                },
+            );
+            Ok((status, page).into_response())
+        }
+    }
+}
+
+/// `POST /uploads` (JSON, from the site's script): a presigned PUT for one reference image.
+pub async fn create_upload(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    method: Method,
+    Json(body): Json<generations::NewUpload>,
+) -> Result<Response, AppError> {
+    session::check_header(&member.visitor, &headers, &method)
+        .await
+        .map_err(|_| AppError::Unauthorized)?;
+    let signed = generations::sign_upload(&state, member.user_id, &body).await?;
+    Ok((StatusCode::CREATED, Json(signed)).into_response())
+}
+
+/// A generation the visitor may see: their own, or their browser session's trial.
+async fn visible(state: &AppState, visitor: &Visitor, id: Uuid) -> Result<Generation, PageError> {
+    let generation = domain::find(&state.pool, id).await?.ok_or(PageError::NotFound)?;
+    if generation.deleted_at.is_some() {
+        return Err(PageError::NotFound);
+    }
+    let current = visitor.current().await;
+    let allowed = match (generation.user_id, &current) {
+        (Some(owner), Some(current)) => current.user_id == Some(owner),
+        (None, Some(current)) => {
+            let hash: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT trial_session_hash FROM generations WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&state.pool)
+                    .await?;
+            hash.as_deref() == Some(current.id_hash.as_slice())
+        }
+        _ => false,
+    };
+    if allowed { Ok(generation) } else { Err(PageError::NotFound) }
+}
+
+async fn image_keys(state: &AppState, id: Uuid) -> Result<Vec<String>, PageError> {
+    Ok(sqlx::query_scalar(
+        "SELECT object_key FROM generated_images WHERE generation_id = $1 ORDER BY n",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?)
+}
+
+async fn generation_view(state: &AppState, generation: &Generation) -> Result<GenerationView, PageError> {
+    let storage = &generations::pipeline(state)?.storage;
+    let mut image_urls = vec![];
+    for key in image_keys(state, generation.id).await? {
+        image_urls.push(storage.presign_get(&key, IMAGE_URL_TTL).await?);
+    }
+    Ok(GenerationView {
+        id: generation.id,
+        status: generation.status.clone(),
+        prompt: generation.prompt.clone(),
+        aspect_ratio: generation.aspect_ratio.clone(),
+        resolution: generation.resolution.clone(),
+        created_at: generation.created_at,
+        failure_reason: generation.failure_reason.clone(),
+        image_urls,
+        credits: generation.credits_reserved,
+    })
+}
+
+/// `GET /generations/{id}`: live status while it runs, the image and its actions once it is done.
+pub async fn generation(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Markup, PageError> {
+    let generation = visible(&state, &visitor, id).await?;
+    let view = generation_view(&state, &generation).await?;
+    let mut chrome = chrome(&state, &visitor, &headers, &format!("/generations/{id}")).await?;
+    chrome.refresh = !view.finished();
+    let csrf = chrome.csrf.clone();
+    Ok(views::generation(
+        &chrome,
+        &view,
+        generation.user_id.is_none(),
+        csrf.as_deref(),
+    ))
+}
+
+/// `GET /generations/{id}/events`: server-sent status changes for the page's script.
+pub async fn generation_events(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path(id): Path<Uuid>,
+) -> Result<Response, PageError> {
+    let receiver = state.events.subscribe();
+    let generation = visible(&state, &visitor, id).await?;
+    Ok(generations::status_stream(&state, receiver, generation).into_response())
+}
+
+/// `GET /generations/{id}/download`: a short-lived link that saves the original file.
+pub async fn download(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path(id): Path<Uuid>,
+) -> Result<Response, PageError> {
+    let generation = visible(&state, &visitor, id).await?;
+    let key = image_keys(&state, generation.id)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(PageError::NotFound)?;
+    let extension = key.rsplit('.').next().unwrap_or("png");
+    let url = generations::pipeline(&state)?
+        .storage
+        .presign_download(&key, &format!("createimage2-{id}.{extension}"), DOWNLOAD_URL_TTL)
+        .await?;
+    Ok(Redirect::to(&url).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Empty {}
+
+/// `POST /generations/{id}/reference`: copies the image into the member's uploads and opens the generator
+/// with it attached.
+pub async fn use_as_reference(
+    State(state): State<AppState>,
+    member: Member,
+    Path(id): Path<Uuid>,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    let generation = visible(&state, &member.visitor, id).await?;
+    #[derive(sqlx::FromRow)]
+    struct Image {
+        object_key: String,
+        byte_size: i64,
+        content_type: String,
+    }
+    let image: Image = sqlx::query_as(
+        "SELECT object_key, byte_size, content_type FROM generated_images WHERE generation_id = $1 ORDER BY n LIMIT 1",
+    )
+    .bind(generation.id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(PageError::NotFound)?;
+    let extension = match image.content_type.as_str() {
+        "image/jpeg" => "jpg",
+        "image/webp" => "webp",
+        "image/png" => "png",
+        _ => return Err(PageError::BadRequest("this image type cannot be used as a reference".into())),
+    };
+    if image.byte_size > jobs::kinds::submit_generation::MAX_REFERENCE_BYTES {
+        return Err(PageError::BadRequest(
+            "this image is larger than 10 MB, the limit for reference images".into(),
+        ));
+    }
+    let upload = Uuid::now_v7();
+    let key = format!("users/{}/uploads/{upload}.{extension}", member.user_id);
+    generations::pipeline(&state)?
+        .storage
+        .copy(&image.object_key, &key)
+        .await?;
+    sqlx::query(
+        "INSERT INTO uploads (id, user_id, object_key, content_type, byte_size) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(upload)
+    .bind(member.user_id)
+    .bind(&key)
+    .bind(&image.content_type)
+    .bind(image.byte_size)
+    .execute(&state.pool)
+    .await?;
+    let mut ids: Vec<Value> = match member.visitor.take("references").await? {
+        Some(Value::Array(ids)) => ids,
+        _ => vec![],
+    };
+    ids.push(json!(upload));
+    member.visitor.set("references", Value::Array(ids)).await?;
+    Ok(Redirect::to("/").into_response())
+}
+
+/// `GET /generations/{id}/delete`: the confirmation.
+pub async fn confirm_delete(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Markup, PageError> {
+    let generation = visible(&state, &member.visitor, id).await?;
+    let view = generation_view(&state, &generation).await?;
+    let chrome = chrome(&state, &member.visitor, &headers, "/gallery").await?;
+    let csrf = chrome.csrf.clone().unwrap_or_default();
+    Ok(views::confirm_delete(&chrome, &csrf, &view))
+}
+
+/// `POST /generations/{id}/delete`.
+pub async fn delete(
+    State(state): State<AppState>,
+    member: Member,
+    Path(id): Path<Uuid>,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    let generation = visible(&state, &member.visitor, id).await?;
+    if generation.user_id != Some(member.user_id) {
+        return Err(PageError::NotFound);
+    }
+    match generations::remove(&state, &generation).await {
+        Ok(()) => {
+            member.visitor.flash("The image was deleted.").await?;
+            Ok(Redirect::to("/gallery").into_response())
+        }
+        Err(AppError::Conflict(message)) => Err(PageError::BadRequest(message)),
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GalleryQuery {
+    before: Option<String>,
+}
+
+/// `GET /gallery`: the member's generations, newest first.
+pub async fn gallery(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    Query(query): Query<GalleryQuery>,
+) -> Result<Markup, PageError> {
+    let after = match &query.before {
+        Some(cursor) => Some(
+            generations::decode_cursor(cursor)
+                .ok_or_else(|| PageError::BadRequest("that page link is malformed".into()))?,
+        ),
+        None => None,
+    };
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: Uuid,
+        prompt: String,
+        status: String,
+        created_at: chrono::DateTime<chrono::Utc>,
+        object_key: Option<String>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT g.id, g.prompt, g.status, g.created_at,
+                (SELECT object_key FROM generated_images i WHERE i.generation_id = g.id ORDER BY n LIMIT 1) AS object_key
+           FROM generations g
+          WHERE g.user_id = $1 AND g.deleted_at IS NULL
+            AND ($2::timestamptz IS NULL OR (g.created_at, g.id) < ($2, $3))
+          ORDER BY g.created_at DESC, g.id DESC
+          LIMIT $4",
+    )
+    .bind(member.user_id)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(GALLERY_PAGE + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let has_more = rows.len() as i64 > GALLERY_PAGE;
+    let storage = &generations::pipeline(&state)?.storage;
+    let mut items = vec![];
+    for row in rows.into_iter().take(GALLERY_PAGE as usize) {
+        let thumb_url = match &row.object_key {
+            Some(key) => Some(storage.presign_get(key, IMAGE_URL_TTL).await?),
+            None => None,
+        };
+        items.push(GalleryItem {
+            id: row.id,
+            prompt: row.prompt,
+            status: row.status,
+            created_at: row.created_at,
+            thumb_url,
+        });
+    }
+    let next = has_more
+        .then(|| items.last().map(|i| generations::encode_cursor(i.created_at, i.id)))
+        .flatten();
+    let chrome = chrome(&state, &member.visitor, &headers, "/gallery").await?;
+    Ok(views::gallery(&chrome, &items, next.as_deref(), query.before.is_none()))
+}
+
+/// `GET /privacy-policy`, with its last-updated date and any announced change.
+pub async fn privacy_policy(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let chrome = chrome(&state, &visitor, &headers, "/privacy-policy").await?;
+    let current = jobs::policy::current(&state.pool).await?;
+    let upcoming = jobs::policy::upcoming(&state.pool).await?;
+    let last_updated = current
+        .map(|p| p.effective_at.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "2026-04-29".into());
+    Ok(views::privacy_policy(
+        &chrome,
+        PRIVACY_POLICY,
+        &last_updated,
+        upcoming.map(|p| (p.effective_at.format("%Y-%m-%d").to_string(), p.summary)),
+    ))
+}
+
+pub async fn terms(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    Ok(views::terms(&chrome(&state, &visitor, &headers, "/terms").await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConsentForm {
+    analytics: String,
+    next: Option<String>,
+}
+
+/// `POST /consent`: records the analytics choice (history kept in `consent_records`); takes effect on the
+/// next page.
+pub async fn consent(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    OriginalUri(_): OriginalUri,
+    CsrfForm(form): CsrfForm<ConsentForm>,
+) -> Result<Response, PageError> {
+    let analytics = form.analytics == "yes";
+    let current = visitor.ensure().await?;
+    let version = jobs::policy::current(&state.pool)
+        .await?
+        .map_or_else(|| "2026-04-29".to_owned(), |p| p.version);
+    sqlx::query(
+        "INSERT INTO consent_records (user_id, session_hash, analytics, policy_version) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(current.user_id)
+    .bind(current.user_id.is_none().then_some(current.id_hash.clone()))
+    .bind(analytics)
+    .bind(&version)
+    .execute(&state.pool)
+    .await?;
+    visitor.set("analytics_consent", Value::Bool(analytics)).await?;
+    visitor
+        .flash(if analytics {
+            "Thanks — analytics are allowed. You can withdraw this on your account page."
+        } else {
+            "Only essential cookies are used."
+        })
+        .await?;
+    Ok(Redirect::to(&local_path(form.next.as_deref())).into_response())
+}
+
+/// `GET /dev/outbox` (dev only): what the system would have e-mailed.
+pub async fn dev_outbox(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let rows: Vec<(Uuid, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT id, to_address, subject, created_at FROM email_outbox ORDER BY created_at DESC LIMIT 100",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(views::dev_outbox(&chrome(&state, &visitor, &headers, "/dev/outbox").await?, &rows))
+}
+
+pub async fn dev_outbox_message(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Markup, PageError> {
+    let row = jobs::email::find(&state.pool, id).await?.ok_or(PageError::NotFound)?;
+    Ok(views::dev_outbox_message(
+        &chrome(&state, &visitor, &headers, "/dev/outbox").await?,
+        &row.to_address,
+        &row.subject,
+        &row.body_text,
+    ))
+}

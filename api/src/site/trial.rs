@@ -1,0 +1,206 @@
+//! The no-signup trial: one free 1K generation per visitor per 24 hours.
+//!
+//! A Cloudflare Turnstile check (siteverify, with the client address and an idempotency key so an
+//! `internal-error` can be retried safely) comes first, so bots cannot burn fingerprints; then the fingerprint
+//! (a keyed hash of IP address and user agent under a daily pepper: `jobs::trial`) is claimed. The generation
+//! belongs to the browser session; signing up moves it into the new account.
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use jobs::generations as domain;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{
+    Peer, PageError, SiteState, client_ip,
+    pages::{chrome, trial_widget},
+    session::{CsrfForm, Visitor},
+    views::{self, GeneratorForm},
+};
+use crate::{AppError, AppState, generations};
+
+#[derive(Debug, Deserialize)]
+pub struct TrialForm {
+    #[serde(default)]
+    prompt: String,
+    aspect_ratio: Option<String>,
+    #[serde(rename = "cf-turnstile-response", default)]
+    turnstile: String,
+}
+
+/// Turnstile's verdict on one token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Human,
+    Refused(Vec<String>),
+    /// Turnstile could not be asked or kept failing: the visitor may retry.
+    Unavailable,
+}
+
+#[derive(Debug, Deserialize)]
+struct SiteverifyResponse {
+    success: bool,
+    #[serde(rename = "error-codes", default)]
+    error_codes: Vec<String>,
+    hostname: Option<String>,
+}
+
+/// Asks siteverify about `token`. One retry with the same idempotency key on `internal-error`.
+pub async fn verify(site: &SiteState, token: &str, ip: &str) -> Verdict {
+    let Some(turnstile) = &site.config.turnstile else {
+        return Verdict::Unavailable;
+    };
+    if token.is_empty() || token.len() > 2048 {
+        return Verdict::Refused(vec!["missing-input-response".into()]);
+    }
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    for _attempt in 0..2 {
+        let response = site
+            .http
+            .post(turnstile.verify_url.clone())
+            .form(&[
+                ("secret", turnstile.secret_key.expose_secret()),
+                ("response", token),
+                ("remoteip", ip),
+                ("idempotency_key", idempotency_key.as_str()),
+            ])
+            .send()
+            .await;
+        let body: SiteverifyResponse = match response {
+            Ok(response) if response.status().is_success() => match response.json().await {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::warn!(error = %error, "Turnstile answered with an unreadable body");
+                    return Verdict::Unavailable;
+                }
+            },
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "Turnstile siteverify failed");
+                return Verdict::Unavailable;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Turnstile siteverify unreachable");
+                return Verdict::Unavailable;
+            }
+        };
+        if body.success {
+            let expected = site.public_base_url.host_str().unwrap_or_default();
+            return match body.hostname.as_deref() {
+                Some(host) if host != expected && !expected.is_empty() => {
+                    Verdict::Refused(vec![format!("hostname-mismatch:{host}")])
+                }
+                _ => Verdict::Human,
+            };
+        }
+        if body.error_codes.iter().any(|c| c == "internal-error") {
+            continue;
+        }
+        return Verdict::Refused(body.error_codes);
+    }
+    Verdict::Unavailable
+}
+
+/// `POST /trial`.
+pub async fn start(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    peer: Peer,
+    CsrfForm(form): CsrfForm<TrialForm>,
+) -> Result<Response, PageError> {
+    let site = state.site.clone().ok_or_else(|| PageError::internal("site not configured"))?;
+    if visitor.user_id().await.is_some() {
+        return Ok(Redirect::to("/").into_response());
+    }
+    if site.config.turnstile.is_none() {
+        return Err(PageError::NotFound);
+    }
+    let aspect_ratio = form.aspect_ratio.clone().unwrap_or_else(|| "auto".into());
+    let refuse = |status: StatusCode, message: String| {
+        let state = state.clone();
+        let visitor = visitor.clone();
+        let headers = headers.clone();
+        let form_prompt = form.prompt.clone();
+        let aspect_ratio = aspect_ratio.clone();
+        async move {
+            let chrome = chrome(&state, &visitor, &headers, "/").await?;
+            let csrf = chrome.csrf.clone().unwrap_or_default();
+            let page = views::landing(
+                &chrome,
+                &csrf,
+                trial_widget(&state),
+                &GeneratorForm {
+                    prompt: form_prompt,
+                    aspect_ratio,
+                    error: Some(message),
+                    ..GeneratorForm::default()
+                },
+            );
+            Ok::<Response, PageError>((status, page).into_response())
+        }
+    };
+    if let Err(invalid) = domain::validate(&form.prompt, &aspect_ratio, "1K", 0) {
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, invalid.message).await;
+    }
+    let ip = client_ip(&site, &headers, peer);
+    let metric = |outcome: &str| {
+        state
+            .metrics
+            .trial_checks_total
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    match verify(&site, &form.turnstile, &ip).await {
+        Verdict::Human => {}
+        Verdict::Refused(codes) => {
+            metric("turnstile_failed");
+            tracing::info!(codes = ?codes, "trial refused by Turnstile");
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "The bot check did not pass. Please complete it again and resubmit.".into(),
+            )
+            .await;
+        }
+        Verdict::Unavailable => {
+            metric("turnstile_error");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The bot check is unavailable right now. Please try again in a minute.".into(),
+            )
+            .await;
+        }
+    }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !jobs::trial::claim_trial(&state.pool, &ip, user_agent).await? {
+        metric("refused_repeat");
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "You have already used today's free trial. Sign up to keep generating — new accounts start with free credits."
+                .into(),
+        )
+        .await;
+    }
+    let session = visitor.ensure().await?;
+    let generation = generations::create(
+        &state,
+        generations::Owner::Trial(session.id_hash.clone()),
+        &form.prompt,
+        &aspect_ratio,
+        "1K",
+        &[],
+        None,
+    )
+    .await
+    .map_err(|error| match error {
+        AppError::Internal(error) => PageError::from(error),
+        other => PageError::App(other),
+    })?;
+    metric("started");
+    Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response())
+}

@@ -1,0 +1,201 @@
+//! Creates the Stripe Checkout Session (pack or plan) or billing-portal session for a checkout intent and
+//! stores its URL, which the user's waiting page then follows.
+//!
+//! Why: the api never calls Stripe on a request path.
+//! Safe twice: every Stripe call carries an idempotency key derived from the intent (`intent:<id>`, and
+//! `customer:<user>` for the one customer per user), so a re-run gets the same session; the intent row is
+//! updated only while pending.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
+    stripe::{StripeClient, StripeError},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenCheckout {
+    pub intent_id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct Intent {
+    user_id: Uuid,
+    kind: String,
+    product_id: Option<String>,
+    stripe_price_id: Option<String>,
+    status: String,
+    email: String,
+}
+
+impl Job for OpenCheckout {
+    const NAME: &'static str = "open_checkout";
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 8,
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(30),
+        timeout: Duration::from_secs(60),
+    };
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let pipeline = ctx.services.pipeline()?;
+        let intent: Option<Intent> = sqlx::query_as(
+            "SELECT i.user_id, i.kind, i.product_id, i.stripe_price_id, i.status, u.email
+               FROM checkout_intents i JOIN users u ON u.id = i.user_id WHERE i.id = $1",
+        )
+        .bind(self.intent_id)
+        .fetch_optional(&ctx.pool)
+        .await?;
+        let Some(intent) = intent else {
+            return Ok(Outcome::Done);
+        };
+        if intent.status != "pending" {
+            return Ok(Outcome::Done);
+        }
+        let Some(stripe) = &pipeline.stripe else {
+            fail(&ctx, self.intent_id, "Payments are not configured.").await?;
+            return Ok(Outcome::Done);
+        };
+        match open(stripe, &ctx, &pipeline.public_base_url, self.intent_id, &intent).await {
+            Ok((session_id, url)) => {
+                sqlx::query(
+                    "UPDATE checkout_intents SET status = 'ready', url = $2, stripe_session_id = $3, updated_at = now()
+                      WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(self.intent_id)
+                .bind(&url)
+                .bind(&session_id)
+                .execute(&ctx.pool)
+                .await?;
+                Ok(Outcome::Done)
+            }
+            Err(StripeError::Rejected(message)) => {
+                tracing::error!(intent = %self.intent_id, error = %message, "Stripe rejected a checkout");
+                fail(&ctx, self.intent_id, "Checkout could not be opened. Please try again or contact support.").await?;
+                Ok(Outcome::Done)
+            }
+            Err(StripeError::Unavailable(message)) if ctx.is_last_attempt() => {
+                fail(&ctx, self.intent_id, "Stripe could not be reached. Please try again in a few minutes.").await?;
+                Err(JobError::permanent(anyhow::anyhow!(message)))
+            }
+            Err(StripeError::Unavailable(message)) => Err(JobError::Retryable(anyhow::anyhow!(message))),
+        }
+    }
+}
+
+async fn fail(ctx: &JobContext, id: Uuid, message: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE checkout_intents SET status = 'failed', error = $2, updated_at = now() WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(message)
+    .execute(&ctx.pool)
+    .await?;
+    Ok(())
+}
+
+/// The user's one Stripe customer, created on first need.
+pub async fn ensure_customer(
+    stripe: &StripeClient,
+    pool: &sqlx::PgPool,
+    user_id: Uuid,
+    email: &str,
+) -> Result<String, StripeError> {
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT customer_id FROM stripe_customers WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| StripeError::Unavailable(e.to_string()))?;
+    if let Some(customer) = existing {
+        return Ok(customer);
+    }
+    let created = stripe
+        .post_form(
+            "/v1/customers",
+            &[
+                ("email".into(), email.to_owned()),
+                ("metadata[user]".into(), user_id.to_string()),
+            ],
+            &format!("customer:{user_id}"),
+            "create_customer",
+        )
+        .await?;
+    let id = created["id"]
+        .as_str()
+        .ok_or_else(|| StripeError::Unavailable("customer without id".into()))?;
+    sqlx::query(
+        "INSERT INTO stripe_customers (user_id, customer_id) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(id)
+    .execute(pool)
+    .await
+    .map_err(|e| StripeError::Unavailable(e.to_string()))?;
+    sqlx::query_scalar("SELECT customer_id FROM stripe_customers WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| StripeError::Unavailable(e.to_string()))
+}
+
+async fn open(
+    stripe: &StripeClient,
+    ctx: &JobContext,
+    base: &url::Url,
+    intent_id: Uuid,
+    intent: &Intent,
+) -> Result<(String, String), StripeError> {
+    let customer = ensure_customer(stripe, &ctx.pool, intent.user_id, &intent.email).await?;
+    let base = base.as_str().trim_end_matches('/');
+    let key = format!("intent:{intent_id}");
+    let session: Value = if intent.kind == "portal" {
+        stripe
+            .post_form(
+                "/v1/billing_portal/sessions",
+                &[
+                    ("customer".into(), customer),
+                    ("return_url".into(), format!("{base}/account#credits")),
+                ],
+                &key,
+                "create_portal_session",
+            )
+            .await?
+    } else {
+        let price = intent
+            .stripe_price_id
+            .clone()
+            .ok_or_else(|| StripeError::Rejected("intent without a price".into()))?;
+        let product = intent.product_id.clone().unwrap_or_default();
+        let mode = if intent.kind == "plan" { "subscription" } else { "payment" };
+        let mut params: Vec<(String, String)> = vec![
+            ("mode".into(), mode.into()),
+            ("customer".into(), customer),
+            ("client_reference_id".into(), intent.user_id.to_string()),
+            ("line_items[0][price]".into(), price),
+            ("line_items[0][quantity]".into(), "1".into()),
+            ("metadata[product]".into(), product.clone()),
+            ("metadata[intent]".into(), intent_id.to_string()),
+            ("metadata[user]".into(), intent.user_id.to_string()),
+            ("success_url".into(), format!("{base}/account?checkout=success#credits")),
+            ("cancel_url".into(), format!("{base}/pricing")),
+        ];
+        if mode == "subscription" {
+            params.push(("subscription_data[metadata][product]".into(), product));
+            params.push(("subscription_data[metadata][user]".into(), intent.user_id.to_string()));
+        }
+        stripe
+            .post_form("/v1/checkout/sessions", &params, &key, "create_checkout_session")
+            .await?
+    };
+    let id = session["id"].as_str().unwrap_or_default().to_owned();
+    let url = session["url"]
+        .as_str()
+        .ok_or_else(|| StripeError::Unavailable("session without url".into()))?
+        .to_owned();
+    Ok((id, url))
+}

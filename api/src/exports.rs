@@ -143,7 +143,11 @@ pub async fn download_export(
 }
 
 /// A five-minute link to the user's ready export; `None` once it has expired.
-pub async fn download_url(state: &AppState, user: Uuid, id: Uuid) -> Result<Option<String>, AppError> {
+pub async fn download_url(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+) -> Result<Option<String>, AppError> {
     let row = owned(state, user, id).await?;
     match (row.status.as_str(), row.object_key) {
         ("ready", Some(key)) => {
@@ -151,7 +155,9 @@ pub async fn download_url(state: &AppState, user: Uuid, id: Uuid) -> Result<Opti
                 .pipeline
                 .as_deref()
                 .ok_or_else(|| AppError::Internal(anyhow::anyhow!("storage not configured")))?;
-            Ok(Some(pipeline.storage.presign_get(&key, DOWNLOAD_TTL).await?))
+            Ok(Some(
+                pipeline.storage.presign_get(&key, DOWNLOAD_TTL).await?,
+            ))
         }
         ("expired", _) => Ok(None),
         _ => Err(AppError::Conflict("the export is not ready yet".into())),

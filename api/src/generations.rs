@@ -51,11 +51,19 @@ pub async fn create_upload(
     ApiUser(user): ApiUser,
     Json(body): Json<NewUpload>,
 ) -> Result<Response, AppError> {
-    Ok((StatusCode::CREATED, Json(sign_upload(&state, user, &body).await?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(sign_upload(&state, user, &body).await?),
+    )
+        .into_response())
 }
 
 /// Records an upload and signs its PUT (content type and length are part of the signature).
-pub async fn sign_upload(state: &AppState, user: Uuid, body: &NewUpload) -> Result<Value, AppError> {
+pub async fn sign_upload(
+    state: &AppState,
+    user: Uuid,
+    body: &NewUpload,
+) -> Result<Value, AppError> {
     let extension = match body.content_type.as_str() {
         "image/jpeg" => "jpg",
         "image/png" => "png",
@@ -183,13 +191,12 @@ pub async fn create(
     references.sort();
     references.dedup();
     if let Some(user) = user {
-        let owned: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2",
-        )
-        .bind(&references)
-        .bind(user)
-        .fetch_one(&state.pool)
-        .await?;
+        let owned: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2")
+                .bind(&references)
+                .bind(user)
+                .fetch_one(&state.pool)
+                .await?;
         if owned != references.len() as i64 {
             return Err(AppError::Invalid {
                 field: "reference_upload_ids",

@@ -199,15 +199,18 @@ impl Api {
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
         Ok(())
     }
 }
 
 /// The origin (scheme, host, port) of the object store, for the site's Content-Security-Policy.
 pub fn storage_origin(endpoint: &str) -> String {
-    url::Url::parse(endpoint).map_or_else(|_| endpoint.to_owned(), |u| u.origin().ascii_serialization())
+    url::Url::parse(endpoint).map_or_else(
+        |_| endpoint.to_owned(),
+        |u| u.origin().ascii_serialization(),
+    )
 }
 
 /// Readiness of the api: the database answers, and in-process workers (if any) are alive.

@@ -4,7 +4,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use fakes::kie::{FakeKieConfig, KieFake};
 use jobs::{
-    config::{GenerationConfig, KieConfig, QueueConfig, StorageConfig},
+    config::{
+        GenerationConfig, GoogleConfig, KieConfig, QueueConfig, SiteConfig, StorageConfig,
+        TurnstileConfig,
+    },
     kie::KieClient,
     queue::{
         self, EnqueueOptions, Enqueued, Job, Pipeline, QueuePlan, Registry, Services, WorkerHealth,
@@ -30,7 +33,17 @@ pub struct TestAppBuilder {
     kie: FakeKieConfig,
     generation: GenerationConfig,
     verify_callback_signatures: bool,
+    site: SiteConfig,
 }
+
+/// The Google stand-in's registered client in tests.
+pub const GOOGLE_CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
+pub const GOOGLE_CLIENT_SECRET: &str = "test-google-client-secret";
+/// The Google account the stand-in offers in tests.
+pub const GOOGLE_SUB: &str = "109876543210987654321";
+pub const GOOGLE_EMAIL: &str = "grace@example.com";
+/// The GA4 measurement id in tests.
+pub const GA4_ID: &str = "G-TEST000000";
 
 /// The ops console's token in tests.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
@@ -76,6 +89,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Adjusts the site's configuration (sessions, sign-in limits, products, …).
+    pub fn site(mut self, configure: impl FnOnce(&mut SiteConfig)) -> Self {
+        configure(&mut self.site);
+        self
+    }
+
     /// Have the api accept unsigned callbacks (no HMAC key configured).
     pub fn without_callback_signatures(mut self) -> Self {
         self.verify_callback_signatures = false;
@@ -111,6 +130,44 @@ impl TestAppBuilder {
             .await
             .unwrap();
         let api_addr = listener.local_addr().unwrap();
+        let oidc = fakes::oidc::OidcFake::start(fakes::oidc::OidcFakeConfig {
+            client_id: GOOGLE_CLIENT_ID.into(),
+            client_secret: GOOGLE_CLIENT_SECRET.into(),
+            redirect_uri: format!("http://{api_addr}/auth/google/callback"),
+            accounts: vec![fakes::oidc::OidcAccount {
+                sub: GOOGLE_SUB.into(),
+                email: GOOGLE_EMAIL.into(),
+                email_verified: true,
+                name: "Grace Hopper".into(),
+            }],
+        })
+        .await
+        .unwrap();
+        let turnstile =
+            fakes::turnstile::TurnstileFake::start(fakes::turnstile::TurnstileFakeConfig {
+                hostname: "127.0.0.1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let analytics = fakes::analytics::AnalyticsFake::start().await.unwrap();
+        let mut site = self.site.clone();
+        site.google = Some(GoogleConfig {
+            client_id: GOOGLE_CLIENT_ID.into(),
+            client_secret: GOOGLE_CLIENT_SECRET.to_owned().into(),
+            issuer_url: oidc.issuer().parse().unwrap(),
+        });
+        site.turnstile = Some(TurnstileConfig {
+            site_key: fakes::turnstile::TurnstileFakeConfig::default().sitekey,
+            secret_key: fakes::turnstile::TurnstileFakeConfig::default()
+                .secret
+                .into(),
+            verify_url: turnstile.siteverify_url().parse().unwrap(),
+            script_url: turnstile.script_url().parse().unwrap(),
+        });
+        site.ga4_measurement_id = Some(GA4_ID.into());
+        site.ga4_script_url = analytics.script_url().parse().unwrap();
+        site.dev_pages = true;
         let kie_config = KieConfig {
             base_url: kie.base_url().parse().unwrap(),
             api_key: self.kie.api_key.clone().into(),
@@ -175,7 +232,13 @@ impl TestAppBuilder {
                 storage: storage.clone(),
                 kie_webhook_hmac_key: kie_config.webhook_hmac_key.clone(),
                 generation: self.generation.clone(),
-            });
+            })
+            .with_site(api::site::SiteState::new(
+                site,
+                format!("http://{api_addr}").parse().unwrap(),
+                &api::storage_origin(&s3.endpoint()),
+                true,
+            ));
         let ops_listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -204,6 +267,9 @@ impl TestAppBuilder {
             services,
             kie,
             stripe,
+            oidc,
+            turnstile,
+            analytics,
             worker_health: worker.as_ref().map(|w| w.health.clone()),
             worker,
             api_task: Some(api_task),
@@ -260,6 +326,12 @@ pub struct TestApp {
     pub kie: KieFake,
     /// The Stripe stand-in.
     pub stripe: fakes::stripe::StripeFake,
+    /// The Google (OpenID Connect) stand-in.
+    pub oidc: fakes::oidc::OidcFake,
+    /// The Cloudflare Turnstile stand-in.
+    pub turnstile: fakes::turnstile::TurnstileFake,
+    /// The Google Analytics stand-in (counts gtag.js fetches).
+    pub analytics: fakes::analytics::AnalyticsFake,
     pub worker_health: Option<Arc<WorkerHealth>>,
     worker: Option<worker::StartedWorker>,
     api_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -293,6 +365,7 @@ impl TestApp {
                 per_user_per_minute: 1000,
             },
             verify_callback_signatures: true,
+            site: SiteConfig::default(),
         }
     }
 
@@ -307,6 +380,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.api_addr, path)
+    }
+
+    /// A cookie-keeping client, as a browser without JavaScript would be.
+    pub fn browser(&self) -> crate::Browser {
+        crate::Browser::new(&self.url(""))
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

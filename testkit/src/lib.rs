@@ -4,12 +4,18 @@
 //! - [`TestApp`]: api and worker on port 0 against a fresh database and the in-process S3 server, one method
 //!   per endpoint, `drain()` to run the queue dry, and `finish()` that fails a test leaving jobs unrun or
 //!   dead unless it said it expects them.
+//! - [`Browser`]: a cookie-keeping client for the site's pages and forms.
 //! - [`test_jobs`]: job kinds that succeed, fail, panic, hang or snooze on demand.
 
 mod app;
+mod browser;
 mod db;
 pub mod images;
 pub mod test_jobs;
 
-pub use app::{ExtraWorker, KIE_HMAC_KEY, OPERATOR_TOKEN, TestApp, TestAppBuilder, TestUser};
+pub use app::{
+    ExtraWorker, GA4_ID, GOOGLE_CLIENT_ID, GOOGLE_EMAIL, GOOGLE_SUB, KIE_HMAC_KEY, OPERATOR_TOKEN,
+    TestApp, TestAppBuilder, TestUser,
+};
+pub use browser::{Browser, Page, find_link};
 pub use db::{TestDb, admin_url};

@@ -22,14 +22,19 @@ use super::{
 };
 use crate::{AppError, AppState, exports};
 
-async fn load(state: &AppState, member: &Member, headers: &HeaderMap) -> Result<AccountView, PageError> {
+async fn load(
+    state: &AppState,
+    member: &Member,
+    headers: &HeaderMap,
+) -> Result<AccountView, PageError> {
     let pool = &state.pool;
     let user = member.user_id;
-    let shortfall: i64 = sqlx::query_scalar("SELECT shortfall FROM credit_accounts WHERE user_id = $1")
-        .bind(user)
-        .fetch_optional(pool)
-        .await?
-        .unwrap_or(0);
+    let shortfall: i64 =
+        sqlx::query_scalar("SELECT shortfall FROM credit_accounts WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(0);
     let ledger = sqlx::query_as(
         "SELECT created_at, kind, amount, business_key FROM credit_ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 20",
     )
@@ -122,14 +127,19 @@ pub async fn update_profile(
     member: Member,
     CsrfForm(form): CsrfForm<ProfileForm>,
 ) -> Result<Response, PageError> {
-    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .as_ref()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     let name = form
         .display_name
         .as_deref()
         .map(str::trim)
         .filter(|n| !n.is_empty());
     if name.is_some_and(|n| n.chars().count() > 200) {
-        return Err(PageError::BadRequest("The name can have at most 200 characters.".into()));
+        return Err(PageError::BadRequest(
+            "The name can have at most 200 characters.".into(),
+        ));
     }
     sqlx::query("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1")
         .bind(member.user_id)
@@ -140,7 +150,9 @@ pub async fn update_profile(
     let mut message = "Your profile was saved.".to_owned();
     if new_email != member.email {
         if !new_email.contains('@') || new_email.len() > 320 || new_email.len() < 3 {
-            return Err(PageError::BadRequest("That does not look like an e-mail address.".into()));
+            return Err(PageError::BadRequest(
+                "That does not look like an e-mail address.".into(),
+            ));
         }
         let (token, hash) = accounts::new_link_token();
         let minutes = site.config.sign_in_link_ttl.as_secs() / 60;
@@ -175,7 +187,9 @@ pub async fn update_profile(
         )
         .await?;
         tx.commit().await?;
-        message = format!("Saved. We sent a confirmation link to {new_email}; the new address is used once you open it.");
+        message = format!(
+            "Saved. We sent a confirmation link to {new_email}; the new address is used once you open it."
+        );
     }
     member.visitor.flash(&message).await?;
     Ok(Redirect::to("/account").into_response())
@@ -228,26 +242,33 @@ pub async fn confirm_email(
     .await?;
     let Some(email) = email else {
         return Err(PageError::BadRequest(
-            "This confirmation link has expired, was already used, or belongs to another account.".into(),
+            "This confirmation link has expired, was already used, or belongs to another account."
+                .into(),
         ));
     };
-    let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1 AND id <> $2)")
-        .bind(&email)
-        .bind(member.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let taken: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1 AND id <> $2)")
+            .bind(&email)
+            .bind(member.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
     if taken {
         return Err(PageError::BadRequest(
             "Another account already uses that address.".into(),
         ));
     }
-    sqlx::query("UPDATE users SET email = $2, email_verified_at = now(), updated_at = now() WHERE id = $1")
-        .bind(member.user_id)
-        .bind(&email)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE users SET email = $2, email_verified_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(member.user_id)
+    .bind(&email)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
-    member.visitor.flash(&format!("Your e-mail address is now {email}.")).await?;
+    member
+        .visitor
+        .flash(&format!("Your e-mail address is now {email}."))
+        .await?;
     Ok(Redirect::to("/account").into_response())
 }
 
@@ -264,7 +285,9 @@ pub async fn create_api_key(
 ) -> Result<Response, PageError> {
     let name = form.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(PageError::BadRequest("A key needs a name of 1 to 100 characters.".into()));
+        return Err(PageError::BadRequest(
+            "A key needs a name of 1 to 100 characters.".into(),
+        ));
     }
     let key = accounts::issue_api_key(&state.pool, member.user_id, name).await?;
     member
@@ -333,7 +356,9 @@ pub async fn download_export(
 ) -> Result<Response, PageError> {
     match exports::download_url(&state, member.user_id, id).await {
         Ok(Some(url)) => Ok(Redirect::to(&url).into_response()),
-        Ok(None) => Err(PageError::BadRequest("This export has expired; request a new one.".into())),
+        Ok(None) => Err(PageError::BadRequest(
+            "This export has expired; request a new one.".into(),
+        )),
         Err(AppError::Conflict(message)) => Err(PageError::BadRequest(message)),
         Err(other) => Err(other.into()),
     }

@@ -22,7 +22,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Peer, PageError, client_ip, google::Pending,
+    PageError, Peer, client_ip,
+    google::Pending,
     pages::{chrome, local_path},
     session::{CsrfForm, Visitor},
     views,
@@ -89,7 +90,10 @@ pub async fn request_link(
     peer: Peer,
     CsrfForm(form): CsrfForm<EmailForm>,
 ) -> Result<Response, PageError> {
-    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .as_ref()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     let address = form.email.trim().to_lowercase();
     let next = local_path(form.next.as_deref());
     if !plausible_email(&address) {
@@ -98,7 +102,13 @@ pub async fn request_link(
         let google = site.google.enabled();
         return Ok((
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            views::sign_in(&chrome, &csrf, &next, google, Some("That does not look like an e-mail address.")),
+            views::sign_in(
+                &chrome,
+                &csrf,
+                &next,
+                google,
+                Some("That does not look like an e-mail address."),
+            ),
         )
             .into_response());
     }
@@ -217,7 +227,10 @@ pub async fn redeem_link(
     visitor: Visitor,
     CsrfForm(form): CsrfForm<TokenForm>,
 ) -> Result<Response, PageError> {
-    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .as_ref()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     let mut tx = state.pool.begin().await?;
     let email: Option<String> = sqlx::query_scalar(
         "UPDATE sign_in_tokens SET used_at = now()
@@ -232,7 +245,8 @@ pub async fn redeem_link(
             "This sign-in link has expired or was already used. Ask for a new one on the sign-in page.".into(),
         ));
     };
-    let outcome = accounts::sign_in_or_up(&mut tx, Proof::Email(&email), site.config.signup_credits).await?;
+    let outcome =
+        accounts::sign_in_or_up(&mut tx, Proof::Email(&email), site.config.signup_credits).await?;
     let user = match outcome {
         SignIn::Existing(user) | SignIn::Created(user) => user,
         SignIn::BeingDeleted | SignIn::Unverified => {
@@ -263,7 +277,9 @@ async fn finish_sign_in(
     if let SignIn::Created(_) = outcome {
         let credits = state.site.as_ref().map_or(0, |s| s.config.signup_credits);
         visitor
-            .flash(&format!("Welcome to createimage2! Your account starts with {credits} credits."))
+            .flash(&format!(
+                "Welcome to createimage2! Your account starts with {credits} credits."
+            ))
             .await?;
     }
     Ok(Redirect::to(&local_path(next)).into_response())
@@ -284,13 +300,22 @@ pub async fn google_start(
     visitor: Visitor,
     Query(query): Query<NextQuery>,
 ) -> Result<Response, PageError> {
-    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .as_ref()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     if !site.google.enabled() {
         return Err(PageError::NotFound);
     }
-    let (url, pending) = site.google.start(&local_path(query.next.as_deref())).await?;
+    let (url, pending) = site
+        .google
+        .start(&local_path(query.next.as_deref()))
+        .await?;
     visitor
-        .set("oidc", serde_json::to_value(&pending).map_err(anyhow::Error::from)?)
+        .set(
+            "oidc",
+            serde_json::to_value(&pending).map_err(anyhow::Error::from)?,
+        )
         .await?;
     Ok(Redirect::to(&url).into_response())
 }
@@ -311,20 +336,29 @@ pub async fn google_callback(
     visitor: Visitor,
     Query(query): Query<CallbackQuery>,
 ) -> Result<Response, PageError> {
-    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .as_ref()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     let pending: Option<Pending> = visitor
         .take("oidc")
         .await?
         .and_then(|v| serde_json::from_value(v).ok());
     let failed = || Ok(Redirect::to("/sign-in?error=google").into_response());
-    let Some(pending) = pending else { return failed() };
+    let Some(pending) = pending else {
+        return failed();
+    };
     let fresh = chrono::Utc::now().timestamp() - pending.started_at <= OIDC_PATIENCE_SECS;
     let state_matches = query.state.as_deref().is_some_and(|s| {
         use subtle::ConstantTimeEq;
         s.len() == pending.state.len() && bool::from(s.as_bytes().ct_eq(pending.state.as_bytes()))
     });
-    let (Some(code), None, true, true) = (query.code.as_deref(), query.error.as_deref(), fresh, state_matches)
-    else {
+    let (Some(code), None, true, true) = (
+        query.code.as_deref(),
+        query.error.as_deref(),
+        fresh,
+        state_matches,
+    ) else {
         return failed();
     };
     let identity = match site.google.finish(code, &pending).await {

@@ -32,9 +32,16 @@ pub async fn pricing(
     visitor: Visitor,
     headers: HeaderMap,
 ) -> Result<Markup, PageError> {
-    let site = state.site.clone().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .clone()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     let chrome = chrome(&state, &visitor, &headers, "/pricing").await?;
-    let csrf = chrome.member.is_some().then(|| chrome.csrf.clone()).flatten();
+    let csrf = chrome
+        .member
+        .is_some()
+        .then(|| chrome.csrf.clone())
+        .flatten();
     Ok(views::pricing(
         &chrome,
         csrf.as_deref(),
@@ -55,17 +62,23 @@ pub async fn checkout(
     member: Member,
     CsrfForm(form): CsrfForm<CheckoutForm>,
 ) -> Result<Response, PageError> {
-    let site = state.site.clone().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .clone()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     if !billing_enabled(&state) {
-        return Err(PageError::BadRequest("Payments are not available right now.".into()));
+        return Err(PageError::BadRequest(
+            "Payments are not available right now.".into(),
+        ));
     }
-    let (kind, product) = if let Some(pack) = site.config.packs.iter().find(|p| p.id == form.product) {
-        (IntentKind::Pack, pack)
-    } else if let Some(plan) = site.config.plans.iter().find(|p| p.id == form.product) {
-        (IntentKind::Plan, plan)
-    } else {
-        return Err(PageError::BadRequest("There is no such product.".into()));
-    };
+    let (kind, product) =
+        if let Some(pack) = site.config.packs.iter().find(|p| p.id == form.product) {
+            (IntentKind::Pack, pack)
+        } else if let Some(plan) = site.config.plans.iter().find(|p| p.id == form.product) {
+            (IntentKind::Plan, plan)
+        } else {
+            return Err(PageError::BadRequest("There is no such product.".into()));
+        };
     let id = jobs::billing::record_intent(&state.pool, member.user_id, kind, Some(product)).await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
@@ -77,9 +90,12 @@ pub async fn portal(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
     if !billing_enabled(&state) {
-        return Err(PageError::BadRequest("Payments are not available right now.".into()));
+        return Err(PageError::BadRequest(
+            "Payments are not available right now.".into(),
+        ));
     }
-    let id = jobs::billing::record_intent(&state.pool, member.user_id, IntentKind::Portal, None).await?;
+    let id =
+        jobs::billing::record_intent(&state.pool, member.user_id, IntentKind::Portal, None).await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
 
@@ -110,9 +126,8 @@ pub async fn intent(
         return Ok(Redirect::to(&url).into_response());
     }
     let mut chrome = chrome(&state, &member.visitor, &headers, "/pricing").await?;
-    let failed = (status == "failed").then(|| {
-        error.unwrap_or_else(|| "Stripe could not be reached. Please try again.".into())
-    });
+    let failed = (status == "failed")
+        .then(|| error.unwrap_or_else(|| "Stripe could not be reached. Please try again.".into()));
     chrome.refresh = failed.is_none();
     Ok(views::checkout_waiting(&chrome, id, failed.as_deref()).into_response())
 }

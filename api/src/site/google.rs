@@ -64,7 +64,8 @@ impl Google {
     async fn metadata(&self, config: &GoogleConfig) -> anyhow::Result<&CoreProviderMetadata> {
         self.metadata
             .get_or_try_init(|| async {
-                let issuer = IssuerUrl::new(config.issuer_url.as_str().trim_end_matches('/').to_owned())?;
+                let issuer =
+                    IssuerUrl::new(config.issuer_url.as_str().trim_end_matches('/').to_owned())?;
                 CoreProviderMetadata::discover_async(issuer, &self.http)
                     .await
                     .context("OpenID Connect discovery failed")
@@ -74,12 +75,17 @@ impl Google {
 
     /// The provider's authorization URL and what the callback must check.
     pub async fn start(&self, next: &str) -> anyhow::Result<(String, Pending)> {
-        let config = self.config.as_ref().context("Google sign-in is not configured")?;
+        let config = self
+            .config
+            .as_ref()
+            .context("Google sign-in is not configured")?;
         let metadata = self.metadata(config).await?.clone();
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(config.client_id.clone()),
-            Some(ClientSecret::new(config.client_secret.expose_secret().to_owned())),
+            Some(ClientSecret::new(
+                config.client_secret.expose_secret().to_owned(),
+            )),
         )
         .set_redirect_uri(RedirectUrl::new(self.redirect_uri.clone())?);
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -107,12 +113,17 @@ impl Google {
 
     /// Exchanges the code (with the PKCE verifier) and verifies the ID token against the nonce.
     pub async fn finish(&self, code: &str, pending: &Pending) -> anyhow::Result<Identity> {
-        let config = self.config.as_ref().context("Google sign-in is not configured")?;
+        let config = self
+            .config
+            .as_ref()
+            .context("Google sign-in is not configured")?;
         let metadata = self.metadata(config).await?.clone();
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(config.client_id.clone()),
-            Some(ClientSecret::new(config.client_secret.expose_secret().to_owned())),
+            Some(ClientSecret::new(
+                config.client_secret.expose_secret().to_owned(),
+            )),
         )
         .set_redirect_uri(RedirectUrl::new(self.redirect_uri.clone())?);
         let response = client
@@ -125,7 +136,10 @@ impl Google {
             .id_token()
             .context("the token response has no ID token")?;
         let claims = id_token
-            .claims(&client.id_token_verifier(), &Nonce::new(pending.nonce.clone()))
+            .claims(
+                &client.id_token_verifier(),
+                &Nonce::new(pending.nonce.clone()),
+            )
             .context("the ID token did not verify")?;
         Ok(Identity {
             sub: claims.subject().as_str().to_owned(),

@@ -100,7 +100,11 @@ impl SiteState {
 
     /// An absolute URL on this site.
     pub fn url(&self, path: &str) -> String {
-        let mut base = self.public_base_url.as_str().trim_end_matches('/').to_owned();
+        let mut base = self
+            .public_base_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
         base.push_str(path);
         base
     }
@@ -132,19 +136,37 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/sign-in", get(auth::sign_in_page))
         .route("/sign-in/email", post(auth::request_link))
         .route("/sign-in/check-email", get(auth::check_email))
-        .route("/sign-in/link", get(auth::link_landing).post(auth::redeem_link))
+        .route(
+            "/sign-in/link",
+            get(auth::link_landing).post(auth::redeem_link),
+        )
         .route("/sign-out", post(auth::sign_out))
         .route("/auth/google", get(auth::google_start))
         .route("/auth/google/callback", get(auth::google_callback))
         .route("/account", get(account::page))
         .route("/account/profile", post(account::update_profile))
-        .route("/account/email/confirm", get(account::email_landing).post(account::confirm_email))
+        .route(
+            "/account/email/confirm",
+            get(account::email_landing).post(account::confirm_email),
+        )
         .route("/account/api-keys", post(account::create_api_key))
-        .route("/account/api-keys/{id}/revoke", post(account::revoke_api_key))
-        .route("/account/sessions/revoke", post(account::sign_out_everywhere))
+        .route(
+            "/account/api-keys/{id}/revoke",
+            post(account::revoke_api_key),
+        )
+        .route(
+            "/account/sessions/revoke",
+            post(account::sign_out_everywhere),
+        )
         .route("/account/export", post(account::request_export))
-        .route("/account/exports/{id}/download", get(account::download_export))
-        .route("/account/delete", get(account::confirm_delete).post(account::delete))
+        .route(
+            "/account/exports/{id}/download",
+            get(account::download_export),
+        )
+        .route(
+            "/account/delete",
+            get(account::confirm_delete).post(account::delete),
+        )
         .route("/static/{file}", get(assets::serve));
     if state.site.as_ref().is_some_and(|s| s.config.dev_pages) {
         router = router
@@ -157,7 +179,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// Adds the site's middleware (sessions, security headers) around `router`.
 pub fn layers(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     router
-        .layer(middleware::from_fn_with_state(state.clone(), session::layer))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            session::layer,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             security_headers,
@@ -221,7 +246,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 pub fn client_ip(site: &SiteState, headers: &HeaderMap, peer: Peer) -> String {
     let peer_ip: Option<IpAddr> = peer.0.map(|p| p.ip());
     if let (Some(name), Some(ip)) = (&site.config.client_ip_header, peer_ip)
-        && site.config.trusted_proxies.iter().any(|net| net.contains(&ip))
+        && site
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
         && let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok())
         && let Ok(client) = value.trim().parse::<IpAddr>()
     {

@@ -36,7 +36,10 @@ pub fn privacy_signal(headers: &HeaderMap) -> bool {
 }
 
 /// The visitor's recorded analytics choice: the account's newest record, else this session's.
-pub async fn analytics_consent(state: &AppState, visitor: &Visitor) -> Result<Option<bool>, PageError> {
+pub async fn analytics_consent(
+    state: &AppState,
+    visitor: &Visitor,
+) -> Result<Option<bool>, PageError> {
     if let Some(user) = visitor.user_id().await {
         return Ok(sqlx::query_scalar(
             "SELECT analytics FROM consent_records WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
@@ -58,7 +61,10 @@ pub async fn chrome(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<Chrome, PageError> {
-    let site = state.site.as_ref().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .as_ref()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     let member = match visitor.user_id().await {
         Some(user) => sqlx::query_as::<_, (String, i64)>(
             "SELECT u.email, coalesce(a.balance, 0) FROM users u LEFT JOIN credit_accounts a ON a.user_id = u.id
@@ -77,7 +83,8 @@ pub async fn chrome(
             let consent = analytics_consent(state, visitor).await?;
             (
                 consent.is_none(),
-                (consent == Some(true)).then(|| (id.clone(), site.config.ga4_script_url.to_string())),
+                (consent == Some(true))
+                    .then(|| (id.clone(), site.config.ga4_script_url.to_string())),
             )
         }
         _ => (false, None),
@@ -114,13 +121,21 @@ pub async fn home(
     if let Some(user) = visitor.user_id().await {
         let mut form = GeneratorForm::default();
         if let Some(Value::Array(ids)) = visitor.take("references").await? {
-            let ids: Vec<Uuid> = ids.iter().filter_map(|v| v.as_str()?.parse().ok()).collect();
+            let ids: Vec<Uuid> = ids
+                .iter()
+                .filter_map(|v| v.as_str()?.parse().ok())
+                .collect();
             form.references = reference_previews(&state, user, &ids).await?;
         }
         let balance = chrome.member.as_ref().map_or(0, |m| m.1);
         return Ok(views::generator(&chrome, &csrf, balance, &form));
     }
-    Ok(views::landing(&chrome, &csrf, trial_widget(&state), &GeneratorForm::default()))
+    Ok(views::landing(
+        &chrome,
+        &csrf,
+        trial_widget(&state),
+        &GeneratorForm::default(),
+    ))
 }
 
 pub fn trial_widget(state: &AppState) -> Option<(&str, &str)> {
@@ -187,13 +202,17 @@ pub async fn generate(
                 &aspect_ratio,
                 &resolution,
                 &form.reference_upload_ids,
-                form.idempotency_key.as_deref().filter(|k| !k.is_empty() && k.len() <= 255),
+                form.idempotency_key
+                    .as_deref()
+                    .filter(|k| !k.is_empty() && k.len() <= 255),
             )
             .await
         }
     };
     match result {
-        Ok(generation) => Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response()),
+        Ok(generation) => {
+            Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response())
+        }
         Err(AppError::Internal(error)) => Err(PageError::from(error)),
         Err(refused) => {
             let status = refused.status();
@@ -241,7 +260,9 @@ pub async fn create_upload(
 
 /// A generation the visitor may see: their own, or their browser session's trial.
 async fn visible(state: &AppState, visitor: &Visitor, id: Uuid) -> Result<Generation, PageError> {
-    let generation = domain::find(&state.pool, id).await?.ok_or(PageError::NotFound)?;
+    let generation = domain::find(&state.pool, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
     if generation.deleted_at.is_some() {
         return Err(PageError::NotFound);
     }
@@ -258,7 +279,11 @@ async fn visible(state: &AppState, visitor: &Visitor, id: Uuid) -> Result<Genera
         }
         _ => false,
     };
-    if allowed { Ok(generation) } else { Err(PageError::NotFound) }
+    if allowed {
+        Ok(generation)
+    } else {
+        Err(PageError::NotFound)
+    }
 }
 
 async fn image_keys(state: &AppState, id: Uuid) -> Result<Vec<String>, PageError> {
@@ -270,7 +295,10 @@ async fn image_keys(state: &AppState, id: Uuid) -> Result<Vec<String>, PageError
     .await?)
 }
 
-async fn generation_view(state: &AppState, generation: &Generation) -> Result<GenerationView, PageError> {
+async fn generation_view(
+    state: &AppState,
+    generation: &Generation,
+) -> Result<GenerationView, PageError> {
     let storage = &generations::pipeline(state)?.storage;
     let mut image_urls = vec![];
     for key in image_keys(state, generation.id).await? {
@@ -335,7 +363,11 @@ pub async fn download(
     let extension = key.rsplit('.').next().unwrap_or("png");
     let url = generations::pipeline(&state)?
         .storage
-        .presign_download(&key, &format!("createimage2-{id}.{extension}"), DOWNLOAD_URL_TTL)
+        .presign_download(
+            &key,
+            &format!("createimage2-{id}.{extension}"),
+            DOWNLOAD_URL_TTL,
+        )
         .await?;
     Ok(Redirect::to(&url).into_response())
 }
@@ -369,7 +401,11 @@ pub async fn use_as_reference(
         "image/jpeg" => "jpg",
         "image/webp" => "webp",
         "image/png" => "png",
-        _ => return Err(PageError::BadRequest("this image type cannot be used as a reference".into())),
+        _ => {
+            return Err(PageError::BadRequest(
+                "this image type cannot be used as a reference".into(),
+            ));
+        }
     };
     if image.byte_size > jobs::kinds::submit_generation::MAX_REFERENCE_BYTES {
         return Err(PageError::BadRequest(
@@ -495,10 +531,19 @@ pub async fn gallery(
         });
     }
     let next = has_more
-        .then(|| items.last().map(|i| generations::encode_cursor(i.created_at, i.id)))
+        .then(|| {
+            items
+                .last()
+                .map(|i| generations::encode_cursor(i.created_at, i.id))
+        })
         .flatten();
     let chrome = chrome(&state, &member.visitor, &headers, "/gallery").await?;
-    Ok(views::gallery(&chrome, &items, next.as_deref(), query.before.is_none()))
+    Ok(views::gallery(
+        &chrome,
+        &items,
+        next.as_deref(),
+        query.before.is_none(),
+    ))
 }
 
 /// `GET /privacy-policy`, with its last-updated date and any announced change.
@@ -526,7 +571,9 @@ pub async fn terms(
     visitor: Visitor,
     headers: HeaderMap,
 ) -> Result<Markup, PageError> {
-    Ok(views::terms(&chrome(&state, &visitor, &headers, "/terms").await?))
+    Ok(views::terms(
+        &chrome(&state, &visitor, &headers, "/terms").await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -557,7 +604,9 @@ pub async fn consent(
     .bind(&version)
     .execute(&state.pool)
     .await?;
-    visitor.set("analytics_consent", Value::Bool(analytics)).await?;
+    visitor
+        .set("analytics_consent", Value::Bool(analytics))
+        .await?;
     visitor
         .flash(if analytics {
             "Thanks — analytics are allowed. You can withdraw this on your account page."
@@ -579,7 +628,10 @@ pub async fn dev_outbox(
     )
     .fetch_all(&state.pool)
     .await?;
-    Ok(views::dev_outbox(&chrome(&state, &visitor, &headers, "/dev/outbox").await?, &rows))
+    Ok(views::dev_outbox(
+        &chrome(&state, &visitor, &headers, "/dev/outbox").await?,
+        &rows,
+    ))
 }
 
 pub async fn dev_outbox_message(
@@ -588,7 +640,9 @@ pub async fn dev_outbox_message(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Markup, PageError> {
-    let row = jobs::email::find(&state.pool, id).await?.ok_or(PageError::NotFound)?;
+    let row = jobs::email::find(&state.pool, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
     Ok(views::dev_outbox_message(
         &chrome(&state, &visitor, &headers, "/dev/outbox").await?,
         &row.to_address,

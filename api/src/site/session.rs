@@ -35,7 +35,11 @@ const TOUCH_EVERY: Duration = Duration::from_secs(300);
 
 /// The session cookie's name: `__Host-` needs `Secure`, which needs HTTPS.
 pub fn cookie_name(secure: bool) -> &'static str {
-    if secure { "__Host-ci2_session" } else { "ci2_session" }
+    if secure {
+        "__Host-ci2_session"
+    } else {
+        "ci2_session"
+    }
 }
 
 fn hash(id: &str) -> Vec<u8> {
@@ -84,8 +88,13 @@ impl Visitor {
         if let Some(current) = &inner.current {
             return Ok(current.clone());
         }
-        let (id, current) = insert(&inner.pool, &inner.site, None, Value::Object(Default::default()))
-            .await?;
+        let (id, current) = insert(
+            &inner.pool,
+            &inner.site,
+            None,
+            Value::Object(Default::default()),
+        )
+        .await?;
         inner.cookie = CookieAction::Set(id);
         inner.current = Some(current.clone());
         Ok(current)
@@ -289,10 +298,9 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     if let Some(cookie) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
         // A response that sets a session must never be cached by anyone.
-        response.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
 }
@@ -442,7 +450,8 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let field: CsrfField = serde_html_form::from_bytes(&bytes).unwrap_or(CsrfField { csrf: None });
+        let field: CsrfField =
+            serde_html_form::from_bytes(&bytes).unwrap_or(CsrfField { csrf: None });
         let token = field.csrf.or(header_token).unwrap_or_default();
         if !visitor.csrf_matches(&token).await {
             return Err(PageError::Forbidden);
@@ -454,7 +463,11 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
 }
 
 /// A CSRF check for unsafe requests without a form body (JSON `fetch` calls from the site's script).
-pub async fn check_header(visitor: &Visitor, headers: &HeaderMap, method: &Method) -> Result<(), PageError> {
+pub async fn check_header(
+    visitor: &Visitor,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<(), PageError> {
     if cross_site(method, headers) {
         return Err(PageError::Forbidden);
     }

@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{
-    Peer, PageError, SiteState, client_ip,
+    PageError, Peer, SiteState, client_ip,
     pages::{chrome, trial_widget},
     session::{CsrfForm, Visitor},
     views::{self, GeneratorForm},
@@ -111,7 +111,10 @@ pub async fn start(
     peer: Peer,
     CsrfForm(form): CsrfForm<TrialForm>,
 ) -> Result<Response, PageError> {
-    let site = state.site.clone().ok_or_else(|| PageError::internal("site not configured"))?;
+    let site = state
+        .site
+        .clone()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
     if visitor.user_id().await.is_some() {
         return Ok(Redirect::to("/").into_response());
     }

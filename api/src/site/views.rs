@@ -302,7 +302,12 @@ fn status_label(status: &str) -> &'static str {
 }
 
 /// The status and detail page of one generation. Without JavaScript it refreshes itself until finished.
-pub fn generation(chrome: &Chrome, generation: &GenerationView, trial: bool, csrf: Option<&str>) -> Markup {
+pub fn generation(
+    chrome: &Chrome,
+    generation: &GenerationView,
+    trial: bool,
+    csrf: Option<&str>,
+) -> Markup {
     page(
         "Your image",
         chrome,
@@ -387,7 +392,12 @@ pub struct GalleryItem {
     pub thumb_url: Option<String>,
 }
 
-pub fn gallery(chrome: &Chrome, items: &[GalleryItem], next: Option<&str>, first_page: bool) -> Markup {
+pub fn gallery(
+    chrome: &Chrome,
+    items: &[GalleryItem],
+    next: Option<&str>,
+    first_page: bool,
+) -> Markup {
     page(
         "Your gallery",
         chrome,
@@ -422,7 +432,13 @@ pub fn gallery(chrome: &Chrome, items: &[GalleryItem], next: Option<&str>, first
     )
 }
 
-pub fn sign_in(chrome: &Chrome, csrf: &str, next: &str, google: bool, error: Option<&str>) -> Markup {
+pub fn sign_in(
+    chrome: &Chrome,
+    csrf: &str,
+    next: &str,
+    google: bool,
+    error: Option<&str>,
+) -> Markup {
     page(
         "Sign in",
         chrome,
@@ -463,7 +479,14 @@ pub fn check_email(chrome: &Chrome, minutes: u64) -> Markup {
 }
 
 /// The page an e-mailed link opens: a button that POSTs the token (mail scanners prefetch links with GET).
-pub fn link_landing(chrome: &Chrome, csrf: &str, action: &str, token: &str, next: &str, label: &str) -> Markup {
+pub fn link_landing(
+    chrome: &Chrome,
+    csrf: &str,
+    action: &str,
+    token: &str,
+    next: &str,
+    label: &str,
+) -> Markup {
     page(
         label,
         chrome,
@@ -663,7 +686,13 @@ pub fn confirm_account_delete(chrome: &Chrome, csrf: &str, email: &str) -> Marku
     )
 }
 
-pub fn pricing(chrome: &Chrome, csrf: Option<&str>, packs: &[Product], plans: &[Product], billing: bool) -> Markup {
+pub fn pricing(
+    chrome: &Chrome,
+    csrf: Option<&str>,
+    packs: &[Product],
+    plans: &[Product],
+    billing: bool,
+) -> Markup {
     let buy = |product: &Product, label: &str| {
         html! {
             @if let Some(csrf) = csrf {
@@ -732,7 +761,12 @@ pub fn checkout_waiting(chrome: &Chrome, intent: Uuid, failed: Option<&str>) -> 
 }
 
 /// The privacy policy as a page. `text` is the policy document; paragraphs are kept as written.
-pub fn privacy_policy(chrome: &Chrome, text: &str, last_updated: &str, upcoming: Option<(String, String)>) -> Markup {
+pub fn privacy_policy(
+    chrome: &Chrome,
+    text: &str,
+    last_updated: &str,
+    upcoming: Option<(String, String)>,
+) -> Markup {
     page(
         "Privacy policy",
         chrome,
@@ -773,7 +807,11 @@ fn render_document(text: &str) -> Markup {
             let item = trimmed.trim_start_matches(['•', ' ']);
             blocks.push_str(&format!("<li>{}</li>", html_escape(item)));
         } else if is_heading(trimmed) {
-            let id = if trimmed.contains("Cookies") { " id=\"cookies\"" } else { "" };
+            let id = if trimmed.contains("Cookies") {
+                " id=\"cookies\""
+            } else {
+                ""
+            };
             blocks.push_str(&format!("<h2{id}>{escaped}</h2>"));
         } else {
             blocks.push_str(&format!("<p>{escaped}</p>"));

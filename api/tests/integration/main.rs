@@ -3,6 +3,9 @@
 mod console;
 mod exports;
 mod generations;
+mod pages;
 mod policy;
 mod privacy;
+mod signin;
 mod site;
+mod support;

@@ -48,7 +48,7 @@ async fn the_home_page_is_server_rendered_html() {
     );
     let body = response.text().await.unwrap();
     assert!(body.starts_with("<!DOCTYPE html>"));
-    assert!(body.contains("<title>Generate images · createimage2</title>"));
+    assert!(body.contains("<title>Generate images with gpt-image-2 · createimage2</title>"));
     app.finish().await;
 }
 

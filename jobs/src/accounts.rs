@@ -268,8 +268,7 @@ pub async fn sign_in_or_up(
 
 /// A fresh single-use token for an e-mailed link: `(token for the link, SHA-256 to store)`.
 pub fn new_link_token() -> (String, Vec<u8>) {
-    let token =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let hash = hash_secret(&token);
     (token, hash)
 }

@@ -405,20 +405,30 @@ fn products<S: Source>(
             };
             let parts: Vec<&str> = item.split(':').collect();
             let [id, credits, price, amount, currency] = parts[..] else {
-                return Err(invalid("expected id:credits:price_id:amount_minor:currency"));
+                return Err(invalid(
+                    "expected id:credits:price_id:amount_minor:currency",
+                ));
             };
             Ok(Product {
                 id: id.to_owned(),
-                credits: credits.parse().map_err(|_| invalid("credits is not a number"))?,
+                credits: credits
+                    .parse()
+                    .map_err(|_| invalid("credits is not a number"))?,
                 stripe_price_id: price.to_owned(),
-                amount_minor: amount.parse().map_err(|_| invalid("amount is not a number"))?,
+                amount_minor: amount
+                    .parse()
+                    .map_err(|_| invalid("amount is not a number"))?,
                 currency: currency.to_lowercase(),
             })
         })
         .collect()
 }
 
-fn url_or<S: Source>(source: &S, name: &'static str, default: &str) -> Result<url::Url, ConfigError> {
+fn url_or<S: Source>(
+    source: &S,
+    name: &'static str,
+    default: &str,
+) -> Result<url::Url, ConfigError> {
     let raw = source.get(name).unwrap_or_else(|| default.to_owned());
     url::Url::parse(&raw).map_err(|error| ConfigError::Invalid {
         name,
@@ -460,10 +470,11 @@ impl SiteConfig {
             .map(str::trim)
             .filter(|cidr| !cidr.is_empty())
             .map(|cidr| {
-                cidr.parse().map_err(|error: ipnet::AddrParseError| ConfigError::Invalid {
-                    name: "TRUSTED_PROXIES",
-                    reason: format!("{cidr:?}: {error}"),
-                })
+                cidr.parse()
+                    .map_err(|error: ipnet::AddrParseError| ConfigError::Invalid {
+                        name: "TRUSTED_PROXIES",
+                        reason: format!("{cidr:?}: {error}"),
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -471,9 +482,19 @@ impl SiteConfig {
             session_absolute: Duration::from_secs(
                 86_400 * parsed_or(source, "SESSION_ABSOLUTE_DAYS", 30)?,
             ),
-            sign_in_link_ttl: Duration::from_secs(60 * parsed_or(source, "SIGN_IN_LINK_MINUTES", 15)?),
-            sign_in_per_address_per_hour: parsed_or(source, "SIGN_IN_EMAILS_PER_ADDRESS_PER_HOUR", 5)?,
-            sign_in_per_client_per_hour: parsed_or(source, "SIGN_IN_EMAILS_PER_CLIENT_PER_HOUR", 20)?,
+            sign_in_link_ttl: Duration::from_secs(
+                60 * parsed_or(source, "SIGN_IN_LINK_MINUTES", 15)?,
+            ),
+            sign_in_per_address_per_hour: parsed_or(
+                source,
+                "SIGN_IN_EMAILS_PER_ADDRESS_PER_HOUR",
+                5,
+            )?,
+            sign_in_per_client_per_hour: parsed_or(
+                source,
+                "SIGN_IN_EMAILS_PER_CLIENT_PER_HOUR",
+                20,
+            )?,
             signup_credits: parsed_or(source, "SIGNUP_CREDITS", 20)?,
             google,
             turnstile,
@@ -490,7 +511,11 @@ impl SiteConfig {
                 "CREDIT_PACKS",
                 "pack_100:100:price_pack_100:500:usd,pack_500:500:price_pack_500:2000:usd",
             )?,
-            plans: products(source, "PLANS", "plan_monthly:300:price_plan_monthly:900:usd")?,
+            plans: products(
+                source,
+                "PLANS",
+                "plan_monthly:300:price_plan_monthly:900:usd",
+            )?,
             dev_pages: false,
         })
     }

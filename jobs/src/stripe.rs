@@ -144,7 +144,11 @@ impl StripeClient {
     }
 
     /// `GET` an object from the Stripe API.
-    pub async fn get(&self, path: &str, operation: &'static str) -> Result<serde_json::Value, StripeError> {
+    pub async fn get(
+        &self,
+        path: &str,
+        operation: &'static str,
+    ) -> Result<serde_json::Value, StripeError> {
         let url = self
             .config
             .api_base
@@ -174,9 +178,15 @@ impl StripeClient {
         if status.is_success() {
             Ok(body)
         } else if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Err(StripeError::Rejected(format!("{status}: {}", body["error"]["message"])))
+            Err(StripeError::Rejected(format!(
+                "{status}: {}",
+                body["error"]["message"]
+            )))
         } else {
-            Err(StripeError::Unavailable(format!("{status}: {}", body["error"]["message"])))
+            Err(StripeError::Unavailable(format!(
+                "{status}: {}",
+                body["error"]["message"]
+            )))
         }
     }
 }

@@ -60,7 +60,15 @@ impl Job for OpenCheckout {
             fail(&ctx, self.intent_id, "Payments are not configured.").await?;
             return Ok(Outcome::Done);
         };
-        match open(stripe, &ctx, &pipeline.public_base_url, self.intent_id, &intent).await {
+        match open(
+            stripe,
+            &ctx,
+            &pipeline.public_base_url,
+            self.intent_id,
+            &intent,
+        )
+        .await
+        {
             Ok((session_id, url)) => {
                 sqlx::query(
                     "UPDATE checkout_intents SET status = 'ready', url = $2, stripe_session_id = $3, updated_at = now()
@@ -75,14 +83,26 @@ impl Job for OpenCheckout {
             }
             Err(StripeError::Rejected(message)) => {
                 tracing::error!(intent = %self.intent_id, error = %message, "Stripe rejected a checkout");
-                fail(&ctx, self.intent_id, "Checkout could not be opened. Please try again or contact support.").await?;
+                fail(
+                    &ctx,
+                    self.intent_id,
+                    "Checkout could not be opened. Please try again or contact support.",
+                )
+                .await?;
                 Ok(Outcome::Done)
             }
             Err(StripeError::Unavailable(message)) if ctx.is_last_attempt() => {
-                fail(&ctx, self.intent_id, "Stripe could not be reached. Please try again in a few minutes.").await?;
+                fail(
+                    &ctx,
+                    self.intent_id,
+                    "Stripe could not be reached. Please try again in a few minutes.",
+                )
+                .await?;
                 Err(JobError::permanent(anyhow::anyhow!(message)))
             }
-            Err(StripeError::Unavailable(message)) => Err(JobError::Retryable(anyhow::anyhow!(message))),
+            Err(StripeError::Unavailable(message)) => {
+                Err(JobError::Retryable(anyhow::anyhow!(message)))
+            }
         }
     }
 }
@@ -171,7 +191,11 @@ async fn open(
             .clone()
             .ok_or_else(|| StripeError::Rejected("intent without a price".into()))?;
         let product = intent.product_id.clone().unwrap_or_default();
-        let mode = if intent.kind == "plan" { "subscription" } else { "payment" };
+        let mode = if intent.kind == "plan" {
+            "subscription"
+        } else {
+            "payment"
+        };
         let mut params: Vec<(String, String)> = vec![
             ("mode".into(), mode.into()),
             ("customer".into(), customer),
@@ -181,15 +205,26 @@ async fn open(
             ("metadata[product]".into(), product.clone()),
             ("metadata[intent]".into(), intent_id.to_string()),
             ("metadata[user]".into(), intent.user_id.to_string()),
-            ("success_url".into(), format!("{base}/account?checkout=success#credits")),
+            (
+                "success_url".into(),
+                format!("{base}/account?checkout=success#credits"),
+            ),
             ("cancel_url".into(), format!("{base}/pricing")),
         ];
         if mode == "subscription" {
             params.push(("subscription_data[metadata][product]".into(), product));
-            params.push(("subscription_data[metadata][user]".into(), intent.user_id.to_string()));
+            params.push((
+                "subscription_data[metadata][user]".into(),
+                intent.user_id.to_string(),
+            ));
         }
         stripe
-            .post_form("/v1/checkout/sessions", &params, &key, "create_checkout_session")
+            .post_form(
+                "/v1/checkout/sessions",
+                &params,
+                &key,
+                "create_checkout_session",
+            )
             .await?
     };
     let id = session["id"].as_str().unwrap_or_default().to_owned();

@@ -42,9 +42,13 @@ impl S3Server {
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
                 };
                 let service = service.clone();
+                let cors = hyper::service::service_fn(move |request| {
+                    let service = service.clone();
+                    async move { with_cors(&service, request).await }
+                });
                 tokio::spawn(async move {
                     let _ = ConnBuilder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), cors)
                         .await;
                 });
             }
@@ -60,6 +64,45 @@ impl S3Server {
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// The bucket CORS rule production sets on R2 (`deploy/README.md`): browsers may GET and PUT objects through
+/// presigned URLs from the site's pages. Preflights are answered here; other responses get the allow header.
+async fn with_cors(
+    service: &s3s::service::S3Service,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
+    use hyper::header::{self, HeaderValue};
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    if request.method() == hyper::Method::OPTIONS {
+        let mut response = hyper::Response::new(s3s::Body::empty());
+        *response.status_mut() = hyper::StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            origin.unwrap_or(HeaderValue::from_static("*")),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, PUT"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("3600"),
+        );
+        return Ok(response);
+    }
+    let mut response = service.call(request.map(s3s::Body::from)).await?;
+    if let Some(origin) = origin {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    Ok(response)
 }
 
 impl Drop for S3Server {

@@ -77,6 +77,7 @@ pub async fn run(
     let stripe = fakes::stripe::StripeFake::start("sk_test_dev").await?;
     let listener = telemetry::bind(listen).await?;
     let site = listener.local_addr()?;
+    let site_config = dev_site(site).await?;
     let kie_config = KieConfig {
         base_url: kie.base_url().parse()?,
         api_key: "dev-kie-key".to_owned().into(),
@@ -125,7 +126,13 @@ pub async fn run(
             storage: storage.clone(),
             kie_webhook_hmac_key: kie_config.webhook_hmac_key.clone(),
             generation,
-        });
+        })
+        .with_site(api::site::SiteState::new(
+            site_config.config,
+            format!("http://{site}").parse()?,
+            &api::storage_origin(&s3.endpoint()),
+            true,
+        ));
     let ops_listener = telemetry::bind(metrics_listen).await?;
     let operator_token = std::env::var("OPERATOR_TOKEN")
         .ok()
@@ -150,6 +157,11 @@ pub async fn run(
         "  S3 (R2 stand-in): {} bucket createimage2-dev",
         s3.endpoint()
     );
+    println!("  sign in      : http://{site}/sign-in  (links arrive at http://{site}/dev/outbox)");
+    println!(
+        "  Google       : stand-in at {} (account {DEV_GOOGLE_EMAIL})",
+        site_config.oidc.base_url()
+    );
     println!("  demo account : {DEMO_EMAIL}");
     println!("  demo API key : {api_key}");
     println!("  try          : curl -H 'Authorization: Bearer {api_key}' http://{site}/api/v1/me");
@@ -159,11 +171,63 @@ pub async fn run(
     println!("  Ctrl-C drains and exits.");
     println!();
     api.run_until_stopped(shutdown.clone()).await?;
+    drop(site_config.oidc);
+    drop(site_config.turnstile);
     started.wait().await;
     scheduler.await??;
     pool.close().await;
     drop(database);
     Ok(())
+}
+
+/// The Google account the OIDC stand-in offers in `dev`.
+const DEV_GOOGLE_EMAIL: &str = "dev.google@createimage2.local";
+
+struct DevSite {
+    config: jobs::config::SiteConfig,
+    oidc: fakes::oidc::OidcFake,
+    turnstile: fakes::turnstile::TurnstileFake,
+}
+
+/// The site in `dev`: Google sign-in and Turnstile answered by their stand-ins, the e-mail outbox page on,
+/// no analytics.
+async fn dev_site(site: SocketAddr) -> anyhow::Result<DevSite> {
+    let oidc = fakes::oidc::OidcFake::start(fakes::oidc::OidcFakeConfig {
+        client_id: "dev-client.apps.googleusercontent.com".into(),
+        client_secret: "dev-google-secret".into(),
+        redirect_uri: format!("http://{site}/auth/google/callback"),
+        accounts: vec![fakes::oidc::OidcAccount {
+            sub: "100000000000000000001".into(),
+            email: DEV_GOOGLE_EMAIL.into(),
+            email_verified: true,
+            name: "Dev Google".into(),
+        }],
+    })
+    .await?;
+    let turnstile_config = fakes::turnstile::TurnstileFakeConfig {
+        hostname: site.ip().to_string(),
+        ..Default::default()
+    };
+    let turnstile = fakes::turnstile::TurnstileFake::start(turnstile_config.clone()).await?;
+    let mut config = jobs::config::SiteConfig::from_source(&jobs::config::Env)?;
+    config.google = Some(jobs::config::GoogleConfig {
+        client_id: "dev-client.apps.googleusercontent.com".into(),
+        client_secret: "dev-google-secret".to_owned().into(),
+        issuer_url: oidc.issuer().parse()?,
+    });
+    config.turnstile = Some(jobs::config::TurnstileConfig {
+        site_key: turnstile_config.sitekey,
+        secret_key: turnstile_config.secret.into(),
+        verify_url: turnstile.siteverify_url().parse()?,
+        script_url: turnstile.script_url().parse()?,
+    });
+    config.ga4_measurement_id = None;
+    config.dev_pages = true;
+    Ok(DevSite {
+        config,
+        oidc,
+        turnstile,
+    })
 }
 
 /// `DEV_KIE_LATENCY_MS=min-max` (default 15000-40000).

@@ -12,6 +12,7 @@ mod browser;
 mod db;
 pub mod images;
 pub mod test_jobs;
+pub mod webdriver;
 
 pub use app::{
     ExtraWorker, GA4_ID, GOOGLE_CLIENT_ID, GOOGLE_EMAIL, GOOGLE_SUB, KIE_HMAC_KEY, OPERATOR_TOKEN,

@@ -504,6 +504,11 @@ pub fn link_landing(
     )
 }
 
+/// An API key row: id, name, prefix, created, revoked.
+pub type ApiKeyRow = (Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+/// An export row: id, status, created, expires.
+pub type ExportRow = (Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
+
 /// Everything the account page shows.
 #[derive(Debug, Clone, Default)]
 pub struct AccountView {
@@ -514,11 +519,11 @@ pub struct AccountView {
     pub ledger: Vec<(DateTime<Utc>, String, i64, String)>,
     pub plan: Option<(String, String, Option<DateTime<Utc>>)>,
     pub usage: Vec<(DateTime<Utc>, String, Option<i32>, bool)>,
-    pub api_keys: Vec<(Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>)>,
+    pub api_keys: Vec<ApiKeyRow>,
     pub new_key: Option<String>,
     pub analytics_consent: Option<bool>,
     pub privacy_signal: bool,
-    pub exports: Vec<(Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>)>,
+    pub exports: Vec<ExportRow>,
     pub sessions: i64,
     pub has_customer: bool,
 }

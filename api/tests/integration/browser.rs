@@ -1,0 +1,200 @@
+//! End to end in a real headless Chromium (WebDriver): the site as people use it, JavaScript included.
+//! Screenshots of every page land in `$CARGO_TARGET_DIR/browser-screenshots/` for review.
+
+use std::time::Duration;
+
+use testkit::{GOOGLE_SUB, TestApp, find_link, images, webdriver::Chrome};
+
+const SLOW: Duration = Duration::from_secs(30);
+
+async fn latest_mail_link(app: &TestApp, address: &str, path: &str) -> String {
+    let mails = jobs::email::sent_to(&app.pool, address).await.unwrap();
+    find_link(&mails.last().expect("a mail").body_text, &app.url(path)).expect("a link in the mail")
+}
+
+#[tokio::test]
+async fn a_visitor_tries_once_signs_up_by_email_generates_with_a_reference_downloads_and_deletes() {
+    let app = TestApp::spawn().await;
+    let chrome = Chrome::start().await;
+
+    // The trial: Turnstile's widget (the stand-in's script) fills in its token; the image appears live.
+    chrome.goto(&app.url("/")).await;
+    chrome.screenshot("01-landing").await;
+    chrome
+        .wait_for("input[name=cf-turnstile-response]", SLOW)
+        .await;
+    chrome.fill("#trial-prompt", "a red fox in the snow").await;
+    chrome.click("#trial-generate").await;
+    chrome.wait_for("#image-0", SLOW).await;
+    let trial_path = chrome.path().await;
+    assert!(trial_path.starts_with("/generations/"), "{trial_path}");
+    chrome.screenshot("02-trial-result").await;
+
+    // A second trial from the same machine and browser within 24 h is refused.
+    let second = Chrome::start().await;
+    second.goto(&app.url("/")).await;
+    second
+        .wait_for("input[name=cf-turnstile-response]", SLOW)
+        .await;
+    second.fill("#trial-prompt", "another fox").await;
+    second.click("#trial-generate").await;
+    second.wait_for_text("already used today", SLOW).await;
+    second.screenshot("03-second-trial-refused").await;
+    second.close().await;
+
+    // Sign up by e-mail link to keep the trial image.
+    chrome.click("#trial-sign-up").await;
+    chrome.fill("#email", "fox@example.com").await;
+    chrome.screenshot("04-sign-in").await;
+    chrome.click("#send-link").await;
+    chrome.wait_for("#check-email", SLOW).await;
+    chrome.screenshot("05-check-email").await;
+    let link = latest_mail_link(&app, "fox@example.com", "/sign-in/link").await;
+    chrome.goto(&link).await;
+    chrome.click("#confirm-link").await;
+    chrome.wait_for("#image-0", SLOW).await;
+    assert_eq!(
+        chrome.path().await,
+        trial_path,
+        "back at the trial image, now kept"
+    );
+
+    // Generate with a reference image uploaded straight to the bucket.
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.png");
+    std::fs::write(&reference, images::png(16, 16)).unwrap();
+    chrome.goto(&app.url("/")).await;
+    chrome.fill("#prompt", "the fox, as a watercolour").await;
+    chrome
+        .wait_for("#reference-files", SLOW)
+        .await
+        .send_keys(reference.to_str().unwrap())
+        .await
+        .unwrap();
+    chrome.wait_for("#reference-previews img", SLOW).await;
+    chrome
+        .wait_for_text("1 reference image(s) attached", SLOW)
+        .await;
+    chrome.screenshot("06-generator-with-reference").await;
+    chrome.click("#generate").await;
+    chrome.wait_for("#image-0", SLOW).await;
+    chrome.screenshot("07-result").await;
+    let generation: uuid::Uuid = chrome
+        .path()
+        .await
+        .trim_start_matches("/generations/")
+        .parse()
+        .unwrap();
+    let references: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT reference_upload_ids FROM generations WHERE id = $1")
+            .bind(generation)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        references.len(),
+        1,
+        "the reference went with the generation"
+    );
+
+    // Download: the page's link gives the original file (checked with the browser's own session).
+    let session = chrome
+        .cookie("ci2_session")
+        .await
+        .expect("a session cookie");
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let download = no_redirects
+        .get(app.url(&format!("/generations/{generation}/download")))
+        .header("cookie", format!("ci2_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 303);
+    let file = reqwest::get(download.headers()["location"].to_str().unwrap())
+        .await
+        .unwrap();
+    assert!(file.bytes().await.unwrap().starts_with(b"\x89PNG"));
+
+    // Both images are in the gallery; delete one.
+    chrome.goto(&app.url("/gallery")).await;
+    chrome.wait_for_text("a red fox in the snow", SLOW).await;
+    chrome
+        .wait_for_text("the fox, as a watercolour", SLOW)
+        .await;
+    chrome.screenshot("08-gallery").await;
+    chrome
+        .goto(&app.url(&format!("/generations/{generation}")))
+        .await;
+    chrome.click("#delete").await;
+    chrome.screenshot("09-confirm-delete").await;
+    chrome.click("#confirm-delete").await;
+    chrome.wait_for_text("The image was deleted.", SLOW).await;
+    let source = chrome.source().await;
+    assert!(!source.contains(&generation.to_string()));
+    assert!(source.contains("a red fox in the snow"));
+
+    // The other pages, for review.
+    for (name, path) in [
+        ("10-account", "/account"),
+        ("11-pricing", "/pricing"),
+        ("12-privacy-policy", "/privacy-policy"),
+        ("13-terms", "/terms"),
+        ("14-not-found", "/no/such/page"),
+    ] {
+        chrome.goto(&app.url(path)).await;
+        chrome.screenshot(name).await;
+    }
+    chrome.close().await;
+    app.drain().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn google_sign_in_and_analytics_consent_on_and_off_in_a_real_browser() {
+    let app = TestApp::spawn().await;
+    let chrome = Chrome::start().await;
+    chrome.goto(&app.url("/")).await;
+    chrome.wait_for("#consent-banner", SLOW).await;
+    chrome.screenshot("20-consent-banner").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.analytics.hits(),
+        0,
+        "no analytics request before consent"
+    );
+
+    chrome.goto(&app.url("/sign-in")).await;
+    chrome.click("#google-sign-in").await;
+    chrome.screenshot("21-google-consent").await;
+    chrome.click(&format!("#account-{GOOGLE_SUB}")).await;
+    chrome.wait_for_text("Generate an image", SLOW).await;
+    assert_eq!(app.analytics.hits(), 0);
+
+    chrome.click("#consent-accept").await;
+    let deadline = tokio::time::Instant::now() + SLOW;
+    while app.analytics.hits() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "analytics never loaded after consent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    chrome.goto(&app.url("/account")).await;
+    chrome.screenshot("22-account-consent-given").await;
+    chrome.click("#withdraw-consent").await;
+    chrome.wait_for("#give-consent", SLOW).await;
+    let after = app.analytics.hits();
+    chrome.goto(&app.url("/gallery")).await;
+    chrome.goto(&app.url("/")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.analytics.hits(),
+        after,
+        "withdrawal takes effect at once"
+    );
+    chrome.close().await;
+    app.finish().await;
+}

@@ -1,0 +1,187 @@
+//! A real headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`; `.ci/run`
+//! installs them when missing). Each [`Chrome`] runs its own chromedriver on a free port and one browser
+//! session; dropping it ends both.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+pub struct Chrome {
+    pub client: Client,
+    driver: Child,
+    screenshots: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Where screenshots of the browser tests go: `$CARGO_TARGET_DIR/browser-screenshots` (or `target/…`).
+pub fn screenshot_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join("target")
+            },
+            PathBuf::from,
+        )
+        .join("browser-screenshots")
+}
+
+impl Chrome {
+    /// Starts chromedriver and a headless Chromium. Panics with what to install if they are missing: a browser
+    /// test never skips.
+    pub async fn start() -> Self {
+        assert!(
+            Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists(),
+            "browser tests need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver \
+             (.ci/run installs them)"
+        );
+        // Two rustls crypto providers are linked in the test binary; the WebDriver client needs one chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                         "--window-size=1280,1000", "--no-first-run", "--disable-extensions"],
+            }
+        });
+        let capabilities = match capabilities {
+            serde_json::Value::Object(map) => map,
+            _ => unreachable!("a JSON object"),
+        };
+        let mut last_error = None;
+        for _ in 0..50 {
+            match ClientBuilder::rustls()
+                .expect("rustls is available")
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => {
+                    let screenshots = screenshot_dir();
+                    std::fs::create_dir_all(&screenshots).expect("the screenshot folder");
+                    return Self {
+                        client,
+                        driver,
+                        screenshots,
+                    };
+                }
+                Err(error) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        panic!("could not start a Chromium session: {last_error:?}")
+    }
+
+    /// Writes a PNG of the current page as `<name>.png` in [`screenshot_dir`].
+    pub async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        std::fs::write(self.screenshots.join(format!("{name}.png")), png)
+            .expect("the screenshot is written");
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("the page loads");
+    }
+
+    /// Waits (up to `timeout`) for an element matching `css`.
+    pub async fn wait_for(&self, css: &str, timeout: Duration) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(timeout)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|error| panic!("no {css} within {timeout:?}: {error}"))
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.wait_for(css, Duration::from_secs(10))
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|error| panic!("clicking {css}: {error}"));
+    }
+
+    pub async fn fill(&self, css: &str, text: &str) {
+        let element = self.wait_for(css, Duration::from_secs(10)).await;
+        element.clear().await.ok();
+        element
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|error| panic!("typing into {css}: {error}"));
+    }
+
+    /// The page's HTML.
+    pub async fn source(&self) -> String {
+        self.client.source().await.expect("the page source")
+    }
+
+    /// Waits until the page's HTML contains `text`.
+    pub async fn wait_for_text(&self, text: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.source().await.contains(text) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page never showed {text:?}; it shows:\n{}",
+                self.source().await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .expect("a URL")
+            .path()
+            .to_owned()
+    }
+
+    /// The value of a cookie the site set.
+    pub async fn cookie(&self, name: &str) -> Option<String> {
+        self.client
+            .get_named_cookie(name)
+            .await
+            .ok()
+            .map(|c| c.value().to_owned())
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Chrome {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+    }
+}

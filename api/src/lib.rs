@@ -46,6 +46,8 @@ pub struct AppState {
     pub events: events::Events,
     /// The server-rendered site; absent, only the JSON API and health endpoints are served.
     pub site: Option<Arc<site::SiteState>>,
+    /// Verifies Stripe webhooks; absent, `/webhooks/stripe` answers 503 (Stripe retries).
+    pub stripe_webhook_secret: Option<SecretString>,
 }
 
 /// Settings and clients of the generation endpoints.
@@ -67,7 +69,13 @@ impl AppState {
             owns_queue_gauges: false,
             pipeline: None,
             site: None,
+            stripe_webhook_secret: None,
         }
+    }
+
+    pub fn with_stripe_webhook_secret(mut self, secret: SecretString) -> Self {
+        self.stripe_webhook_secret = Some(secret);
+        self
     }
 
     pub fn with_site(mut self, site: site::SiteState) -> Self {
@@ -117,6 +125,14 @@ impl Api {
                 &storage_origin(&config.storage.endpoint),
                 config.stripe.is_some(),
             ));
+        let state = match config
+            .stripe
+            .as_ref()
+            .and_then(|s| s.webhook_secret.clone())
+        {
+            Some(secret) => state.with_stripe_webhook_secret(secret),
+            None => state,
+        };
         let listener = telemetry::bind(config.http.listen).await?;
         let ops_listener = telemetry::bind(config.http.metrics_listen).await?;
         let console = match &config.http.operator_token {

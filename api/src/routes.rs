@@ -54,6 +54,12 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/kie/{generation}/{secret}",
             post(webhooks::kie_callback),
         )
+        .route(
+            "/webhooks/stripe",
+            post(webhooks::stripe).layer(axum::extract::DefaultBodyLimit::max(
+                webhooks::STRIPE_BODY_LIMIT,
+            )),
+        )
         .fallback(not_found);
     let router = if state.site.is_some() {
         site::layers(router, &state)

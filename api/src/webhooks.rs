@@ -98,3 +98,72 @@ pub async fn kie_callback(
     tracing::info!(generation.id = %generation_id, trace_id = %generation.trace_id, upstream.task_id = %task_id, expedited, "kie callback");
     Ok(Json(json!({ "ok": true })))
 }
+
+/// Largest Stripe webhook body accepted (Stripe's events are well under this).
+pub const STRIPE_BODY_LIMIT: usize = 256 * 1024;
+
+/// `POST /webhooks/stripe`: the raw body's signature is verified (any matching `v1`, 300 s tolerance), the
+/// event is recorded once with its processing job in one transaction, and 200 goes back at once. Bad or stale
+/// signatures get 400 and a metric, and nothing is recorded. No session, no CSRF: the signature is the proof.
+pub async fn stripe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::{http::StatusCode, response::IntoResponse};
+    let count = |outcome: &str| {
+        state
+            .metrics
+            .stripe_webhooks_total
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    let Some(secret) = &state.stripe_webhook_secret else {
+        tracing::error!("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks are not configured\n",
+        )
+            .into_response();
+    };
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let now = chrono::Utc::now().timestamp();
+    if let Err(error) =
+        jobs::billing::verify_signature(&body, signature, secret.expose_secret(), now)
+    {
+        let outcome = match error {
+            jobs::billing::SignatureError::Stale => "stale",
+            _ => "bad_signature",
+        };
+        count(outcome);
+        tracing::warn!(error = %error, "Stripe webhook refused");
+        return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
+    }
+    let event: Value = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(error) => {
+            count("malformed");
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("malformed event: {error}\n"),
+            )
+                .into_response();
+        }
+    };
+    match jobs::billing::record_event(&state.pool, &event).await {
+        Ok(true) => count("recorded"),
+        Ok(false) => count("duplicate"),
+        Err(error) => {
+            // Database trouble: 500 makes Stripe retry; reconciliation is the second net.
+            tracing::error!(
+                error = format!("{error:#}"),
+                "could not record a Stripe event"
+            );
+            return (StatusCode::INTERNAL_SERVER_ERROR, "retry later\n").into_response();
+        }
+    }
+    Json(json!({"received": true})).into_response()
+}

@@ -3,15 +3,794 @@
 //!
 //! The api records an intent and enqueues [`OpenCheckout`] in one transaction; the worker creates the Stripe
 //! session (idempotency key derived from the intent) and stores its URL for the waiting page.
+//!
+//! Stripe events: the webhook (or reconciliation) records each event once ([`record_event`]) with its
+//! processing job; [`process`] applies it. Every credit effect is a ledger row keyed by Stripe's business id
+//! (checkout session, invoice, refund, dispute), so redelivery, reordering and concurrent workers apply each
+//! effect once. Subscription state is read from the API rather than taken from the event, so an older event
+//! never overwrites newer state.
 
-use sqlx::PgPool;
+use chrono::{DateTime, TimeZone, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
     config::Product,
-    kinds::OpenCheckout,
+    credits::{self, Applied, Kind},
+    email::{self, Outgoing},
+    kinds::{OpenCheckout, ProcessStripeEvent},
     queue::{EnqueueOptions, enqueue_with},
+    stripe::{StripeClient, StripeError},
 };
+
+/// How old a webhook's signed timestamp may be.
+pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+
+/// Why a webhook was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("no valid Stripe-Signature header")]
+    Malformed,
+    #[error("no v1 signature matches")]
+    Mismatch,
+    #[error("the signed timestamp is outside the tolerance")]
+    Stale,
+}
+
+/// Verifies `Stripe-Signature: t=…,v1=…[,v1=…]` over the raw body: any v1 may match (secret rotation), and
+/// |now − t| ≤ 300 s.
+pub fn verify_signature(
+    payload: &[u8],
+    header: &str,
+    secret: &str,
+    now: i64,
+) -> Result<(), SignatureError> {
+    let mut timestamp = None;
+    let mut signatures = vec![];
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
+            Some(("v1", value)) => {
+                if let Ok(bytes) = hex::decode(value) {
+                    signatures.push(bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
+    if signatures.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    let matches = signatures.iter().any(|signature| {
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(payload);
+        mac.verify_slice(signature).is_ok()
+    });
+    if !matches {
+        return Err(SignatureError::Mismatch);
+    }
+    if (now - timestamp).abs() > SIGNATURE_TOLERANCE_SECS {
+        return Err(SignatureError::Stale);
+    }
+    Ok(())
+}
+
+/// Records an event (once) and enqueues its processing in the same transaction. Returns whether it was new.
+pub async fn record_event(pool: &PgPool, event: &Value) -> anyhow::Result<bool> {
+    let id = event["id"]
+        .as_str()
+        .filter(|id| id.starts_with("evt_"))
+        .ok_or_else(|| anyhow::anyhow!("the event has no id"))?;
+    let kind = event["type"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the event has no type"))?;
+    let created = event["created"]
+        .as_i64()
+        .and_then(|t| Utc.timestamp_opt(t, 0).single())
+        .ok_or_else(|| anyhow::anyhow!("the event has no created time"))?;
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(kind)
+    .bind(created)
+    .bind(event)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        enqueue_with(
+            &mut *tx,
+            &ProcessStripeEvent {
+                event_id: id.to_owned(),
+            },
+            EnqueueOptions::key(format!("stripe_event:{id}")),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(inserted == 1)
+}
+
+/// What processing did with an event (stored in `stripe_events.outcome`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome(pub String);
+
+fn outcome(text: impl Into<String>) -> Outcome {
+    Outcome(text.into())
+}
+
+fn str_at<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
+    value.pointer(pointer).and_then(Value::as_str)
+}
+
+fn user_of(object: &Value) -> Option<Uuid> {
+    str_at(object, "/client_reference_id")
+        .or_else(|| str_at(object, "/metadata/user"))
+        .and_then(|u| u.parse().ok())
+}
+
+fn credits_of(metadata: &Value) -> i64 {
+    str_at(metadata, "/credits")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Applies one recorded event. Runs in its own transaction with the event row locked, so two workers handed
+/// the same event serialise; every effect is keyed anyway.
+pub async fn process(
+    pool: &PgPool,
+    stripe: Option<&StripeClient>,
+    event_id: &str,
+) -> Result<Option<Outcome>, ProcessError> {
+    let row: Option<(String, Value, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT type, payload, processed_at FROM stripe_events WHERE id = $1")
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?;
+    let Some((kind, event, processed)) = row else {
+        return Ok(None);
+    };
+    if processed.is_some() {
+        return Ok(None);
+    }
+    let object = &event["data"]["object"];
+    // Reads from the Stripe API happen before the transaction, so no lock is held across the network.
+    let subscription = match kind.as_str() {
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => {
+            let id = str_at(object, "/id").unwrap_or_default().to_owned();
+            Some(current_subscription(stripe, &id, object).await?)
+        }
+        "checkout.session.completed" if str_at(object, "/mode") == Some("subscription") => {
+            match str_at(object, "/subscription") {
+                Some(id) => Some(current_subscription(stripe, id, &Value::Null).await?),
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let mut tx = pool.begin().await?;
+    let locked: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT processed_at FROM stripe_events WHERE id = $1 FOR UPDATE")
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if !matches!(locked, Some(None)) {
+        return Ok(None);
+    }
+    let created = event["created"].as_i64().unwrap_or_default();
+    let result = match kind.as_str() {
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
+            checkout_completed(&mut tx, object, created, subscription.as_ref()).await?
+        }
+        "checkout.session.async_payment_failed" => {
+            notify_payment_failed(&mut tx, user_of(object), event_id).await?;
+            outcome("async payment failed; user notified")
+        }
+        "invoice.paid" => invoice_paid(&mut tx, object, created).await?,
+        "invoice.payment_failed" => {
+            let user = invoice_user(&mut tx, object).await?;
+            notify_payment_failed(&mut tx, user, event_id).await?;
+            outcome("invoice payment failed; user notified")
+        }
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => {
+            mirror_subscription(&mut tx, subscription.as_ref().unwrap_or(object)).await?
+        }
+        "charge.refunded" => charge_refunded(&mut tx, object).await?,
+        "charge.dispute.created" => dispute_created(&mut tx, object).await?,
+        "charge.dispute.closed" => dispute_closed(&mut tx, object).await?,
+        other => outcome(format!("ignored ({other})")),
+    };
+    sqlx::query("UPDATE stripe_events SET processed_at = now(), outcome = $2 WHERE id = $1")
+        .bind(event_id)
+        .bind(&result.0)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(result))
+}
+
+/// A failed processing attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
+}
+
+/// The subscription as Stripe has it now (falls back to the event's copy when no client is configured).
+async fn current_subscription(
+    stripe: Option<&StripeClient>,
+    id: &str,
+    from_event: &Value,
+) -> Result<Value, StripeError> {
+    match stripe {
+        Some(stripe) if !id.is_empty() => {
+            stripe
+                .get(&format!("/v1/subscriptions/{id}"), "retrieve_subscription")
+                .await
+        }
+        _ => Ok(from_event.clone()),
+    }
+}
+
+async fn link_customer(
+    tx: &mut PgConnection,
+    user: Uuid,
+    customer: Option<&str>,
+) -> sqlx::Result<()> {
+    if let Some(customer) = customer {
+        sqlx::query(
+            "INSERT INTO stripe_customers (user_id, customer_id) SELECT $1, $2
+              WHERE EXISTS (SELECT 1 FROM users WHERE id = $1)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(user)
+        .bind(customer)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Grants `credits` for a payment, paying off any shortfall first. Returns false if granted before.
+async fn grant(
+    tx: &mut PgConnection,
+    user: Uuid,
+    credits: i64,
+    key: &str,
+    detail: Value,
+) -> sqlx::Result<bool> {
+    if credits <= 0 {
+        return Ok(false);
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_accounts WHERE user_id = $1)")
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !exists {
+        return Ok(false);
+    }
+    if credits::apply(tx, user, Kind::Grant, credits, key, detail).await? != Applied::Yes {
+        return Ok(false);
+    }
+    let owed: i64 =
+        sqlx::query_scalar("SELECT shortfall FROM credit_accounts WHERE user_id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
+    let pay = owed.min(credits);
+    if pay > 0 {
+        credits::apply(
+            tx,
+            user,
+            Kind::Clawback,
+            -pay,
+            &format!("shortfall:{key}"),
+            json!({"reason": "settles credits owed after a refund or dispute"}),
+        )
+        .await?;
+        sqlx::query("UPDATE credit_accounts SET shortfall = shortfall - $2, updated_at = now() WHERE user_id = $1")
+            .bind(user)
+            .bind(pay)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(true)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_payment(
+    tx: &mut PgConnection,
+    user: Uuid,
+    kind: &str,
+    object_id: &str,
+    payment_intent: Option<&str>,
+    customer: Option<&str>,
+    product: &str,
+    amount: i64,
+    currency: &str,
+    credits: i64,
+    paid_at: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO payments (id, user_id, pseudonym, stripe_customer_id, stripe_object_id, product_id, amount_minor,
+                               currency, paid_at, kind, credits, stripe_payment_intent)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
+          WHERE EXISTS (SELECT 1 FROM users WHERE id = $2)
+         ON CONFLICT (stripe_object_id) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(format!("p_{}", Uuid::new_v4().simple()))
+    .bind(customer)
+    .bind(object_id)
+    .bind(product)
+    .bind(amount)
+    .bind(currency.to_lowercase())
+    .bind(Utc.timestamp_opt(paid_at, 0).single().unwrap_or_else(Utc::now))
+    .bind(kind)
+    .bind(credits)
+    .bind(payment_intent)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn checkout_completed(
+    tx: &mut PgConnection,
+    session: &Value,
+    created: i64,
+    subscription: Option<&Value>,
+) -> sqlx::Result<Outcome> {
+    let Some(user) = user_of(session) else {
+        return Ok(outcome("no user on the session"));
+    };
+    let session_id = str_at(session, "/id").unwrap_or_default();
+    let customer = str_at(session, "/customer");
+    link_customer(tx, user, customer).await?;
+    if str_at(session, "/mode") == Some("subscription") {
+        if let Some(subscription) = subscription {
+            mirror_subscription(tx, subscription).await?;
+        }
+        return Ok(outcome("subscription linked"));
+    }
+    if str_at(session, "/payment_status") != Some("paid") {
+        return Ok(outcome("awaiting payment"));
+    }
+    let metadata = &session["metadata"];
+    let credits = credits_of(metadata);
+    let product = str_at(metadata, "/product").unwrap_or("unknown");
+    record_payment(
+        tx,
+        user,
+        "pack",
+        session_id,
+        str_at(session, "/payment_intent"),
+        customer,
+        product,
+        session["amount_total"].as_i64().unwrap_or(0),
+        str_at(session, "/currency").unwrap_or("usd"),
+        credits,
+        created,
+    )
+    .await?;
+    let granted = grant(
+        tx,
+        user,
+        credits,
+        &format!("pack:{session_id}"),
+        json!({"product": product, "checkout_session": session_id}),
+    )
+    .await?;
+    Ok(outcome(if granted {
+        format!("granted {credits} credits")
+    } else {
+        "already granted".into()
+    }))
+}
+
+async fn invoice_user(tx: &mut PgConnection, invoice: &Value) -> sqlx::Result<Option<Uuid>> {
+    if let Some(user) =
+        str_at(invoice, "/parent/subscription_details/metadata/user").and_then(|u| u.parse().ok())
+    {
+        return Ok(Some(user));
+    }
+    let subscription =
+        str_at(invoice, "/parent/subscription_details/subscription").unwrap_or_default();
+    let by_subscription: Option<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM subscriptions WHERE stripe_subscription_id = $1")
+            .bind(subscription)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+    if by_subscription.is_some() {
+        return Ok(by_subscription);
+    }
+    sqlx::query_scalar("SELECT user_id FROM stripe_customers WHERE customer_id = $1")
+        .bind(str_at(invoice, "/customer").unwrap_or_default())
+        .fetch_optional(&mut *tx)
+        .await
+}
+
+async fn invoice_paid(
+    tx: &mut PgConnection,
+    invoice: &Value,
+    created: i64,
+) -> sqlx::Result<Outcome> {
+    let Some(user) = invoice_user(tx, invoice).await? else {
+        return Ok(outcome("no user for the invoice"));
+    };
+    let invoice_id = str_at(invoice, "/id").unwrap_or_default();
+    let metadata = &invoice["parent"]["subscription_details"]["metadata"];
+    let credits = credits_of(metadata);
+    let product = str_at(metadata, "/product").unwrap_or("unknown");
+    let payment_intent = invoice
+        .pointer("/payments/data/0/payment/payment_intent")
+        .and_then(Value::as_str);
+    record_payment(
+        tx,
+        user,
+        "plan",
+        invoice_id,
+        payment_intent,
+        str_at(invoice, "/customer"),
+        product,
+        invoice["amount_paid"].as_i64().unwrap_or(0),
+        str_at(invoice, "/currency").unwrap_or("usd"),
+        credits,
+        created,
+    )
+    .await?;
+    let granted = grant(
+        tx,
+        user,
+        credits,
+        &format!("invoice:{invoice_id}"),
+        json!({"product": product, "invoice": invoice_id}),
+    )
+    .await?;
+    Ok(outcome(if granted {
+        format!("granted the period's {credits} credits")
+    } else {
+        "already granted".into()
+    }))
+}
+
+/// Mirrors a subscription as read from Stripe: plan, status, period end.
+async fn mirror_subscription(tx: &mut PgConnection, subscription: &Value) -> sqlx::Result<Outcome> {
+    let Some(id) = str_at(subscription, "/id") else {
+        return Ok(outcome("no subscription id"));
+    };
+    let user: Option<Uuid> =
+        match str_at(subscription, "/metadata/user").and_then(|u| u.parse().ok()) {
+            Some(user) => Some(user),
+            None => {
+                sqlx::query_scalar("SELECT user_id FROM stripe_customers WHERE customer_id = $1")
+                    .bind(str_at(subscription, "/customer").unwrap_or_default())
+                    .fetch_optional(&mut *tx)
+                    .await?
+            }
+        };
+    let user = match user {
+        Some(user) => {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = $1")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        None => None,
+    };
+    let plan = str_at(subscription, "/metadata/product").unwrap_or("unknown");
+    let status = str_at(subscription, "/status").unwrap_or("unknown");
+    let period_end = subscription
+        .pointer("/items/data/0/current_period_end")
+        .and_then(Value::as_i64)
+        .and_then(|t| Utc.timestamp_opt(t, 0).single());
+    sqlx::query(
+        "INSERT INTO subscriptions (stripe_subscription_id, user_id, plan_id, status, current_period_end, source_created_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (stripe_subscription_id) DO UPDATE
+            SET user_id = coalesce(EXCLUDED.user_id, subscriptions.user_id), plan_id = EXCLUDED.plan_id,
+                status = EXCLUDED.status, current_period_end = EXCLUDED.current_period_end,
+                source_created_at = EXCLUDED.source_created_at, updated_at = now()
+          WHERE subscriptions.source_created_at <= EXCLUDED.source_created_at",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(plan)
+    .bind(status)
+    .bind(period_end)
+    .execute(&mut *tx)
+    .await?;
+    Ok(outcome(format!("subscription {status}")))
+}
+
+/// The payment a charge paid for (by its payment intent).
+async fn payment_of_charge(
+    tx: &mut PgConnection,
+    charge: &Value,
+) -> sqlx::Result<Option<(Uuid, Option<Uuid>, i64, i64)>> {
+    let Some(intent) = str_at(charge, "/payment_intent") else {
+        return Ok(None);
+    };
+    sqlx::query_as(
+        "SELECT id, user_id, amount_minor, credits FROM payments WHERE stripe_payment_intent = $1 FOR UPDATE",
+    )
+    .bind(intent)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// Takes up to `credits` off the balance with `kind` under `key`; what is not there becomes shortfall.
+/// Returns `(taken, shortfall)`.
+async fn take_back(
+    tx: &mut PgConnection,
+    user: Uuid,
+    kind: Kind,
+    credits: i64,
+    key: &str,
+    detail: Value,
+) -> sqlx::Result<(i64, i64)> {
+    let balance: i64 =
+        sqlx::query_scalar("SELECT balance FROM credit_accounts WHERE user_id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(0);
+    let taken = balance.min(credits);
+    if taken > 0 {
+        credits::apply(tx, user, kind, -taken, key, detail).await?;
+    }
+    let shortfall = credits - taken;
+    if shortfall > 0 {
+        sqlx::query("UPDATE credit_accounts SET shortfall = shortfall + $2, updated_at = now() WHERE user_id = $1")
+            .bind(user)
+            .bind(shortfall)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok((taken, shortfall))
+}
+
+async fn charge_refunded(tx: &mut PgConnection, charge: &Value) -> sqlx::Result<Outcome> {
+    let Some((payment, user, amount, credits)) = payment_of_charge(tx, charge).await? else {
+        return Ok(outcome("refund of an unknown payment"));
+    };
+    let refunds = charge
+        .pointer("/refunds/data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut applied = vec![];
+    for refund in &refunds {
+        let (Some(refund_id), Some(refund_amount)) =
+            (str_at(refund, "/id"), refund["amount"].as_i64())
+        else {
+            continue;
+        };
+        if refund_amount <= 0
+            || str_at(refund, "/status").is_some_and(|s| s == "failed" || s == "canceled")
+        {
+            continue;
+        }
+        let share = if amount > 0 {
+            // Proportional, rounded up: a refund never leaves paid-for credits behind.
+            (credits * refund_amount + amount - 1) / amount
+        } else {
+            credits
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO payment_refunds (refund_id, payment_id, amount_minor, credits, clawed_back, shortfall)
+             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (refund_id) DO NOTHING",
+        )
+        .bind(refund_id)
+        .bind(payment)
+        .bind(refund_amount)
+        .bind(share)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            continue;
+        }
+        sqlx::query("UPDATE payments SET refunded_minor = refunded_minor + $2 WHERE id = $1")
+            .bind(payment)
+            .bind(refund_amount)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(user) = user {
+            let (taken, shortfall) = take_back(
+                tx,
+                user,
+                Kind::Clawback,
+                share,
+                &format!("refund:{refund_id}"),
+                json!({"refund": refund_id}),
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE payment_refunds SET clawed_back = $2, shortfall = $3 WHERE refund_id = $1",
+            )
+            .bind(refund_id)
+            .bind(taken)
+            .bind(shortfall)
+            .execute(&mut *tx)
+            .await?;
+        }
+        applied.push(refund_id.to_owned());
+    }
+    Ok(outcome(if applied.is_empty() {
+        "refunds already applied".to_owned()
+    } else {
+        format!("clawed back for {}", applied.join(", "))
+    }))
+}
+
+async fn dispute_created(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<Outcome> {
+    let dispute_id = str_at(dispute, "/id").unwrap_or_default();
+    let charge = json!({"payment_intent": dispute["payment_intent"]});
+    let Some((payment, user, _, credits)) = payment_of_charge(tx, &charge).await? else {
+        return Ok(outcome("dispute on an unknown payment"));
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO payment_disputes (dispute_id, payment_id, frozen, shortfall, status) VALUES ($1, $2, 0, 0, 'open')
+         ON CONFLICT (dispute_id) DO NOTHING",
+    )
+    .bind(dispute_id)
+    .bind(payment)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(outcome("dispute already recorded"));
+    }
+    sqlx::query("UPDATE payments SET disputed_at = now() WHERE id = $1")
+        .bind(payment)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(user) = user {
+        let (frozen, shortfall) = take_back(
+            tx,
+            user,
+            Kind::Freeze,
+            credits,
+            &format!("dispute:{dispute_id}"),
+            json!({"dispute": dispute_id}),
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE payment_disputes SET frozen = $2, shortfall = $3 WHERE dispute_id = $1",
+        )
+        .bind(dispute_id)
+        .bind(frozen)
+        .bind(shortfall)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(outcome(format!("froze {frozen} credits, {shortfall} owed")));
+    }
+    Ok(outcome("dispute recorded"))
+}
+
+async fn dispute_closed(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<Outcome> {
+    let dispute_id = str_at(dispute, "/id").unwrap_or_default();
+    let won = str_at(dispute, "/status") == Some("won");
+    let closed: Option<(Uuid, i64, i64)> = sqlx::query_as(
+        "UPDATE payment_disputes SET status = $2, closed_at = now() WHERE dispute_id = $1 AND status = 'open'
+         RETURNING payment_id, frozen, shortfall",
+    )
+    .bind(dispute_id)
+    .bind(if won { "won" } else { "lost" })
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((payment, frozen, shortfall)) = closed else {
+        return Ok(outcome("dispute not open"));
+    };
+    if !won {
+        return Ok(outcome("dispute lost; frozen credits removed"));
+    }
+    let user: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM payments WHERE id = $1")
+        .bind(payment)
+        .fetch_one(&mut *tx)
+        .await?;
+    if let Some(user) = user {
+        if frozen > 0 {
+            credits::apply(
+                tx,
+                user,
+                Kind::Release,
+                frozen,
+                &format!("dispute:{dispute_id}"),
+                json!({"dispute": dispute_id, "won": true}),
+            )
+            .await?;
+        }
+        if shortfall > 0 {
+            sqlx::query(
+                "UPDATE credit_accounts SET shortfall = GREATEST(shortfall - $2, 0), updated_at = now() WHERE user_id = $1",
+            )
+            .bind(user)
+            .bind(shortfall)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(outcome(format!("dispute won; released {frozen} credits")))
+}
+
+async fn notify_payment_failed(
+    tx: &mut PgConnection,
+    user: Option<Uuid>,
+    event_id: &str,
+) -> sqlx::Result<()> {
+    let Some(user) = user else { return Ok(()) };
+    let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(email) = email {
+        email::queue(
+            tx,
+            Outgoing {
+                to: &email,
+                user_id: Some(user),
+                idempotency_key: format!("payment_failed:{event_id}"),
+                message: mail::payment_failed(),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Lists recent events from Stripe (the API keeps 30 days; `since` bounds the look-back) and records any the
+/// webhook missed. Returns how many were new.
+pub async fn reconcile(
+    pool: &PgPool,
+    stripe: &StripeClient,
+    since: DateTime<Utc>,
+) -> Result<usize, ProcessError> {
+    let mut starting_after: Option<String> = None;
+    let mut recorded = 0;
+    loop {
+        let mut path = format!("/v1/events?limit=100&created[gte]={}", since.timestamp());
+        if let Some(after) = &starting_after {
+            path.push_str(&format!("&starting_after={after}"));
+        }
+        let page = stripe.get(&path, "list_events").await?;
+        let events = page["data"].as_array().cloned().unwrap_or_default();
+        for event in &events {
+            match record_event(pool, event).await {
+                Ok(true) => recorded += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "an event from the list could not be recorded")
+                }
+            }
+        }
+        if page["has_more"].as_bool() != Some(true) || events.is_empty() {
+            return Ok(recorded);
+        }
+        starting_after = events
+            .last()
+            .and_then(|e| e["id"].as_str())
+            .map(str::to_owned);
+    }
+}
 
 /// What the user asked to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +828,8 @@ pub async fn record_intent(
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO checkout_intents (id, user_id, kind, product_id, stripe_price_id, mode)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO checkout_intents (id, user_id, kind, product_id, stripe_price_id, mode, credits)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id)
     .bind(user_id)
@@ -58,6 +837,7 @@ pub async fn record_intent(
     .bind(product.map(|p| p.id.as_str()))
     .bind(product.map(|p| p.stripe_price_id.as_str()))
     .bind(kind.mode())
+    .bind(product.map(|p| p.credits))
     .execute(&mut *tx)
     .await?;
     enqueue_with(

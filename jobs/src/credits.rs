@@ -13,6 +13,10 @@ pub enum Kind {
     Refund,
     Expire,
     Clawback,
+    /// Credits held while a payment is disputed.
+    Freeze,
+    /// Frozen credits given back when a dispute is won.
+    Release,
 }
 
 impl Kind {
@@ -24,6 +28,8 @@ impl Kind {
             Self::Refund => "refund",
             Self::Expire => "expire",
             Self::Clawback => "clawback",
+            Self::Freeze => "freeze",
+            Self::Release => "release",
         }
     }
 }

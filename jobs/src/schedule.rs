@@ -11,7 +11,7 @@ use sqlx::PgExecutor;
 use crate::{
     kinds::{
         ExpireExports, ExpireTrialFingerprints, ProbeUpstreams, PruneFinishedJobs,
-        PurgeExpiredRecords, RotateHashPepper,
+        PurgeExpiredRecords, ReconcileStripeEvents, RotateHashPepper,
     },
     queue::{EnqueueOptions, Enqueued, NewJob, enqueue::enqueue_new},
 };
@@ -99,6 +99,9 @@ pub fn schedules() -> Vec<Schedule> {
         }),
         Schedule::new("expire_exports", "45 * * * *", || {
             NewJob::of(&ExpireExports {}, EnqueueOptions::default())
+        }),
+        Schedule::new("reconcile_stripe_events", "*/15 * * * *", || {
+            NewJob::of(&ReconcileStripeEvents {}, EnqueueOptions::default())
         }),
     ]
 }

@@ -15,6 +15,8 @@ use crate::{
 pub struct StripeConfig {
     pub api_base: url::Url,
     pub secret_key: SecretString,
+    /// `STRIPE_WEBHOOK_SECRET` (`whsec_…`): the api refuses webhooks without it.
+    pub webhook_secret: Option<SecretString>,
 }
 
 impl StripeConfig {
@@ -32,6 +34,7 @@ impl StripeConfig {
         Ok(Some(Self {
             api_base,
             secret_key: secret_key.into(),
+            webhook_secret: source.get("STRIPE_WEBHOOK_SECRET").map(SecretString::from),
         }))
     }
 }

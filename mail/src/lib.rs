@@ -66,6 +66,30 @@ pub fn email_change(link_url: &str, expires_minutes: u32) -> Message {
     }
 }
 
+/// A payment did not go through (a delayed checkout payment, or a plan's renewal).
+pub fn payment_failed() -> Message {
+    let subject = "Your createimage2 payment did not go through".to_owned();
+    let text = format!(
+        "A payment for createimage2 failed, so no credits were added. If it was a plan renewal, Stripe will \
+         retry; you can update your card in the billing portal from your account page.\n\n\
+         https://createimage2.com/account\n\n{FOOTER_TEXT}\n"
+    );
+    let html = layout(
+        &subject,
+        html! {
+            h1 style="font-size:20px" { "Your payment did not go through" }
+            p { "No credits were added. If it was a plan renewal, Stripe will retry; you can update your card in the billing portal from your account page." }
+            (button("https://createimage2.com/account", "Open your account"))
+        },
+    );
+    Message {
+        template: "payment_failed",
+        subject,
+        text,
+        html,
+    }
+}
+
 /// A sign-in link (single use, expiring).
 pub fn sign_in_link(link_url: &str, expires_minutes: u32) -> Message {
     let subject = "Your sign-in link for createimage2".to_owned();

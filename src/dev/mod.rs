@@ -78,6 +78,26 @@ pub async fn run(
     let listener = telemetry::bind(listen).await?;
     let site = listener.local_addr()?;
     let site_config = dev_site(site).await?;
+    for (products, recurring) in [
+        (&site_config.config.packs, None),
+        (
+            &site_config.config.plans,
+            Some(fakes::stripe::Interval::Month),
+        ),
+    ] {
+        for product in products {
+            stripe.add_price_with_product(
+                fakes::stripe::PriceSpec {
+                    id: product.stripe_price_id.clone(),
+                    unit_amount: product.amount_minor,
+                    currency: product.currency.clone(),
+                    recurring,
+                },
+                &format!("{} credits", product.credits),
+            );
+        }
+    }
+    stripe.set_webhook_endpoint(&format!("http://{site}/webhooks/stripe"), "whsec_dev");
     let kie_config = KieConfig {
         base_url: kie.base_url().parse()?,
         api_key: "dev-kie-key".to_owned().into(),
@@ -100,6 +120,7 @@ pub async fn run(
             jobs::stripe::StripeConfig {
                 api_base: stripe.base_url().parse()?,
                 secret_key: "sk_test_dev".to_owned().into(),
+                webhook_secret: Some("whsec_dev".to_owned().into()),
             },
             metrics.clone(),
         )),
@@ -132,7 +153,8 @@ pub async fn run(
             format!("http://{site}").parse()?,
             &api::storage_origin(&s3.endpoint()),
             true,
-        ));
+        ))
+        .with_stripe_webhook_secret("whsec_dev".to_owned().into());
     let ops_listener = telemetry::bind(metrics_listen).await?;
     let operator_token = std::env::var("OPERATOR_TOKEN")
         .ok()

@@ -51,6 +51,9 @@ pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 /// The Stripe stand-in's secret key in tests.
 pub const STRIPE_SECRET_KEY: &str = "sk_test_createimage2";
 
+/// The Stripe webhook endpoint's signing secret in tests.
+pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_test_createimage2";
+
 /// The HMAC key the kie stand-in signs callbacks with in tests.
 pub const KIE_HMAC_KEY: &str = "test-webhook-hmac-key";
 
@@ -168,6 +171,11 @@ impl TestAppBuilder {
         site.ga4_measurement_id = Some(GA4_ID.into());
         site.ga4_script_url = analytics.script_url().parse().unwrap();
         site.dev_pages = true;
+        register_products(
+            &stripe,
+            &site,
+            &format!("http://{api_addr}/webhooks/stripe"),
+        );
         let kie_config = KieConfig {
             base_url: kie.base_url().parse().unwrap(),
             api_key: self.kie.api_key.clone().into(),
@@ -191,6 +199,7 @@ impl TestAppBuilder {
                 jobs::stripe::StripeConfig {
                     api_base: stripe.base_url().parse().unwrap(),
                     secret_key: STRIPE_SECRET_KEY.to_owned().into(),
+                    webhook_secret: Some(STRIPE_WEBHOOK_SECRET.to_owned().into()),
                 },
                 metrics.clone(),
             )),
@@ -238,7 +247,8 @@ impl TestAppBuilder {
                 format!("http://{api_addr}").parse().unwrap(),
                 &api::storage_origin(&s3.endpoint()),
                 true,
-            ));
+            ))
+            .with_stripe_webhook_secret(STRIPE_WEBHOOK_SECRET.to_owned().into());
         let ops_listener = telemetry::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -281,6 +291,27 @@ impl TestAppBuilder {
             db,
         }
     }
+}
+
+/// Gives the Stripe stand-in the site's prices and points its webhooks at the api.
+pub fn register_products(stripe: &fakes::stripe::StripeFake, site: &SiteConfig, webhook_url: &str) {
+    for (products, recurring) in [
+        (&site.packs, None),
+        (&site.plans, Some(fakes::stripe::Interval::Month)),
+    ] {
+        for product in products {
+            stripe.add_price_with_product(
+                fakes::stripe::PriceSpec {
+                    id: product.stripe_price_id.clone(),
+                    unit_amount: product.amount_minor,
+                    currency: product.currency.clone(),
+                    recurring,
+                },
+                &format!("{} credits", product.credits),
+            );
+        }
+    }
+    stripe.set_webhook_endpoint(webhook_url, STRIPE_WEBHOOK_SECRET);
 }
 
 /// Runners started by [`TestApp::start_worker`].

@@ -198,3 +198,45 @@ async fn google_sign_in_and_analytics_consent_on_and_off_in_a_real_browser() {
     chrome.close().await;
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_member_buys_a_pack_on_the_pricing_page_through_the_stand_in_checkout_and_sees_the_credits()
+ {
+    let app = TestApp::spawn().await;
+    let chrome = Chrome::start().await;
+    chrome.goto(&app.url("/sign-in")).await;
+    chrome.fill("#email", "payer@example.com").await;
+    chrome.click("#send-link").await;
+    chrome.wait_for("#check-email", SLOW).await;
+    chrome
+        .goto(&latest_mail_link(&app, "payer@example.com", "/sign-in/link").await)
+        .await;
+    chrome.click("#confirm-link").await;
+    chrome.wait_for_text("Generate an image", SLOW).await;
+
+    chrome.goto(&app.url("/pricing")).await;
+    chrome.screenshot("30-pricing-signed-in").await;
+    chrome.click("#buy-pack_100").await;
+    // The waiting page follows the worker's Checkout Session to the stand-in's hosted page.
+    chrome.wait_for("#pay", SLOW).await;
+    chrome.screenshot("31-checkout").await;
+    chrome.click("#pay").await;
+    chrome.wait_for("#balance", SLOW).await;
+    let deadline = tokio::time::Instant::now() + SLOW;
+    loop {
+        chrome.goto(&app.url("/account")).await;
+        if chrome.source().await.contains("id=\"balance\">120<") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the credits never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    chrome.screenshot("32-credits-arrived").await;
+    chrome.close().await;
+    app.stripe.wait_for_deliveries().await;
+    app.drain().await;
+    app.finish().await;
+}

@@ -12,8 +12,10 @@ pub mod expire_trial_fingerprints;
 pub mod open_checkout;
 pub mod poll_generation;
 pub mod probe_upstreams;
+pub mod process_stripe_event;
 pub mod prune_finished_jobs;
 pub mod purge_expired_records;
+pub mod reconcile_stripe_events;
 pub mod rotate_hash_pepper;
 pub mod send_email;
 pub mod send_policy_notices;
@@ -30,8 +32,10 @@ pub use expire_trial_fingerprints::ExpireTrialFingerprints;
 pub use open_checkout::OpenCheckout;
 pub use poll_generation::PollGeneration;
 pub use probe_upstreams::ProbeUpstreams;
+pub use process_stripe_event::ProcessStripeEvent;
 pub use prune_finished_jobs::PruneFinishedJobs;
 pub use purge_expired_records::PurgeExpiredRecords;
+pub use reconcile_stripe_events::ReconcileStripeEvents;
 pub use rotate_hash_pepper::RotateHashPepper;
 pub use send_email::SendEmail;
 pub use send_policy_notices::SendPolicyNotices;
@@ -56,4 +60,6 @@ pub fn registry() -> Registry {
         .register::<PurgeExpiredRecords>()
         .register::<SendPolicyNotices>()
         .register::<OpenCheckout>()
+        .register::<ProcessStripeEvent>()
+        .register::<ReconcileStripeEvents>()
 }

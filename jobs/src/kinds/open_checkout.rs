@@ -28,6 +28,7 @@ struct Intent {
     kind: String,
     product_id: Option<String>,
     stripe_price_id: Option<String>,
+    credits: Option<i64>,
     status: String,
     email: String,
 }
@@ -44,7 +45,7 @@ impl Job for OpenCheckout {
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let pipeline = ctx.services.pipeline()?;
         let intent: Option<Intent> = sqlx::query_as(
-            "SELECT i.user_id, i.kind, i.product_id, i.stripe_price_id, i.status, u.email
+            "SELECT i.user_id, i.kind, i.product_id, i.stripe_price_id, i.credits, i.status, u.email
                FROM checkout_intents i JOIN users u ON u.id = i.user_id WHERE i.id = $1",
         )
         .bind(self.intent_id)
@@ -191,6 +192,8 @@ async fn open(
             .clone()
             .ok_or_else(|| StripeError::Rejected("intent without a price".into()))?;
         let product = intent.product_id.clone().unwrap_or_default();
+        let credits = intent.credits.unwrap_or_default().to_string();
+        let user = intent.user_id.to_string();
         let mode = if intent.kind == "plan" {
             "subscription"
         } else {
@@ -203,21 +206,25 @@ async fn open(
             ("line_items[0][price]".into(), price),
             ("line_items[0][quantity]".into(), "1".into()),
             ("metadata[product]".into(), product.clone()),
+            ("metadata[credits]".into(), credits.clone()),
             ("metadata[intent]".into(), intent_id.to_string()),
-            ("metadata[user]".into(), intent.user_id.to_string()),
+            ("metadata[user]".into(), user.clone()),
             (
                 "success_url".into(),
                 format!("{base}/account?checkout=success#credits"),
             ),
             ("cancel_url".into(), format!("{base}/pricing")),
         ];
-        if mode == "subscription" {
-            params.push(("subscription_data[metadata][product]".into(), product));
-            params.push((
-                "subscription_data[metadata][user]".into(),
-                intent.user_id.to_string(),
-            ));
-        }
+        // The objects later events carry (subscription, payment intent) name the product, its credits and the
+        // user, so every event can be applied on its own.
+        let nested = if mode == "subscription" {
+            "subscription_data"
+        } else {
+            "payment_intent_data"
+        };
+        params.push((format!("{nested}[metadata][product]"), product));
+        params.push((format!("{nested}[metadata][credits]"), credits));
+        params.push((format!("{nested}[metadata][user]"), user));
         stripe
             .post_form(
                 "/v1/checkout/sessions",

@@ -1,0 +1,47 @@
+//! Applies one recorded Stripe event: grants packs and plan allowances, mirrors subscriptions, claws back
+//! refunds, freezes and settles disputes (`billing::process`).
+//!
+//! Why: the webhook only records the event and answers at once; effects happen here, retried on failure.
+//! Safe twice (and with two workers at once): the event row is locked while it is applied and marked
+//! processed in the same transaction, and every credit effect has a unique business key in the ledger.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    billing::{self, ProcessError},
+    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessStripeEvent {
+    pub event_id: String,
+}
+
+impl Job for ProcessStripeEvent {
+    const NAME: &'static str = "process_stripe_event";
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 25,
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(3600),
+        timeout: Duration::from_secs(60),
+    };
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let stripe = ctx
+            .services
+            .pipeline
+            .as_ref()
+            .and_then(|p| p.stripe.as_ref());
+        match billing::process(&ctx.pool, stripe, &self.event_id).await {
+            Ok(Some(outcome)) => {
+                tracing::info!(event = %self.event_id, outcome = %outcome.0, "Stripe event applied");
+                Ok(Outcome::Done)
+            }
+            Ok(None) => Ok(Outcome::Done),
+            Err(ProcessError::Database(error)) => Err(JobError::Retryable(error.into())),
+            Err(ProcessError::Stripe(error)) => Err(JobError::Retryable(error.into())),
+        }
+    }
+}

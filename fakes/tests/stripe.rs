@@ -798,6 +798,8 @@ async fn bad_requests_get_stripe_errors() {
 
 #[tokio::test]
 async fn the_real_async_stripe_client_drives_customers_checkout_portal_subscriptions_and_events() {
+    // The workspace links both of rustls' crypto providers; a client must be told which one to use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (fake, _endpoint) = fake_with_endpoint().await;
     // With and without a trailing slash: async-stripe appends `v1/...` to the base.
     let client = stripe::ClientBuilder::new(KEY)

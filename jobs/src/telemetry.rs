@@ -259,6 +259,27 @@ impl Metrics {
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), role])
             .set(1);
+        // Outcomes exist from the start (at zero), so "none refused" is a value, not a missing series.
+        for outcome in [
+            "recorded",
+            "duplicate",
+            "bad_signature",
+            "stale",
+            "malformed",
+        ] {
+            metrics.stripe_webhooks_total.with_label_values(&[outcome]);
+        }
+        for outcome in [
+            "started",
+            "refused_repeat",
+            "turnstile_failed",
+            "turnstile_error",
+        ] {
+            metrics.trial_checks_total.with_label_values(&[outcome]);
+        }
+        for kind in ["sign_in", "sign_up"] {
+            metrics.sign_ins_total.with_label_values(&[kind]);
+        }
         Self(Arc::new(metrics))
     }
 

@@ -1,7 +1,8 @@
 //! Deletes an account and everything of it (privacy policy §5 "Delete your account", §8 children's accounts).
 //!
 //! Steps, each idempotent, so a re-run after a crash at any point completes the deletion:
-//! 1. every bucket object under the user's prefixes (`users/<id>/`, `exports/<id>/`), in batches;
+//! 1. every bucket object under the user's prefixes (`users/<id>/`, `exports/<id>/`), in batches, and the
+//!    images of trial generations adopted at sign-up (kept under `trials/`);
 //! 2. the Stripe customer redacted (deleted at Stripe; "no such customer" counts as done);
 //! 3. payment records pseudonymised: the link to the user is cut (`user_id = NULL`); they keep only the
 //!    random pseudonym, product, amount, currency and date, for the 7-year tax period;
@@ -43,6 +44,15 @@ impl Job for DeleteAccount {
             let keys = list_keys(&pipeline.storage, &prefix).await?;
             pipeline.storage.delete_many(&keys).await?;
         }
+        // Images of trial generations adopted at sign-up live under `trials/`: delete them by their rows.
+        let adopted: Vec<String> = sqlx::query_scalar(
+            "SELECT i.object_key FROM generated_images i JOIN generations g ON g.id = i.generation_id
+              WHERE g.user_id = $1 AND i.object_key NOT LIKE 'users/%'",
+        )
+        .bind(self.user_id)
+        .fetch_all(&ctx.pool)
+        .await?;
+        pipeline.storage.delete_many(&adopted).await?;
         // 2. Stripe.
         let customer: Option<String> =
             sqlx::query_scalar("SELECT customer_id FROM stripe_customers WHERE user_id = $1")
@@ -67,6 +77,16 @@ impl Job for DeleteAccount {
             .bind(self.user_id)
             .execute(&mut *tx)
             .await?;
+        // Raw Stripe events about this user can carry their e-mail address; processed ones go now (the
+        // payment records above are what the tax period needs).
+        sqlx::query(
+            "DELETE FROM stripe_events WHERE processed_at IS NOT NULL
+               AND (payload #>> '{data,object,client_reference_id}' = $1
+                    OR payload #>> '{data,object,metadata,user}' = $1)",
+        )
+        .bind(self.user_id.to_string())
+        .execute(&mut *tx)
+        .await?;
         // The ledger is append-only; this transaction is the one place allowed to remove a user's rows.
         sqlx::query("SELECT set_config('createimage2.ledger_delete', 'allowed', true)")
             .execute(&mut *tx)

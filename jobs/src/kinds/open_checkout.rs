@@ -9,12 +9,11 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
     queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
-    stripe::{StripeClient, StripeError},
+    stripe::{CheckoutRequest, StripeClient, StripeError},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,25 +134,12 @@ pub async fn ensure_customer(
     if let Some(customer) = existing {
         return Ok(customer);
     }
-    let created = stripe
-        .post_form(
-            "/v1/customers",
-            &[
-                ("email".into(), email.to_owned()),
-                ("metadata[user]".into(), user_id.to_string()),
-            ],
-            &format!("customer:{user_id}"),
-            "create_customer",
-        )
-        .await?;
-    let id = created["id"]
-        .as_str()
-        .ok_or_else(|| StripeError::Unavailable("customer without id".into()))?;
+    let id = stripe.create_customer(email, user_id).await?;
     sqlx::query(
         "INSERT INTO stripe_customers (user_id, customer_id) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING",
     )
     .bind(user_id)
-    .bind(id)
+    .bind(&id)
     .execute(pool)
     .await
     .map_err(|e| StripeError::Unavailable(e.to_string()))?;
@@ -174,70 +160,41 @@ async fn open(
     let customer = ensure_customer(stripe, &ctx.pool, intent.user_id, &intent.email).await?;
     let base = base.as_str().trim_end_matches('/');
     let key = format!("intent:{intent_id}");
-    let session: Value = if intent.kind == "portal" {
-        stripe
-            .post_form(
-                "/v1/billing_portal/sessions",
-                &[
-                    ("customer".into(), customer),
-                    ("return_url".into(), format!("{base}/account#credits")),
-                ],
-                &key,
-                "create_portal_session",
-            )
-            .await?
-    } else {
-        let price = intent
-            .stripe_price_id
-            .clone()
-            .ok_or_else(|| StripeError::Rejected("intent without a price".into()))?;
-        let product = intent.product_id.clone().unwrap_or_default();
-        let credits = intent.credits.unwrap_or_default().to_string();
-        let user = intent.user_id.to_string();
-        let mode = if intent.kind == "plan" {
-            "subscription"
-        } else {
-            "payment"
-        };
-        let mut params: Vec<(String, String)> = vec![
-            ("mode".into(), mode.into()),
-            ("customer".into(), customer),
-            ("client_reference_id".into(), intent.user_id.to_string()),
-            ("line_items[0][price]".into(), price),
-            ("line_items[0][quantity]".into(), "1".into()),
-            ("metadata[product]".into(), product.clone()),
-            ("metadata[credits]".into(), credits.clone()),
-            ("metadata[intent]".into(), intent_id.to_string()),
-            ("metadata[user]".into(), user.clone()),
-            (
-                "success_url".into(),
-                format!("{base}/account?checkout=success#credits"),
-            ),
-            ("cancel_url".into(), format!("{base}/pricing")),
-        ];
-        // The objects later events carry (subscription, payment intent) name the product, its credits and the
-        // user, so every event can be applied on its own.
-        let nested = if mode == "subscription" {
-            "subscription_data"
-        } else {
-            "payment_intent_data"
-        };
-        params.push((format!("{nested}[metadata][product]"), product));
-        params.push((format!("{nested}[metadata][credits]"), credits));
-        params.push((format!("{nested}[metadata][user]"), user));
-        stripe
-            .post_form(
-                "/v1/checkout/sessions",
-                &params,
-                &key,
-                "create_checkout_session",
-            )
-            .await?
-    };
-    let id = session["id"].as_str().unwrap_or_default().to_owned();
-    let url = session["url"]
-        .as_str()
-        .ok_or_else(|| StripeError::Unavailable("session without url".into()))?
-        .to_owned();
-    Ok((id, url))
+    if intent.kind == "portal" {
+        return stripe
+            .create_portal_session(&customer, &format!("{base}/account#credits"), &key)
+            .await;
+    }
+    let price = intent
+        .stripe_price_id
+        .clone()
+        .ok_or_else(|| StripeError::Rejected("intent without a price".into()))?;
+    // The objects later events carry (subscription, payment intent) name the product, its credits and the
+    // user too, so every event can be applied on its own.
+    let metadata = std::collections::HashMap::from([
+        (
+            "product".to_owned(),
+            intent.product_id.clone().unwrap_or_default(),
+        ),
+        (
+            "credits".to_owned(),
+            intent.credits.unwrap_or_default().to_string(),
+        ),
+        ("user".to_owned(), intent.user_id.to_string()),
+        ("intent".to_owned(), intent_id.to_string()),
+    ]);
+    stripe
+        .create_checkout_session(
+            CheckoutRequest {
+                subscription: intent.kind == "plan",
+                customer,
+                client_reference_id: intent.user_id.to_string(),
+                price,
+                metadata,
+                success_url: format!("{base}/account?checkout=success#credits"),
+                cancel_url: format!("{base}/pricing"),
+            },
+            &key,
+        )
+        .await
 }

@@ -1,11 +1,17 @@
 //! Applies the retention periods of README's retention table that are not owned by a more specific job:
 //! expired sessions and sign-in tokens, sent e-mails after 30 days (they hold addresses), payment records
-//! after 7 years (privacy policy §4), and the rate-limit bookkeeping.
-//! Safe twice: every statement deletes by age.
+//! after 7 years (privacy policy §4), processed Stripe events after 35 days, the rate-limit bookkeeping, and
+//! trial images whose browser session has ended without a sign-up (the visitor can no longer see them).
+//! Safe twice: every statement deletes by age; trial generations are handed to `delete_generation` by key.
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{Job, JobContext, JobError, Outcome};
+use uuid::Uuid;
+
+use crate::{
+    kinds::DeleteGeneration,
+    queue::{EnqueueOptions, Job, JobContext, JobError, Outcome, enqueue_with},
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PurgeExpiredRecords {}
@@ -25,8 +31,22 @@ pub const RETENTION_RULES: &[(&str, &str)] = &[
         "DELETE FROM email_outbox WHERE sent_at < now() - interval '30 days'",
     ),
     (
+        "refunds of expired payments",
+        "DELETE FROM payment_refunds WHERE payment_id IN (SELECT id FROM payments WHERE paid_at < now() - interval '7 years')",
+    ),
+    (
+        "disputes of expired payments",
+        "DELETE FROM payment_disputes WHERE payment_id IN (SELECT id FROM payments WHERE paid_at < now() - interval '7 years')",
+    ),
+    (
         "payments",
         "DELETE FROM payments WHERE paid_at < now() - interval '7 years'",
+    ),
+    (
+        // Raw events can hold a customer's e-mail; what billing must keep is in `payments`. Reconciliation
+        // looks back 3 days, so 35 days leaves a wide margin.
+        "processed Stripe events",
+        "DELETE FROM stripe_events WHERE processed_at < now() - interval '35 days'",
     ),
     (
         "rate-limit events",
@@ -50,6 +70,28 @@ impl Job for PurgeExpiredRecords {
             if deleted > 0 {
                 tracing::info!(what, deleted, "purged expired records");
             }
+        }
+        let mut tx = ctx.pool.begin().await?;
+        let orphaned: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE generations g SET deleted_at = now()
+              WHERE g.user_id IS NULL AND g.deleted_at IS NULL AND g.finished_at IS NOT NULL
+                AND g.created_at < now() - interval '1 day'
+                AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id_hash = g.trial_session_hash)
+          RETURNING g.id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &orphaned {
+            enqueue_with(
+                &mut *tx,
+                &DeleteGeneration { generation_id: *id },
+                EnqueueOptions::key(format!("delete:{id}")),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if !orphaned.is_empty() {
+            tracing::info!(deleted = orphaned.len(), "removed trial images nobody kept");
         }
         Ok(Outcome::Done)
     }

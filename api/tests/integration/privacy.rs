@@ -365,6 +365,22 @@ async fn expired_sessions_tokens_old_mail_and_payments_past_seven_years_are_purg
     .execute(&app.pool)
     .await
     .unwrap();
+    // A refund of the old payment goes with it.
+    sqlx::query(
+        "INSERT INTO payment_refunds (refund_id, payment_id, amount_minor, credits, clawed_back, shortfall)
+         SELECT 're_old', id, 100, 10, 10, 0 FROM payments WHERE stripe_object_id = 'cs_old'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO stripe_events (id, type, created, payload, processed_at) VALUES
+           ('evt_old', 'x', now(), '{}', now() - interval '36 days'),
+           ('evt_new', 'x', now(), '{}', now() - interval '1 day')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     app.enqueue(&PurgeExpiredRecords {}).await;
     app.drain().await;
     let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
@@ -383,5 +399,107 @@ async fn expired_sessions_tokens_old_mail_and_payments_past_seven_years_are_purg
         (sessions, tokens, payments),
         (1, 1, vec!["cs_new".to_owned()])
     );
+    let events: Vec<String> = sqlx::query_scalar("SELECT id FROM stripe_events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        ["evt_new"],
+        "raw events are kept 35 days after processing"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_trial_image_nobody_kept_is_deleted_a_day_after_its_session_ends() {
+    let app = TestApp::spawn().await;
+    let browser = app.browser();
+    let landing = browser.visit("/").await;
+    let started = browser
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", "left behind"),
+                ("cf-turnstile-response", &app.turnstile.issue_token()),
+            ],
+        )
+        .await;
+    let id = crate::support::generation_id(started.location().unwrap());
+    app.drain().await;
+    assert_eq!(objects_under(&app, "trials/").await, 1);
+    // Still in a live session: kept, however old.
+    sqlx::query("UPDATE generations SET created_at = now() - interval '2 days' WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.enqueue(&PurgeExpiredRecords {}).await;
+    app.drain().await;
+    assert_eq!(objects_under(&app, "trials/").await, 1);
+    // The session ends (expired and purged): the image goes.
+    sqlx::query("DELETE FROM sessions")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.enqueue(&PurgeExpiredRecords {}).await;
+    app.drain().await;
+    assert_eq!(objects_under(&app, "trials/").await, 0);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn deleting_an_account_removes_the_trial_image_it_adopted_and_its_raw_stripe_events() {
+    let app = TestApp::spawn().await;
+    let browser = app.browser();
+    let landing = browser.visit("/").await;
+    browser
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", "adopted"),
+                ("cf-turnstile-response", &app.turnstile.issue_token()),
+            ],
+        )
+        .await;
+    app.drain().await;
+    crate::support::sign_in_with(&app, &browser, "adopter@example.com").await;
+    let user: Uuid = sqlx::query_scalar("SELECT id FROM users")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO stripe_events (id, type, created, payload, processed_at)
+         VALUES ('evt_mine', 'checkout.session.completed', now(), $1, now())",
+    )
+    .bind(json!({"data": {"object": {"client_reference_id": user.to_string(), "customer_details": {"email": "adopter@example.com"}}}}))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(objects_under(&app, "trials/").await, 1);
+    let confirm = browser.visit("/account/delete").await;
+    browser
+        .submit(
+            "/account/delete",
+            &[
+                ("csrf", &confirm.csrf()),
+                ("confirm_email", "adopter@example.com"),
+            ],
+        )
+        .await;
+    app.drain().await;
+    assert_eq!(objects_under(&app, "trials/").await, 0);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
     app.finish().await;
 }

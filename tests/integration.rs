@@ -283,6 +283,8 @@ fn worker_env(command: &mut Command, app: &testkit::TestApp) {
         .env("KIE_CREATE_TASKS_PER_WINDOW", "100")
         .env("KIE_CREATE_WINDOW_MS", "10500")
         .env("KIE_RECORD_INFO_PER_SECOND", "50")
+        .env("STRIPE_SECRET_KEY", testkit::STRIPE_SECRET_KEY)
+        .env("STRIPE_API_BASE", app.stripe.base_url())
         .env("PUBLIC_BASE_URL", format!("http://{}", app.api_addr))
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
@@ -312,7 +314,8 @@ fn spawn_worker(app: &testkit::TestApp) -> Child {
 
 /// The chaos audit in CI form: a few hundred generations through the real api, three worker *processes*
 /// killed with SIGKILL at random moments and restarted, and the kie.ai stand-in injecting 5xx, 429, garbled
-/// answers, content-policy refusals, duplicated and lost callbacks. Afterwards every credit must be accounted for.
+/// answers, content-policy refusals, duplicated and lost callbacks; meanwhile every user buys a credit pack through
+/// the Stripe stand-in, which delivers every webhook twice. Afterwards every credit must be accounted for.
 #[tokio::test]
 async fn under_worker_kills_and_upstream_faults_every_generation_ends_settled_or_refunded_exactly_once()
  {
@@ -350,17 +353,56 @@ async fn under_worker_kills_and_upstream_faults_every_generation_ends_settled_or
         generations.push((n % users.len(), body["id"].as_str().unwrap().to_owned()));
     }
 
+    // Purchases while the workers die: one pack per user, every webhook delivered twice.
+    app.stripe.set_delivery(fakes::stripe::DeliveryFaults {
+        duplicate: true,
+        ..Default::default()
+    });
+    let pack = jobs::config::SiteConfig::default().packs[0].clone();
+    for user in &users {
+        jobs::billing::record_intent(
+            &app.pool,
+            user.id,
+            jobs::billing::IntentKind::Pack,
+            Some(&pack),
+        )
+        .await
+        .unwrap();
+    }
+    let mut paid = std::collections::HashSet::new();
+
     // Chaos: kill a random worker with SIGKILL every ~1.5 s and start a new one; switch callbacks to lost.
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let unfinished: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM generations WHERE finished_at IS NULL")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        if unfinished == 0 {
-            break;
+        let ready: Vec<String> = sqlx::query_scalar(
+            "SELECT stripe_session_id FROM checkout_intents WHERE status = 'ready'",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        for session in ready {
+            if paid.insert(session.clone()) {
+                app.stripe.pay_session(&session).unwrap();
+            }
+        }
+        let unfinished: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM generations WHERE finished_at IS NULL)
+                  + (SELECT count(*) FROM stripe_events WHERE processed_at IS NULL)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if unfinished == 0 && paid.len() == users.len() {
+            app.stripe.wait_for_deliveries().await;
+            let late: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            if late == 0 {
+                break;
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -433,7 +475,24 @@ async fn under_worker_kills_and_upstream_faults_every_generation_ends_settled_or
         .await
         .unwrap();
         assert_eq!(ledger_sum, balance, "the ledger sums to the balance");
+        let grants: Vec<i64> = sqlx::query_scalar(
+            "SELECT amount FROM credit_ledger WHERE user_id = $1 AND business_key LIKE 'pack:%'",
+        )
+        .bind(user.id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            grants,
+            [pack.credits],
+            "each purchase is granted exactly once"
+        );
     }
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(payments, users.len() as i64);
     let unfinished_jobs: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM apalis.jobs WHERE status IN ('Pending', 'Queued', 'Running')",
     )
@@ -449,10 +508,11 @@ async fn under_worker_kills_and_upstream_faults_every_generation_ends_settled_or
     );
     assert!(succeeded >= 250, "only {succeeded} of 300 succeeded");
     eprintln!(
-        "chaos: {} generations, {succeeded} succeeded, {kills} worker kills, {} upstream tasks, {} callbacks",
+        "chaos: {} generations, {succeeded} succeeded, {kills} worker kills, {} upstream tasks, {} callbacks, {} purchases (webhooks duplicated)",
         generations.len(),
         stats.tasks_created,
-        stats.callbacks_sent
+        stats.callbacks_sent,
+        paid.len()
     );
     app.finish().await;
 }

@@ -16,7 +16,7 @@ pub mod webdriver;
 
 pub use app::{
     ExtraWorker, GA4_ID, GOOGLE_CLIENT_ID, GOOGLE_EMAIL, GOOGLE_SUB, KIE_HMAC_KEY, OPERATOR_TOKEN,
-    STRIPE_WEBHOOK_SECRET, TestApp, TestAppBuilder, TestUser, register_products,
+    STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, TestApp, TestAppBuilder, TestUser, register_products,
 };
 pub use browser::{Browser, Page, find_link};
 pub use db::{TestDb, admin_url};

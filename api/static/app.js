@@ -101,18 +101,16 @@ const csrf = () => document.body.dataset.csrf || "";
   source.onerror = () => { source.close(); setTimeout(() => window.location.reload(), 3000); };
 })();
 
-// Checkout: wait for the worker to create the Stripe session, then go there.
+// Checkout: the worker opens the Stripe session; its URL arrives as a server-sent event.
 (function checkout() {
   const section = document.getElementById("checkout-intent");
   if (!section || !section.dataset.intent) return;
-  const poll = async () => {
-    const response = await fetch("/billing/intents/" + section.dataset.intent, { headers: { Accept: "application/json" } });
-    if (response.ok) {
-      const body = await response.json();
-      if (body.url) { window.location.assign(body.url); return; }
-      if (body.status === "failed") { window.location.reload(); return; }
-    }
-    setTimeout(poll, 500);
-  };
-  poll();
+  const source = new EventSource("/billing/intents/" + section.dataset.intent + "/events");
+  source.addEventListener("intent", (event) => {
+    source.close();
+    const body = JSON.parse(event.data);
+    if (body.url) window.location.assign(body.url);
+    else window.location.reload();
+  });
+  source.onerror = () => { source.close(); setTimeout(() => window.location.reload(), 2000); };
 })();

@@ -99,8 +99,52 @@ pub async fn portal(
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
 
-/// `GET /billing/intents/{id}`: 303 to Stripe once the worker has the URL; until then a waiting page (which
-/// refreshes without JavaScript) or, for the page's script, JSON.
+/// `GET /billing/intents/{id}/events`: one server-sent event `intent` (`{"status", "url"}`) as soon as the
+/// worker has opened the Stripe session (or failed to), then the stream ends.
+pub async fn intent_events(
+    State(state): State<AppState>,
+    member: Member,
+    Path(id): Path<Uuid>,
+) -> Result<Response, PageError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    // Subscribe before reading, so a change in between is not missed.
+    let mut receiver = state.events.subscribe();
+    let user = member.user_id;
+    let read = move |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT status, url FROM checkout_intents WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user)
+        .fetch_optional(&pool)
+        .await
+    };
+    let (status, url) = read(state.pool.clone()).await?.ok_or(PageError::NotFound)?;
+    let pool = state.pool.clone();
+    let stream = async_stream::stream! {
+        let (mut status, mut url) = (status, url);
+        while status == "pending" {
+            match receiver.recv().await {
+                Ok(event) if event.id != id => continue,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    match read(pool.clone()).await {
+                        Ok(Some(row)) => (status, url) = row,
+                        _ => return,
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        let data = json!({"status": status, "url": url}).to_string();
+        yield Ok::<_, std::convert::Infallible>(Event::default().event("intent").data(data));
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `GET /billing/intents/{id}`: 303 to Stripe once the worker has the URL; until then a waiting page (whose
+/// script follows `/events`, and which refreshes itself without JavaScript), or JSON when asked for it.
 pub async fn intent(
     State(state): State<AppState>,
     member: Member,

@@ -130,6 +130,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/billing/checkout", post(billing::checkout))
         .route("/billing/portal", post(billing::portal))
         .route("/billing/intents/{id}", get(billing::intent))
+        .route("/billing/intents/{id}/events", get(billing::intent_events))
         .route("/privacy-policy", get(pages::privacy_policy))
         .route("/terms", get(pages::terms))
         .route("/consent", post(pages::consent))

@@ -408,3 +408,45 @@ async fn the_billing_portal_opens_for_a_customer() {
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn the_waiting_page_hears_the_checkout_url_as_a_server_sent_event() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "kai@example.com").await;
+    // Hold the job back until the page is listening.
+    jobs::queue::ops::pause_queue(&app.pool, "open_checkout", "test")
+        .await
+        .unwrap();
+    let pricing = browser.visit("/pricing").await;
+    let waiting = browser
+        .post(
+            "/billing/checkout",
+            &[("csrf", &pricing.csrf()), ("product", "pack_100")],
+        )
+        .await;
+    let intent_path = waiting.location().unwrap().to_owned();
+    let page = browser.get(&intent_path).await;
+    assert!(page.contains("Opening secure checkout"), "{}", page.body);
+    let stream = browser
+        .client()
+        .get(app.url(&format!("{intent_path}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    jobs::queue::ops::resume_queue(&app.pool, "open_checkout")
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(std::time::Duration::from_secs(20), stream.text())
+        .await
+        .expect("the stream ends once the URL is known")
+        .unwrap();
+    assert!(body.contains("event: intent"), "{body}");
+    assert!(
+        body.contains(&format!("{}/checkout/pay/", app.stripe.base_url())),
+        "{body}"
+    );
+    app.stripe.wait_for_deliveries().await;
+    app.drain().await;
+    app.finish().await;
+}

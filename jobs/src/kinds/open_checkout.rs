@@ -70,6 +70,7 @@ impl Job for OpenCheckout {
         .await
         {
             Ok((session_id, url)) => {
+                let mut tx = ctx.pool.begin().await?;
                 sqlx::query(
                     "UPDATE checkout_intents SET status = 'ready', url = $2, stripe_session_id = $3, updated_at = now()
                       WHERE id = $1 AND status = 'pending'",
@@ -77,8 +78,11 @@ impl Job for OpenCheckout {
                 .bind(self.intent_id)
                 .bind(&url)
                 .bind(&session_id)
-                .execute(&ctx.pool)
+                .execute(&mut *tx)
                 .await?;
+                // The waiting page's event stream hears this at commit.
+                crate::generations::notify(&mut tx, self.intent_id, "ready").await?;
+                tx.commit().await?;
                 Ok(Outcome::Done)
             }
             Err(StripeError::Rejected(message)) => {
@@ -108,13 +112,16 @@ impl Job for OpenCheckout {
 }
 
 async fn fail(ctx: &JobContext, id: Uuid, message: &str) -> sqlx::Result<()> {
+    let mut tx = ctx.pool.begin().await?;
     sqlx::query(
         "UPDATE checkout_intents SET status = 'failed', error = $2, updated_at = now() WHERE id = $1 AND status = 'pending'",
     )
     .bind(id)
     .bind(message)
-    .execute(&ctx.pool)
+    .execute(&mut *tx)
     .await?;
+    crate::generations::notify(&mut tx, id, "failed").await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -746,3 +746,48 @@ async fn readiness_turns_false_while_a_worker_drains() {
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_bulk_enqueue_wakes_workers_with_one_notification_per_queue_not_one_per_row() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener.listen(runtime::INSERT_CHANNEL).await.unwrap();
+    let jobs: Vec<_> = (0..1000)
+        .map(|i| queue::NewJob::of(&record(&format!("bulk-{i}")), EnqueueOptions::default()))
+        .collect();
+    assert_eq!(queue::enqueue_many(&app.pool, jobs).await.unwrap(), 1000);
+    let first = listener.recv().await.unwrap();
+    assert_eq!(first.payload(), r#"{"job_type" : "test_record"}"#);
+    let more = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(more.is_err(), "a second notification arrived: {more:?}");
+    // Delayed jobs notify nobody: the poll picks them up when due.
+    queue::enqueue_with(
+        &app.pool,
+        &record("later"),
+        EnqueueOptions {
+            run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..EnqueueOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let delayed = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(delayed.is_err(), "a delayed job notified: {delayed:?}");
+    let worker = app
+        .start_worker(&[("test_record", 50)], QueueConfig::default())
+        .await;
+    for _ in 0..200 {
+        if test_jobs::runs(&app.pool, "bulk-999").await.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+    sqlx::query("DELETE FROM apalis.jobs WHERE status = 'Pending'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}

@@ -2,7 +2,11 @@
 //! (median and min–max over `--runs`) and one final summary line, and can write its numbers as JSON.
 
 mod apalis_defaults;
+mod api_load;
+mod pipeline;
 mod queue;
+mod report;
+mod stack;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +24,12 @@ struct Cli {
 enum Scenario {
     /// The queue layer with no-op jobs: bulk enqueue, burn-down of a backlog, idle insert→start latency.
     Queue(queue::Args),
+    /// Whole generations through api + worker + the kie.ai and S3 stand-ins: throughput, intent→stored and
+    /// the pipeline's overhead, kie's 20-per-10 s limit held, memory with hundreds polling.
+    Pipeline(pipeline::Args),
+    /// Intent recording (POST /api/v1/generations, no worker) against pgbench's ceiling for the same SQL;
+    /// the status and list endpoints.
+    Api(api_load::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +39,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.scenario {
         Scenario::Queue(args) => runtime.block_on(queue::run(args)),
+        Scenario::Pipeline(args) => runtime.block_on(pipeline::run(args)),
+        Scenario::Api(args) => runtime.block_on(api_load::run(args)),
     }
 }

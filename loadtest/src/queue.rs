@@ -77,7 +77,7 @@ struct RunResult {
     apalis_start_p50_ms: f64,
 }
 
-fn admin_url() -> String {
+pub(crate) fn admin_url() -> String {
     let configured = std::env::var("DATABASE_URL")
         .ok()
         .and_then(|u| url::Url::parse(&u).ok());

@@ -78,6 +78,12 @@ pub async fn kie_callback(
     }
     let state_reported = data.get("state").and_then(Value::as_str).map(str::to_owned);
     let mut tx = state.pool.begin().await?;
+    // Serialises with the submit job recording the task: whichever commits second sees the other's work (the
+    // poll job to expedite here, or this callback there), so a fast upstream's callback is never lost.
+    sqlx::query("SELECT 1 FROM generations WHERE id = $1 FOR UPDATE")
+        .bind(generation_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("INSERT INTO upstream_callbacks (generation_id, upstream_task_id, state) VALUES ($1, $2, $3)")
         .bind(generation_id)
         .bind(&task_id)

@@ -121,6 +121,9 @@ pub enum CallbackMode {
     Lost,
     /// Each callback is delivered twice.
     Duplicated,
+    /// The task runs and its callback is delivered *before* createTask answers: the fastest upstream possible,
+    /// whose callback reaches the client while it has not yet recorded the task id.
+    BeforeResponse,
 }
 
 /// Counters for assertions about how the client behaved.
@@ -620,15 +623,21 @@ async fn create_task(
         (id, latency, lose_response)
     };
 
-    // One task per created task: it sleeps until completion, then calls back (if asked for then).
-    let completion = shared.clone();
-    let id = task_id.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = completion.stop.cancelled() => {}
-            () = tokio::time::sleep(delay) => send_callbacks(&completion, &id).await,
-        }
-    });
+    let before_response = matches!(shared.lock().config.callbacks, CallbackMode::BeforeResponse);
+    if before_response {
+        tokio::time::sleep(delay).await;
+        send_callbacks(&shared, &task_id).await;
+    } else {
+        // One task per created task: it sleeps until completion, then calls back (if asked for then).
+        let completion = shared.clone();
+        let id = task_id.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = completion.stop.cancelled() => {}
+                () = tokio::time::sleep(delay) => send_callbacks(&completion, &id).await,
+            }
+        });
+    }
 
     if lose_response {
         return server_error();
@@ -786,7 +795,7 @@ async fn send_callbacks(shared: &Shared, task_id: &str) {
         };
         let copies = match inner.config.callbacks {
             CallbackMode::Lost => return,
-            CallbackMode::Normal => 1,
+            CallbackMode::Normal | CallbackMode::BeforeResponse => 1,
             CallbackMode::Duplicated => 2,
         };
         // What recordInfo would answer now, without using up `[no-urls-once]`: the callback is only a hint.

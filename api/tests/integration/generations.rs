@@ -174,6 +174,35 @@ async fn a_callback_that_arrives_before_the_first_poll_finishes_the_generation_a
 }
 
 #[tokio::test]
+async fn a_callback_that_arrives_before_the_task_id_is_even_recorded_is_not_lost() {
+    // The stand-in finishes at once and calls back before createTask even answers, so the callback always
+    // arrives before the submit job has recorded the task id (and its poll job).
+    let app = TestApp::builder()
+        .kie(|k| {
+            k.latency = (Duration::ZERO, Duration::ZERO);
+            k.callbacks = fakes::kie::CallbackMode::BeforeResponse;
+        })
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let mut ids = vec![];
+    for n in 0..5 {
+        let (_, created) = app
+            .create_generation(&user, json!({"prompt": format!("instant {n}")}))
+            .await;
+        ids.push(id_of(&created));
+    }
+    for id in &ids {
+        let waited = succeeded_ms_after_submission(&app, &user, id).await;
+        assert!(
+            waited < 2000,
+            "finished {waited} ms after submission: the early callback was lost and the 2.5 s poll found it"
+        );
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_callback_that_arrives_between_polls_makes_the_next_check_immediate() {
     let app = TestApp::builder()
         .kie(|k| k.latency = (Duration::from_millis(3000), Duration::from_millis(3100)))

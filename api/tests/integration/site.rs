@@ -131,3 +131,33 @@ async fn http_metrics_are_labelled_by_route_template_not_raw_path() {
     assert!(text.contains("http_request_duration_seconds_bucket"));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn an_api_keys_last_use_is_recorded_at_most_once_a_minute() {
+    let app = TestApp::spawn().await;
+    let (_, key) = demo_key(&app).await;
+    let last_used = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT last_used_at FROM api_keys",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(last_used().await, None);
+    assert_eq!(app.get_with_key("/api/v1/me", &key).await.status(), 200);
+    let first = last_used().await.expect("the first use is recorded");
+    assert_eq!(app.get_with_key("/api/v1/me", &key).await.status(), 200);
+    assert_eq!(
+        last_used().await,
+        Some(first),
+        "a use within the minute writes nothing"
+    );
+    sqlx::query("UPDATE api_keys SET last_used_at = now() - interval '2 minutes'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.get_with_key("/api/v1/me", &key).await.status(), 200);
+    assert!(last_used().await.unwrap() > first - chrono::Duration::seconds(1));
+    app.finish().await;
+}

@@ -255,13 +255,28 @@ async fn record_task(
             "generating",
         )
         .await?;
+        // A fast upstream can call back before this transaction commits: the callback handler then found no
+        // poll job to expedite. It holds the generation's row lock while it records the callback, so by the
+        // time the UPDATE above got the row, such a callback is committed and visible here.
+        let called_back: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM upstream_callbacks WHERE generation_id = $1 AND upstream_task_id = $2)",
+        )
+        .bind(generation.id)
+        .bind(task_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let key = PollGeneration::key(generation.id, task_id);
+        let options = if called_back {
+            EnqueueOptions::key(key)
+        } else {
+            EnqueueOptions::delayed(PollGeneration::first_delay()).with_key(key)
+        };
         enqueue_with(
             &mut *tx,
             &PollGeneration {
                 generation_id: generation.id,
             },
-            EnqueueOptions::delayed(PollGeneration::first_delay())
-                .with_key(PollGeneration::key(generation.id, task_id)),
+            options,
         )
         .await?;
     }

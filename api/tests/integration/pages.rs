@@ -452,18 +452,7 @@ async fn a_failed_bot_check_refuses_the_trial_and_uses_up_nothing() {
 async fn signing_up_after_a_trial_keeps_the_trial_image() {
     let app = TestApp::spawn().await;
     let browser = app.browser();
-    let landing = browser.visit("/").await;
-    let started = browser
-        .post(
-            "/trial",
-            &[
-                ("csrf", &landing.csrf()),
-                ("prompt", "keep me"),
-                ("cf-turnstile-response", &app.turnstile.issue_token()),
-            ],
-        )
-        .await;
-    let id = generation_id(started.location().unwrap());
+    let id = crate::support::start_trial(&app, &browser, "keep me").await;
     wait_finished(&app, id).await;
     sign_in_with(&app, &browser, "ivy@example.com").await;
     let owner: Option<uuid::Uuid> =

@@ -415,18 +415,7 @@ async fn expired_sessions_tokens_old_mail_and_payments_past_seven_years_are_purg
 async fn a_trial_image_nobody_kept_is_deleted_a_day_after_its_session_ends() {
     let app = TestApp::spawn().await;
     let browser = app.browser();
-    let landing = browser.visit("/").await;
-    let started = browser
-        .post(
-            "/trial",
-            &[
-                ("csrf", &landing.csrf()),
-                ("prompt", "left behind"),
-                ("cf-turnstile-response", &app.turnstile.issue_token()),
-            ],
-        )
-        .await;
-    let id = crate::support::generation_id(started.location().unwrap());
+    let id = crate::support::start_trial(&app, &browser, "left behind").await;
     app.drain().await;
     assert_eq!(objects_under(&app, "trials/").await, 1);
     // Still in a live session: kept, however old.
@@ -458,17 +447,7 @@ async fn a_trial_image_nobody_kept_is_deleted_a_day_after_its_session_ends() {
 async fn deleting_an_account_removes_the_trial_image_it_adopted_and_its_raw_stripe_events() {
     let app = TestApp::spawn().await;
     let browser = app.browser();
-    let landing = browser.visit("/").await;
-    browser
-        .post(
-            "/trial",
-            &[
-                ("csrf", &landing.csrf()),
-                ("prompt", "adopted"),
-                ("cf-turnstile-response", &app.turnstile.issue_token()),
-            ],
-        )
-        .await;
+    crate::support::start_trial(&app, &browser, "adopted").await;
     app.drain().await;
     crate::support::sign_in_with(&app, &browser, "adopter@example.com").await;
     let user: Uuid = sqlx::query_scalar("SELECT id FROM users")

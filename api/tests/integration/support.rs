@@ -55,3 +55,20 @@ pub fn generation_id(location: &str) -> uuid::Uuid {
         .parse()
         .expect("a generation location")
 }
+
+/// Starts the free trial in `browser` with a fresh Turnstile token; returns the trial generation's id.
+pub async fn start_trial(app: &TestApp, browser: &Browser, prompt: &str) -> uuid::Uuid {
+    let landing = browser.visit("/").await;
+    let started = browser
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", prompt),
+                ("cf-turnstile-response", &app.turnstile.issue_token()),
+            ],
+        )
+        .await;
+    assert_eq!(started.status, 303, "{}", started.body);
+    generation_id(started.location().unwrap())
+}

@@ -1,7 +1,7 @@
 //! The JSON API for generations and reference uploads. Handlers record intents and enqueue jobs in one
 //! transaction; they never call kie.ai.
 
-use std::{convert::Infallible, time::Duration};
+use std::{collections::HashMap, convert::Infallible, time::Duration};
 
 use axum::{
     Json,
@@ -159,7 +159,12 @@ pub async fn create_generation(
         idempotency_key,
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &generation).await?)).into_response())
+    // Without an idempotency key the generation is new and has no images yet: nothing more to read.
+    let view = match idempotency_key {
+        None => view_with_images(&state, &generation, Vec::new()).await?,
+        Some(_) => view(&state, &generation).await?,
+    };
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
 /// Who a generation belongs to.
@@ -170,9 +175,11 @@ pub enum Owner {
     Trial(Vec<u8>),
 }
 
-/// Records a generation: in one transaction reserve its cost (members), insert it, and enqueue its submit
-/// job. Input must have passed [`generations::validate`]. With an idempotency key, a repeat returns the
-/// generation the first request created.
+/// Records a generation: in one transaction take the member's rate token, reserve its cost, insert it, and
+/// enqueue its submit job — so a request commits (and waits for the disk) once, and a request refused on the
+/// way (rate, credits, a payment owing) leaves nothing behind, not even a used rate token. Input must have
+/// passed [`generations::validate`]. Without an idempotency key the generation returned is always a new
+/// one; with one, a repeat returns the generation the first request created.
 pub async fn create(
     state: &AppState,
     owner: Owner,
@@ -190,34 +197,7 @@ pub async fn create(
     let mut references = reference_upload_ids.to_vec();
     references.sort();
     references.dedup();
-    if let Some(user) = user {
-        let owned: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2")
-                .bind(&references)
-                .bind(user)
-                .fetch_one(&state.pool)
-                .await?;
-        if owned != references.len() as i64 {
-            return Err(AppError::Invalid {
-                field: "reference_upload_ids",
-                message: "unknown upload id (upload each reference through /api/v1/uploads first)"
-                    .into(),
-            });
-        }
-        let per_minute = pipeline.generation.per_user_per_minute;
-        if let Take::RetryAfter(wait) = rate_limit::take(
-            &state.pool,
-            &format!("generations:user:{user}"),
-            per_minute,
-            Duration::from_secs(60),
-        )
-        .await?
-        {
-            return Err(AppError::TooManyRequests {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            });
-        }
-    } else if !references.is_empty() {
+    if user.is_none() && !references.is_empty() {
         return Err(AppError::Invalid {
             field: "reference_upload_ids",
             message: "the free trial does not take reference images".into(),
@@ -237,11 +217,47 @@ pub async fn create(
     };
     let trace_id = Uuid::new_v4().simple().to_string();
     let mut tx = state.pool.begin().await?;
-    let inserted = sqlx::query(
+    if let Some(user) = user {
+        if !references.is_empty() {
+            let owned: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2",
+            )
+            .bind(&references)
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
+            if owned != references.len() as i64 {
+                tx.rollback().await?;
+                return Err(AppError::Invalid {
+                    field: "reference_upload_ids",
+                    message:
+                        "unknown upload id (upload each reference through /api/v1/uploads first)"
+                            .into(),
+                });
+            }
+        }
+        // Taken in this transaction: it holds the user's rate lock until commit (serializing only this
+        // user's own requests), and a refusal below rolls the token back with everything else.
+        if let Take::RetryAfter(wait) = rate_limit::take_in(
+            &mut tx,
+            &format!("generations:user:{user}"),
+            pipeline.generation.per_user_per_minute,
+            Duration::from_secs(60),
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return Err(AppError::TooManyRequests {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            });
+        }
+    }
+    let inserted: Option<Generation> = sqlx::query_as(
         "INSERT INTO generations (id, user_id, trial_session_hash, prompt, aspect_ratio, resolution, model,
                                   reference_upload_ids, credits_reserved, idempotency_key, trace_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING *",
     )
     .bind(id)
     .bind(user)
@@ -254,10 +270,9 @@ pub async fn create(
     .bind(cost as i32)
     .bind(idempotency_key)
     .bind(&trace_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(generation) = inserted else {
         // A concurrent request with the same idempotency key won: answer with its generation.
         tx.rollback().await?;
         let existing = match user {
@@ -267,7 +282,7 @@ pub async fn create(
             None => None,
         };
         return existing.ok_or_else(|| AppError::Conflict("retry the request".into()));
-    }
+    };
     if let Some(user) = user {
         let blocked: bool =
             sqlx::query_scalar("SELECT shortfall > 0 FROM credit_accounts WHERE user_id = $1")
@@ -276,6 +291,7 @@ pub async fn create(
                 .await?
                 .unwrap_or(false);
         if blocked {
+            tx.rollback().await?;
             return Err(AppError::Conflict(
                 "a refunded or disputed payment left credits owing; new generations are paused until it is settled".into(),
             ));
@@ -293,6 +309,7 @@ pub async fn create(
             Applied::Yes => {}
             Applied::InsufficientCredits => {
                 let balance = credits::balance(&mut *tx, user).await?;
+                tx.rollback().await?;
                 return Err(AppError::PaymentRequired { balance, cost });
             }
             Applied::AlreadyApplied => {
@@ -315,9 +332,7 @@ pub async fn create(
         .with_label_values(&["reserved"])
         .inc_by(cost as u64);
     tracing::info!(generation.id = %id, trace_id = %trace_id, resolution, trial = user.is_none(), "generation requested");
-    generations::find(&state.pool, id)
-        .await?
-        .ok_or(AppError::NotFound)
+    Ok(generation)
 }
 
 async fn find_by_idempotency_key(
@@ -355,23 +370,60 @@ pub async fn get_generation(
     Ok(Json(view(&state, &generation).await?))
 }
 
+/// A stored image of a generation, as the JSON form shows it.
+#[derive(sqlx::FromRow)]
+struct Image {
+    generation_id: Uuid,
+    object_key: String,
+    byte_size: i64,
+    content_type: String,
+    width: Option<i32>,
+    height: Option<i32>,
+}
+
 /// The JSON form of a generation, with short-lived download links for its images.
 pub async fn view(state: &AppState, generation: &Generation) -> Result<Value, AppError> {
-    #[derive(sqlx::FromRow)]
-    struct Image {
-        object_key: String,
-        byte_size: i64,
-        content_type: String,
-        width: Option<i32>,
-        height: Option<i32>,
+    let mut views = views(state, std::slice::from_ref(generation)).await?;
+    views.pop().ok_or_else(|| {
+        AppError::Internal(anyhow::anyhow!("no view of generation {}", generation.id))
+    })
+}
+
+/// The JSON forms of `generations`, in their order. Their images are read in one query, however many
+/// generations there are.
+pub async fn views(state: &AppState, generations: &[Generation]) -> Result<Vec<Value>, AppError> {
+    if generations.is_empty() {
+        return Ok(Vec::new());
     }
+    let ids: Vec<Uuid> = generations.iter().map(|g| g.id).collect();
     let images: Vec<Image> = sqlx::query_as(
-        "SELECT object_key, byte_size, content_type, width, height FROM generated_images
-          WHERE generation_id = $1 ORDER BY n",
+        "SELECT generation_id, object_key, byte_size, content_type, width, height FROM generated_images
+          WHERE generation_id = ANY($1) ORDER BY generation_id, n",
     )
-    .bind(generation.id)
+    .bind(&ids)
     .fetch_all(&state.pool)
     .await?;
+    let mut images_of: HashMap<Uuid, Vec<Image>> = HashMap::new();
+    for image in images {
+        images_of
+            .entry(image.generation_id)
+            .or_default()
+            .push(image);
+    }
+    let mut views = Vec::with_capacity(generations.len());
+    for generation in generations {
+        let images = images_of.remove(&generation.id).unwrap_or_default();
+        views.push(view_with_images(state, generation, images).await?);
+    }
+    Ok(views)
+}
+
+/// The JSON form of a generation whose images (in order) are already read; signing their links is local.
+async fn view_with_images(
+    state: &AppState,
+    generation: &Generation,
+    images: Vec<Image>,
+) -> Result<Value, AppError> {
     let mut image_views = Vec::with_capacity(images.len());
     for image in images {
         let url = pipeline(state)?
@@ -440,10 +492,7 @@ pub async fn list_generations(
     .await?;
     let has_more = rows.len() as i64 > limit;
     let page = &rows[..rows.len().min(limit as usize)];
-    let mut items = Vec::with_capacity(page.len());
-    for generation in page {
-        items.push(view(&state, generation).await?);
-    }
+    let items = views(&state, page).await?;
     let next_cursor = has_more
         .then(|| page.last().map(|g| encode_cursor(g.created_at, g.id)))
         .flatten();

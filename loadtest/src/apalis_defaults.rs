@@ -51,6 +51,8 @@ pub async fn measure(pool: &PgPool, jobs: usize, samples: usize) -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!("apalis push_all: {e:?}"))?;
     let enqueue_per_second = jobs as f64 / started.elapsed().as_secs_f64();
+    // Statistics for the backlog, as for ours.
+    sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
 
     let worker = WorkerBuilder::new(format!("loadtest-{}", uuid::Uuid::new_v4().simple()))
         .backend(storage.clone())

@@ -3,6 +3,8 @@
 
 mod apalis_defaults;
 mod api_load;
+mod chaos;
+mod pages;
 mod pipeline;
 mod queue;
 mod report;
@@ -30,6 +32,20 @@ enum Scenario {
     /// Intent recording (POST /api/v1/generations, no worker) against pgbench's ceiling for the same SQL;
     /// the status and list endpoints.
     Api(api_load::Args),
+    /// Thousands of generations while worker processes are SIGKILLed, Postgres restarts once and the stand-ins
+    /// inject faults; then the audit of every credit. Exits non-zero on any violation.
+    Chaos(chaos::Args),
+    /// The site's HTML pages for a signed-in member with a full gallery: time per request.
+    Pages(pages::Args),
+    /// One no-op worker process for `queue`'s burn-down by several processes.
+    #[command(hide = true)]
+    QueueWorker(queue::WorkerArgs),
+    /// Runs the `createimage2` command line in this process: how `chaos` starts its worker processes.
+    #[command(hide = true)]
+    Createimage2 {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +57,14 @@ fn main() -> anyhow::Result<()> {
         Scenario::Queue(args) => runtime.block_on(queue::run(args)),
         Scenario::Pipeline(args) => runtime.block_on(pipeline::run(args)),
         Scenario::Api(args) => runtime.block_on(api_load::run(args)),
+        Scenario::Chaos(args) => runtime.block_on(chaos::run(args)),
+        Scenario::Pages(args) => runtime.block_on(pages::run(args)),
+        Scenario::QueueWorker(args) => runtime.block_on(queue::serve(args)),
+        Scenario::Createimage2 { args } => {
+            let cli = createimage2::cli::Cli::parse_from(
+                std::iter::once("createimage2".to_owned()).chain(args),
+            );
+            runtime.block_on(createimage2::cli::run(cli))
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! `loadtest queue`: the project's queue layer with no-op jobs, against a fresh database per run.
 //!
 //! 1. bulk enqueue rate (`enqueue_many`, 5,000 per statement);
-//! 2. burn-down of the backlog by one worker process with production settings;
+//! 2. burn-down of the backlog by one worker process with production settings, and by `--processes` of them
+//!    (this binary's hidden `queue-worker`), each started while the queue is paused and timed from its resumption;
 //! 3. insert→start latency of single jobs into an idle worker (from just before the INSERT to the job's start).
 
 use std::{
@@ -34,6 +35,9 @@ pub struct Args {
     /// Worker concurrency ("production settings").
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
+    /// Worker processes for the second burn-down (each with `--concurrency`).
+    #[arg(long, default_value_t = 2)]
+    processes: usize,
     /// Single jobs timed into an idle worker.
     #[arg(long, default_value_t = 200)]
     samples: usize,
@@ -70,6 +74,7 @@ impl Job for Noop {
 struct RunResult {
     enqueue_per_second: f64,
     burn_down_per_second: f64,
+    processes_burn_down_per_second: f64,
     start_p50_ms: f64,
     start_p99_ms: f64,
     apalis_enqueue_per_second: f64,
@@ -96,15 +101,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut admin = PgConnection::connect(&admin_url())
             .await
             .context("connecting to Postgres")?;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await?;
+        for database in [name.clone(), format!("{name}_apalis")] {
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+                .await?;
+        }
         let result = one_run(&args, &name, &mut starts).await;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .await?;
+        for database in [name.clone(), format!("{name}_apalis")] {
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+                )))
+                .await?;
+        }
         let result = result?;
         eprintln!(
             "run {run}: enqueue {:.0}/s, burn-down {:.0}/s, start p50 {:.1} ms p99 {:.1} ms",
@@ -126,6 +135,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let enqueue = summary(results.iter().map(|r| r.enqueue_per_second).collect());
     let burn = summary(results.iter().map(|r| r.burn_down_per_second).collect());
+    let burn_processes = summary(
+        results
+            .iter()
+            .map(|r| r.processes_burn_down_per_second)
+            .collect(),
+    );
     let p50 = summary(results.iter().map(|r| r.start_p50_ms).collect());
     let p99 = summary(results.iter().map(|r| r.start_p99_ms).collect());
     let apalis_enqueue = summary(
@@ -159,6 +174,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             burn,
             "jobs/s",
         ),
+        (
+            &*format!("burn-down by {} processes", args.processes),
+            burn_processes,
+            "jobs/s",
+        ),
         ("idle insert→start p50", p50, "ms"),
         ("idle insert→start p99", p99, "ms"),
         (
@@ -178,14 +198,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "queue: burn-down {:.0} jobs/s, p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: {:.0} jobs/s (ratio {:.1})",
-        burn.0, p50.0, p99.0, apalis_burn.0, ratio.0
+        "queue: burn-down {:.0} jobs/s, p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: {:.0} jobs/s (ratio {:.1}); {} processes: {:.0} jobs/s",
+        burn.0, p50.0, p99.0, apalis_burn.0, ratio.0, args.processes, burn_processes.0
     );
     if let Some(path) = args.json {
         let numbers = serde_json::json!({
             "runs": args.runs, "jobs": args.jobs, "concurrency": args.concurrency,
             "bulk_enqueue_per_second": {"median": enqueue.0, "min": enqueue.1, "max": enqueue.2},
             "burn_down_per_second": {"median": burn.0, "min": burn.1, "max": burn.2},
+            "processes": args.processes,
+            "processes_burn_down_per_second": {"median": burn_processes.0, "min": burn_processes.1, "max": burn_processes.2},
             "start_p50_ms": {"median": p50.0, "min": p50.1, "max": p50.2},
             "start_p99_ms": {"median": p99.0, "min": p99.1, "max": p99.2},
             "apalis_defaults": {
@@ -215,46 +237,17 @@ async fn one_run(
 
     // 1. Bulk enqueue.
     let started = Instant::now();
-    for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(5_000) {
-        let batch = chunk
-            .iter()
-            .map(|_| NewJob::of(&Noop { timed: None }, EnqueueOptions::default()))
-            .collect();
-        queue::enqueue_many(&pool, batch).await?;
-    }
+    enqueue_backlog(&pool, args.jobs).await?;
     let enqueue_per_second = args.jobs as f64 / started.elapsed().as_secs_f64();
 
-    // 2. Burn-down.
-    let registry = Registry::new().register::<Noop>();
-    let services = std::sync::Arc::new(Services::new(
-        QueueConfig::default(),
-        Metrics::new("loadtest"),
-    ));
-    let stop = CancellationToken::new();
-    let plans = vec![QueuePlan {
-        queue: Noop::NAME.into(),
-        concurrency: args.concurrency,
-    }];
-    let started = Instant::now();
-    let worker = queue::start(pool.clone(), &registry, services, plans, stop.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
-                .fetch_one(&pool)
-                .await?;
-        if left == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "burn-down did not finish in 15 minutes ({left} left)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let burn_down_per_second = args.jobs as f64 / started.elapsed().as_secs_f64();
+    // 2. Burn-down by one worker process, then by several, each of the same backlog on the same emptied,
+    // vacuumed and analysed table.
+    let burn_down_per_second = burn_down_by_processes(&pool, url.as_str(), args, 1).await?;
+    let processes_burn_down_per_second =
+        burn_down_by_processes(&pool, url.as_str(), args, args.processes).await?;
 
-    // 3. Idle insert→start.
+    // 3. Idle insert→start, into a worker in this process.
+    let (worker, stop) = start_noop_worker(&pool, args.concurrency).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     while starts.try_recv().is_ok() {}
     let mut latencies = Vec::with_capacity(args.samples);
@@ -280,19 +273,165 @@ async fn one_run(
     stop.cancel();
     worker.wait().await;
 
-    // The same with apalis-postgres at its defaults, in the same run and database.
+    pool.close().await;
+
+    // The same with apalis-postgres at its defaults, in the same run, in a database holding only apalis' own
+    // schema (`PostgresStorage::setup`: its indexes and per-row insert trigger, none of this project's changes).
+    url.set_path(&format!("/{database}_apalis"));
+    let apalis_pool = jobs::db::pool(&DatabaseConfig {
+        url: url.to_string().into(),
+        max_connections: 40,
+    })?;
+    apalis_postgres::PostgresStorage::<()>::setup(&apalis_pool).await?;
     let apalis =
-        crate::apalis_defaults::measure(&pool, args.apalis_jobs, args.apalis_samples).await?;
+        crate::apalis_defaults::measure(&apalis_pool, args.apalis_jobs, args.apalis_samples)
+            .await?;
+    apalis_pool.close().await;
     let mut apalis_starts = apalis.starts_ms;
     apalis_starts.sort_by(f64::total_cmp);
-    pool.close().await;
     Ok(RunResult {
         enqueue_per_second,
         burn_down_per_second,
+        processes_burn_down_per_second,
         start_p50_ms,
         start_p99_ms,
         apalis_enqueue_per_second: apalis.enqueue_per_second,
         apalis_burn_down_per_second: apalis.burn_down_per_second,
         apalis_start_p50_ms: apalis_starts[apalis_starts.len() / 2],
     })
+}
+
+async fn enqueue_backlog(pool: &sqlx::PgPool, jobs: usize) -> anyhow::Result<()> {
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(5_000) {
+        let batch = chunk
+            .iter()
+            .map(|_| NewJob::of(&Noop { timed: None }, EnqueueOptions::default()))
+            .collect();
+        queue::enqueue_many(pool, batch).await?;
+    }
+    Ok(())
+}
+
+async fn wait_until_done(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+                .fetch_one(pool)
+                .await?;
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "burn-down did not finish in 15 minutes ({left} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Enqueues the backlog on an emptied, vacuumed table while the queue is paused and analyses it (as autovacuum
+/// would have by the time a real backlog is served), starts `processes` worker processes, waits until each says
+/// it is ready, then resumes the queue and times the burn-down.
+async fn burn_down_by_processes(
+    pool: &sqlx::PgPool,
+    database_url: &str,
+    args: &Args,
+    processes: usize,
+) -> anyhow::Result<f64> {
+    use tokio::io::AsyncBufReadExt as _;
+
+    sqlx::query("DELETE FROM apalis.jobs").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE apalis.jobs")
+        .execute(pool)
+        .await?;
+    queue::ops::pause_queue(pool, Noop::NAME, "loadtest: workers starting").await?;
+    enqueue_backlog(pool, args.jobs).await?;
+    sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["queue-worker", "--database-url", database_url])
+            .args(["--concurrency", &args.concurrency.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a queue-worker process")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("a queue-worker process did not get ready in 30 s")??;
+        anyhow::ensure!(
+            ready.as_deref() == Some("ready"),
+            "queue-worker said {ready:?} instead of ready"
+        );
+        children.push(child);
+    }
+    // Each listener subscribes as its runner starts; let them settle before waking them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    queue::ops::resume_queue(pool, Noop::NAME).await?;
+    wait_until_done(pool).await?;
+    let per_second = args.jobs as f64 / started.elapsed().as_secs_f64();
+    for mut child in children {
+        drop(child.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .context("a queue-worker process did not stop in 30 s")??;
+        anyhow::ensure!(
+            status.success(),
+            "a queue-worker process exited with {status}"
+        );
+    }
+    Ok(per_second)
+}
+
+/// The production runner serving the no-op queue, with default `QueueConfig`; cancel the token to drain it.
+async fn start_noop_worker(
+    pool: &sqlx::PgPool,
+    concurrency: usize,
+) -> anyhow::Result<(queue::RunningWorker, CancellationToken)> {
+    let registry = Registry::new().register::<Noop>();
+    let services = std::sync::Arc::new(Services::new(
+        QueueConfig::default(),
+        Metrics::new("loadtest"),
+    ));
+    let stop = CancellationToken::new();
+    let plans = vec![QueuePlan {
+        queue: Noop::NAME.into(),
+        concurrency,
+    }];
+    let worker = queue::start(pool.clone(), &registry, services, plans, stop.clone()).await?;
+    Ok((worker, stop))
+}
+
+/// The hidden `queue-worker` scenario: one worker process for the burn-down by several processes.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    database_url: String,
+    #[arg(long)]
+    concurrency: usize,
+}
+
+/// Serves the no-op queue with the production runner, says `ready` on stdout once its runners are started, and
+/// stops (draining) when stdin closes.
+pub async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+
+    let pool = jobs::db::pool(&DatabaseConfig {
+        url: args.database_url.into(),
+        max_connections: 40,
+    })?;
+    let (worker, stop) = start_noop_worker(&pool, args.concurrency).await?;
+    println!("ready");
+    let mut sink = Vec::new();
+    tokio::io::stdin().read_to_end(&mut sink).await?;
+    stop.cancel();
+    worker.wait().await;
+    pool.close().await;
+    Ok(())
 }

@@ -152,6 +152,26 @@ impl PrivateCluster {
         Ok(cluster)
     }
 
+    /// Stops the server (fast: open sessions are cut) and starts it again on the same port; the chaos runs'
+    /// "Postgres restarts once". Blocks until the server accepts connections again.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let log = self.data.join("server.log");
+        // `-l`: without it the new server would keep pg_ctl's output pipe open, and this would never return.
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&self.data)?,
+                "-l",
+                path_str(&log)?,
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
+        )
+    }
+
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

@@ -34,6 +34,9 @@ pub struct TestAppBuilder {
     generation: GenerationConfig,
     verify_callback_signatures: bool,
     site: SiteConfig,
+    database_server: Option<String>,
+    /// The fleet's kie budget: createTask calls per window, recordInfo calls per second.
+    kie_budget: ((u32, Duration), u32),
 }
 
 /// The Google stand-in's registered client in tests.
@@ -75,6 +78,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// The fleet's kie budget (production's by default: 20 createTask per 10.5 s, 10 recordInfo per second);
+    /// lift it together with the stand-in's limits (`kie(|k| k.create_limit = None)`) for load.
+    pub fn kie_budget(mut self, create: (u32, Duration), record_info_per_second: u32) -> Self {
+        self.kie_budget = (create, record_info_per_second);
+        self
+    }
+
     /// Start without a worker (to look at queued rows before anything runs them).
     pub fn without_worker(mut self) -> Self {
         self.start_worker = false;
@@ -104,8 +114,17 @@ impl TestAppBuilder {
         self
     }
 
+    /// Put the database on this server (its admin URL) rather than the shared test server.
+    pub fn database_server(mut self, admin_url: &str) -> Self {
+        self.database_server = Some(admin_url.to_owned());
+        self
+    }
+
     pub async fn spawn(self) -> TestApp {
-        let db = TestDb::new().await;
+        let db = match &self.database_server {
+            Some(admin_url) => TestDb::on_server(admin_url).await,
+            None => TestDb::new().await,
+        };
         let pool = db.pool.clone();
         test_jobs::create_table(&pool).await;
         let temp = tempfile::tempdir().unwrap();
@@ -182,8 +201,8 @@ impl TestAppBuilder {
             webhook_hmac_key: self
                 .verify_callback_signatures
                 .then(|| KIE_HMAC_KEY.to_owned().into()),
-            create_budget: (20, Duration::from_millis(10_500)),
-            record_info_per_second: 10,
+            create_budget: self.kie_budget.0,
+            record_info_per_second: self.kie_budget.1,
             request_timeout: Duration::from_secs(10),
         };
 
@@ -397,6 +416,8 @@ impl TestApp {
             },
             verify_callback_signatures: true,
             site: SiteConfig::default(),
+            database_server: None,
+            kie_budget: ((20, Duration::from_millis(10_500)), 10),
         }
     }
 
@@ -416,6 +437,52 @@ impl TestApp {
     /// A cookie-keeping client, as a browser without JavaScript would be.
     pub fn browser(&self) -> crate::Browser {
         crate::Browser::new(&self.url(""))
+    }
+
+    /// Signs `email` in (creating the account if needed) through the sign-in page, the outbox and the link's
+    /// landing page, as a person would. Returns the browser, now holding a member session.
+    pub async fn sign_in(&self, email: &str) -> crate::Browser {
+        let browser = self.browser();
+        self.sign_in_with(&browser, email).await;
+        browser
+    }
+
+    /// Signs in within an existing browser (keeping what its session held, such as a trial image). Returns the
+    /// page the sign-in lands on.
+    pub async fn sign_in_with(&self, browser: &crate::Browser, email: &str) -> crate::Page {
+        let form = browser.visit("/sign-in").await;
+        let sent = browser
+            .submit(
+                "/sign-in/email",
+                &[("csrf", &form.csrf()), ("email", email)],
+            )
+            .await;
+        assert!(sent.contains("Check your e-mail"), "{}", sent.body);
+        let link = self.latest_link(email, "/sign-in/link").await;
+        let landing = browser.visit(&link).await;
+        let token = landing
+            .field("token")
+            .expect("the landing page carries the token");
+        let next = landing.field("next").unwrap_or_else(|| "/".into());
+        let home = browser
+            .submit(
+                "/sign-in/link",
+                &[
+                    ("csrf", &landing.csrf()),
+                    ("token", &token),
+                    ("next", &next),
+                ],
+            )
+            .await;
+        assert_eq!(home.status, 200, "{}", home.body);
+        home
+    }
+
+    /// The newest link to `path` e-mailed to `address`.
+    pub async fn latest_link(&self, address: &str, path: &str) -> String {
+        let mails = jobs::email::sent_to(&self.pool, address).await.unwrap();
+        let mail = mails.last().expect("an e-mail was queued");
+        crate::find_link(&mail.body_text, &self.url(path)).expect("the e-mail holds the link")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -641,6 +708,7 @@ impl TestApp {
     /// Stops api and worker (draining), then fails if jobs were left unrun, running or dead beyond those
     /// declared with [`expect_dead`](Self::expect_dead).
     pub async fn finish(mut self) {
+        self.settle_due_jobs().await;
         self.stop().await;
         let stats = ops::queue_stats(&self.pool).await.unwrap();
         let unrun: Vec<_> = stats
@@ -655,6 +723,22 @@ impl TestApp {
             "unexpected dead jobs: {dead_jobs:#?}"
         );
         self.finished = true;
+    }
+
+    /// Gives the worker up to 10 s to run the jobs already due (a test's last request may have enqueued one
+    /// a moment ago, such as an e-mail), so that stopping does not leave them waiting.
+    async fn settle_due_jobs(&self) {
+        if self.worker.is_none() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            let stats = ops::queue_stats(&self.pool).await.unwrap();
+            if stats.iter().all(|s| s.paused || s.waiting + s.running == 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Stops api and worker (draining) without checking the queue.

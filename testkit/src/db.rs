@@ -24,7 +24,11 @@ pub fn admin_url() -> String {
 }
 
 fn url_for(database: &str) -> String {
-    let mut url = url::Url::parse(&admin_url()).expect("admin url parses");
+    url_on(&admin_url(), database)
+}
+
+fn url_on(admin_url: &str, database: &str) -> String {
+    let mut url = url::Url::parse(admin_url).expect("admin url parses");
     url.set_path(&format!("/{database}"));
     url.to_string()
 }
@@ -110,6 +114,8 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The server's admin URL (to drop the database).
+    admin_url: String,
 }
 
 impl TestDb {
@@ -143,13 +149,47 @@ impl TestDb {
             .connect(&url)
             .await
             .unwrap();
-        Self { name, url, pool }
+        Self {
+            name,
+            url,
+            pool,
+            admin_url: admin_url(),
+        }
+    }
+
+    /// A migrated database on another server (`admin_url` names its `postgres` database), e.g. a private
+    /// cluster a test restarts. No template there: the migrations run on the new database.
+    pub async fn on_server(admin_url: &str) -> Self {
+        let name = format!("ci2_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach Postgres at {admin_url}: {error}"));
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap_or_else(|error| panic!("creating database {name}: {error}"));
+        let url = url_on(admin_url, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(30)
+            .connect(&url)
+            .await
+            .unwrap();
+        jobs::db::migrate(&pool)
+            .await
+            .expect("migrations apply to a fresh database");
+        Self {
+            name,
+            url,
+            pool,
+            admin_url: admin_url.to_owned(),
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin_url = self.admin_url.clone();
         // Drop runs outside async context: use a thread with its own small runtime.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -157,7 +197,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
                     let _ = admin
                         .execute(sqlx::AssertSqlSafe(format!(
                             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

@@ -1,14 +1,16 @@
-//! The test harness (a dev-dependency only).
+//! The test harness (a dev-dependency, and `loadtest`'s for its chaos run; never part of a production role).
 //!
 //! - [`TestDb`]: a fresh database per test, copied from a migrated template, dropped afterwards.
 //! - [`TestApp`]: api and worker on port 0 against a fresh database and the in-process S3 server, one method
 //!   per endpoint, `drain()` to run the queue dry, and `finish()` that fails a test leaving jobs unrun or
 //!   dead unless it said it expects them.
 //! - [`Browser`]: a cookie-keeping client for the site's pages and forms.
+//! - [`chaos`]: the chaos run and its audit (worker processes killed, Postgres restarted, faults injected).
 //! - [`test_jobs`]: job kinds that succeed, fail, panic, hang or snooze on demand.
 
 mod app;
 mod browser;
+pub mod chaos;
 mod db;
 pub mod images;
 pub mod test_jobs;

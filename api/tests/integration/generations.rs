@@ -625,6 +625,220 @@ async fn a_user_over_the_generation_rate_gets_429_with_retry_after() {
     app.finish().await;
 }
 
+/// What POSTs have recorded for `user`: generations, ledger rows (grants aside), submit jobs and rate events.
+async fn recorded(app: &TestApp, user: &TestUser) -> (i64, Vec<(String, i64)>, i64, i64) {
+    let generations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM generations WHERE user_id = $1")
+            .bind(user.id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = 'submit_generation'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let rate_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rate_limit_events WHERE key = $1")
+            .bind(format!("generations:user:{}", user.id))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    (generations, ledger(app, user).await, jobs, rate_events)
+}
+
+fn one_per_minute() -> GenerationConfig {
+    GenerationConfig {
+        deadline: Duration::from_secs(60),
+        per_user_per_minute: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_post_refused_by_the_rate_limit_records_nothing() {
+    let app = TestApp::builder()
+        .generation_config(one_per_minute())
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (status, first) = app
+        .create_generation(&user, json!({"prompt": "the only one this minute"}))
+        .await;
+    assert_eq!(status, 202, "{first}");
+    app.wait_until_finished(&user, &id_of(&first)).await;
+    app.drain().await;
+    let before = recorded(&app, &user).await;
+    assert_eq!(
+        (before.0, before.3),
+        (1, 1),
+        "one generation, one rate event"
+    );
+
+    let response = app
+        .post_json(
+            "/api/v1/generations",
+            &user,
+            &json!({"prompt": "one too many"}),
+        )
+        .await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(recorded(&app, &user).await, before);
+    assert_eq!(app.balance(&user).await, 90);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_post_refused_for_want_of_credits_leaves_the_rate_budget_untouched() {
+    let app = TestApp::builder()
+        .generation_config(one_per_minute())
+        .spawn()
+        .await;
+    let user = app.create_user(5).await;
+    let (status, body) = app
+        .create_generation(&user, json!({"prompt": "too dear"}))
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(recorded(&app, &user).await, (0, vec![], 0, 0));
+
+    // Topped up within the same minute, the user still has the one generation of the budget.
+    let mut tx = app.pool.begin().await.unwrap();
+    jobs::credits::apply(
+        &mut tx,
+        user.id,
+        jobs::credits::Kind::Grant,
+        100,
+        "test-top-up",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (status, created) = app
+        .create_generation(&user, json!({"prompt": "now paid for"}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(app.balance(&user).await, 95);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_answer_to_a_post_is_the_generation_as_the_database_stored_it() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (status, created) = app
+        .create_generation(&user, json!({"prompt": "as stored", "aspect_ratio": "1:1"}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    assert_eq!(
+        (&created["status"], &created["images"]),
+        (&json!("queued"), &json!([]))
+    );
+    let same_time: bool = sqlx::query_scalar(
+        "SELECT created_at = $2::timestamptz AND aspect_ratio = '1:1' FROM generations WHERE id = $1",
+    )
+    .bind(id_of(&created).parse::<uuid::Uuid>().unwrap())
+    .bind(created["timings"]["created_at"].as_str().unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(same_time, "{created}");
+    app.wait_until_finished(&user, &id_of(&created)).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_listed_page_shows_each_generation_with_its_own_images_in_order() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let user = app.create_user(0).await;
+    let other = app.create_user(0).await;
+    // Finished generations, oldest first, with 2, 0, 1 and 3 images, and another user's with 1.
+    let mut expected = Vec::new();
+    for (owner, images) in [(&user, 2), (&user, 0), (&user, 1), (&user, 3), (&other, 1)] {
+        let generation = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO generations (id, user_id, prompt, model, credits_reserved, trace_id, status, finished_at)
+             VALUES ($1, $2, 'listed', 'gpt-image-2-text-to-image', 10, 't', 'succeeded', now())",
+        )
+        .bind(generation)
+        .bind(owner.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        let keys: Vec<String> = (0..images)
+            .map(|n| format!("users/{}/generations/{generation}/{n}.png", owner.id))
+            .collect();
+        // Last image first, so only the order by `n` puts them right.
+        for n in (0..images).rev() {
+            sqlx::query(
+                "INSERT INTO generated_images (id, generation_id, n, object_key, byte_size, content_type, width, height)
+                 VALUES ($1, $2, $3, $4, $5, 'image/png', $6, $7)",
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(generation)
+            .bind(n)
+            .bind(&keys[n as usize])
+            .bind(1000 + i64::from(n))
+            .bind(10 + n)
+            .bind(20 + n)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        }
+        if owner.id == user.id {
+            expected.push((generation.to_string(), keys));
+        }
+    }
+    expected.reverse();
+
+    let first: Value = app
+        .get_with_key("/api/v1/generations?limit=3", &user.api_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = app
+        .get_with_key(
+            &format!("/api/v1/generations?limit=3&cursor={cursor}"),
+            &user.api_key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items: Vec<&Value> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .collect();
+    assert_eq!(items.len(), expected.len(), "{first} {second}");
+    for (item, (id, keys)) in items.iter().zip(&expected) {
+        assert_eq!(item["id"], id.as_str());
+        let images = item["images"].as_array().unwrap();
+        assert_eq!(images.len(), keys.len(), "{item}");
+        for (n, (image, key)) in images.iter().zip(keys).enumerate() {
+            let url = image["url"].as_str().unwrap();
+            assert!(url.contains(key.as_str()), "image {n} of {id}: {url}");
+            assert_eq!(
+                (
+                    image["width"].as_i64(),
+                    image["height"].as_i64(),
+                    image["byte_size"].as_i64()
+                ),
+                (
+                    Some(10 + n as i64),
+                    Some(20 + n as i64),
+                    Some(1000 + n as i64)
+                )
+            );
+        }
+    }
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn the_event_stream_delivers_each_status_change_in_order_and_ends() {
     let app = TestApp::spawn().await;

@@ -731,9 +731,15 @@ async fn readiness_turns_false_while_a_worker_drains() {
     else {
         panic!()
     };
-    while app.job_status(&id).await != "Running" {
+    // Started, not only claimed: a claimed job the runner has not started when the drain begins is handed back.
+    let started = app
+        .metrics
+        .job_wait_seconds
+        .with_label_values(&["test_slow"]);
+    while started.get_sample_count() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_eq!(app.job_status(&id).await, "Running");
     assert!(worker.health().readiness().is_ok());
     worker.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -789,5 +795,234 @@ async fn a_bulk_enqueue_wakes_workers_with_one_notification_per_queue_not_one_pe
         .execute(&app.pool)
         .await
         .unwrap();
+    app.finish().await;
+}
+
+fn slow(label: &str, ms: u64) -> queue::NewJob {
+    queue::NewJob::of(
+        &Slow {
+            label: label.into(),
+            ms,
+        },
+        EnqueueOptions::default(),
+    )
+}
+
+/// Rows of `test_slow` that workers hold, started or waiting in a local buffer.
+async fn held_slow_jobs(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = 'test_slow' AND status = 'Running'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// Rows of `test_slow` labelled `long-…` that workers hold, started or waiting in a local buffer.
+async fn held_long_jobs(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = 'test_slow' AND status = 'Running'
+            AND convert_from(job, 'UTF8')::jsonb->>'label' LIKE 'long-%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_backlog_of_short_jobs_is_claimed_ahead_and_unstarted_ones_are_handed_back_on_shutdown() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    // Forty short jobs teach the runner that this queue's attempts are short; six long ones follow in order.
+    let mut jobs: Vec<_> = (0..40).map(|i| slow(&format!("short-{i}"), 0)).collect();
+    jobs.extend((0..6).map(|i| slow(&format!("long-{i}"), 60_000)));
+    queue::enqueue_many(&app.pool, jobs).await.unwrap();
+    let worker = app
+        .start_worker(
+            &[("test_slow", 2)],
+            QueueConfig {
+                shutdown_grace: Duration::from_millis(300),
+                ..QueueConfig::default()
+            },
+        )
+        .await;
+    // Two slots run long jobs; a batch of two more waits in the local buffer, claimed ahead. (Short jobs are
+    // not counted: finished ones stay 'Running' until their batched completion is written.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while held_long_jobs(&app).await < 4 {
+        assert!(std::time::Instant::now() < deadline, "never claimed ahead");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held_long_jobs(&app).await, 4, "at most one batch ahead");
+    worker.stop().await;
+
+    let long: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT status, attempts FROM apalis.jobs WHERE job_type = 'test_slow'
+            AND convert_from(job, 'UTF8')::jsonb->>'label' LIKE 'long-%'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(long.len(), 6);
+    assert!(
+        long.iter()
+            .all(|(status, attempts)| status == "Pending" && *attempts == 0),
+        "running and buffered jobs are handed back with the attempt not counted: {long:?}"
+    );
+    assert_eq!(count_runs(&app, "short-0").await, 1);
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'test_slow' AND status = 'Pending'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn long_jobs_are_not_claimed_ahead_so_a_second_worker_takes_what_the_first_cannot_start() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let first = app
+        .start_worker(&[("test_slow", 2)], QueueConfig::default())
+        .await;
+    let jobs: Vec<_> = (0..4).map(|i| slow(&format!("long-{i}"), 1_500)).collect();
+    queue::enqueue_many(&app.pool, jobs).await.unwrap();
+    // The first worker fills its two slots and claims nothing more, however long we look.
+    let mut most = 0;
+    for _ in 0..25 {
+        most = most.max(held_slow_jobs(&app).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        most, 2,
+        "the first worker held more jobs than it could start"
+    );
+    let second = app
+        .start_worker(&[("test_slow", 2)], QueueConfig::default())
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held_slow_jobs(&app).await < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second worker took nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let workers: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT lock_by) FROM apalis.jobs WHERE job_type = 'test_slow' AND status = 'Running'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(workers, 2, "the four long jobs run on both workers at once");
+    app.drain().await;
+    first.stop().await;
+    second.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn completing_jobs_looks_them_up_by_id_whatever_the_statistics_say() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    // A backlog analysed while every row was Pending, then a burn-down's worth of rows claimed and finished by
+    // one worker without a vacuum in between: the statistics say nothing runs, the indexes on running rows and
+    // on lock_by hold an entry for every one of them.
+    let backlog: Vec<_> = (0..30_000)
+        .map(|i| queue::NewJob::of(&record(&format!("backlog-{i}")), EnqueueOptions::default()))
+        .collect();
+    queue::enqueue_many(&app.pool, backlog).await.unwrap();
+    sqlx::raw_sql(
+        "ANALYZE apalis.jobs;
+         INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+              VALUES ('plan-test', 'test_record', 'createimage2', '', now());
+         UPDATE apalis.jobs SET status = 'Running', lock_by = 'plan-test', lock_at = now()
+          WHERE id IN (SELECT id FROM apalis.jobs ORDER BY id LIMIT 20500);
+         UPDATE apalis.jobs SET status = 'Done', done_at = now()
+          WHERE id IN (SELECT id FROM apalis.jobs WHERE status = 'Running' ORDER BY id LIMIT 20000);",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let running: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE status = 'Running' LIMIT 500")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let ids = format!("{{{}}}", running.join(","));
+
+    // The plan a worker's prepared statement settles on (its generic plan).
+    let mut connection = app.pool.acquire().await.unwrap();
+    let plan: String = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE complete(text[], text) AS {};
+         EXPLAIN (FORMAT JSON, COSTS OFF) EXECUTE complete('{ids}', 'plan-test');",
+        runtime::COMPLETE_SQL
+    )))
+    .fetch_all(&mut *connection)
+    .await
+    .unwrap()
+    .last()
+    .map(|row| sqlx::Row::get::<serde_json::Value, _>(row, 0).to_string())
+    .unwrap();
+    sqlx::raw_sql("DEALLOCATE complete; RESET plan_cache_mode")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    drop(connection);
+    let indexes: Vec<&str> = plan
+        .split("\"Index Name\":\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert_eq!(indexes, ["jobs_pkey"], "completion plan: {plan}");
+
+    // And it does complete exactly those rows.
+    sqlx::query(runtime::COMPLETE_SQL)
+        .bind(&running)
+        .bind("plan-test")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Running'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    sqlx::query("DELETE FROM apalis.jobs WHERE status = 'Pending'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn snoozed_and_retried_jobs_start_when_due_without_waiting_for_the_poll() {
+    // A 60 s poll: delayed rows send no notification, so only the runner's own wake-up can start them in time.
+    let config = QueueConfig {
+        poll_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let app = TestApp::builder().queue_config(config).spawn().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.enqueue(&SnoozeTimes {
+        label: "snoozer".into(),
+        times: 2,
+        snooze_ms: 300,
+    })
+    .await;
+    app.enqueue(&FailTimes {
+        label: "failer".into(),
+        failures: 1,
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while count_runs(&app, "snoozer").await < 3 || count_runs(&app, "failer").await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "snoozed or retried jobs waited for the 60 s poll: snoozer ran {} times, failer {}",
+            count_runs(&app, "snoozer").await,
+            count_runs(&app, "failer").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.drain().await;
     app.finish().await;
 }

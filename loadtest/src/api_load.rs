@@ -445,7 +445,7 @@ INSERT INTO rate_limit_events (key) VALUES ('generations:' || 'user:' || :uid::t
 const INTENT: &str = r#"INSERT INTO generations (id, user_id, trial_session_hash, prompt, aspect_ratio, resolution, model, reference_upload_ids, credits_reserved, idempotency_key, trace_id) VALUES (:gid, :uid, NULL, 'a lighthouse at dawn, load test', 'auto', '1K', 'gpt-image-2-text-to-image', '{}', 10, NULL, md5(random()::text)) ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *;
 SELECT shortfall > 0 FROM credit_accounts WHERE user_id = :uid;
 INSERT INTO credit_ledger (user_id, kind, amount, business_key, detail) SELECT :uid, 'reserve', -10, 'generation:' || :gid, jsonb_build_object('generation', :gid::text) WHERE (SELECT balance FROM credit_accounts WHERE user_id = :uid FOR UPDATE) + -10 >= 0 ON CONFLICT DO NOTHING;
-INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key) VALUES (:jid, 'submit_generation', convert_to('{"generation_id":"' || :gid || '"}', 'UTF8'), 'Pending', 0, 8, COALESCE(NULL, now()), 0, 'submit:' || :gid) ON CONFLICT (job_type, idempotency_key) DO NOTHING RETURNING id;
+INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key) VALUES (:jid, 'submit_generation', convert_to('{"generation_id":"' || :gid || '"}', 'UTF8'), 'Pending', 0, 8, COALESCE(NULL, now()), 0, 'submit:' || :gid) ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id;
 "#;
 
 /// Every statement one `POST /api/v1/generations` (no idempotency key) sends: the API key lookup

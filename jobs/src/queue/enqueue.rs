@@ -108,7 +108,7 @@ pub async fn enqueue_new<'e>(conn: impl PgExecutor<'e>, job: NewJob) -> sqlx::Re
     let id: Option<String> = sqlx::query_scalar(
         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
          VALUES ($1, $2, $3, 'Pending', 0, $4, COALESCE($5, now()), $6, $7)
-         ON CONFLICT (job_type, idempotency_key) DO NOTHING
+         ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
     .bind(new_job_id())
@@ -147,7 +147,7 @@ pub async fn enqueue_many<'e>(conn: impl PgExecutor<'e>, jobs: Vec<NewJob>) -> s
          SELECT id, job_type, job, 'Pending', 0, max_attempts, COALESCE(run_at, now()), priority, idempotency_key
            FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::timestamptz[], $6::int[], $7::text[])
                 AS t(id, job_type, job, max_attempts, run_at, priority, idempotency_key)
-         ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+         ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(ids)
     .bind(queues)

@@ -218,7 +218,8 @@ pub async fn prune_finished(
     }
     sqlx::query(
         "DELETE FROM apalis.workers w WHERE last_seen < now() - interval '1 day'
-            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
+            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j
+                             WHERE j.lock_by = w.id AND j.status IN ('Queued', 'Running'))",
     )
     .execute(pool)
     .await?;

@@ -367,6 +367,84 @@ async fn the_reaper_hands_back_jobs_of_a_worker_that_stopped_heartbeating() {
 }
 
 #[tokio::test]
+async fn the_reaper_hands_back_a_job_whose_worker_row_is_gone() {
+    // `lock_by` references no table (a foreign key would cost a lookup per claimed row): a worker row deleted
+    // by hand, or lost, reads as a dead worker.
+    let app = TestApp::builder().without_worker().spawn().await;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, lock_by, lock_at)
+         VALUES ('orphan', 'test_record', convert_to('{\"label\": \"orphan\"}', 'UTF8'), 'Running', 1, 5, now(),
+                 'vanished-worker', now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let reaped = runtime::reap_queue(
+        &app.pool,
+        "test_record",
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reaped, 1);
+    assert_eq!(app.job_status("orphan").await, "Pending");
+    let worker = app
+        .start_worker(&[("test_record", 2)], QueueConfig::default())
+        .await;
+    app.drain().await;
+    worker.stop().await;
+    assert_eq!(count_runs(&app, "orphan").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn pruning_forgets_silent_workers_unless_they_hold_an_unfinished_job() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         VALUES ('silent-done', 'test_record', 'createimage2', '', now() - interval '2 days'),
+                ('silent-running', 'test_record', 'createimage2', '', now() - interval '2 days'),
+                ('recent', 'test_record', 'createimage2', '', now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // A finished job keeps the worker that ran it (the console shows it); it does not keep the worker row.
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, lock_by, lock_at, done_at)
+         VALUES ('finished', 'test_record', '\\x7b7d', 'Done', 1, 5, now(), 'silent-done', now(), now()),
+                ('unfinished', 'test_record', '\\x7b7d', 'Running', 1, 5, now(), 'silent-running', now(), NULL)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    ops::prune_finished(
+        &app.pool,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let workers: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.workers ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, ["recent", "silent-running"]);
+    let finished_by: Option<String> =
+        sqlx::query_scalar("SELECT lock_by FROM apalis.jobs WHERE id = 'finished'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(finished_by.as_deref(), Some("silent-done"));
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_job_running_far_past_its_timeout_is_reaped_even_if_its_worker_heartbeats() {
     let app = TestApp::builder().without_worker().spawn().await;
     sqlx::query(

@@ -57,3 +57,53 @@ async fn migrations_are_idempotent_when_run_again() {
         .unwrap();
     assert_eq!(applied as usize, jobs::db::MIGRATOR.iter().count());
 }
+
+#[tokio::test]
+async fn the_queue_table_indexes_only_what_its_queries_read_and_claims_check_no_foreign_key() {
+    let db = TestDb::new().await;
+    // Run again, as every process start does: apalis' setup must not bring back what the migrations dropped.
+    jobs::db::migrate(&db.pool).await.unwrap();
+    let indexes: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_get_expr(i.indpred, i.indrelid)
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = 'apalis.jobs'::regclass
+          ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let running = Some("(status = ANY (ARRAY['Queued'::text, 'Running'::text]))".to_owned());
+    assert_eq!(
+        indexes,
+        [
+            (
+                "createimage2_jobs_claim_idx".to_owned(),
+                Some("(status = 'Pending'::text)".to_owned())
+            ),
+            (
+                "createimage2_jobs_done_idx".to_owned(),
+                Some(
+                    "(status = ANY (ARRAY['Done'::text, 'Killed'::text, 'Failed'::text]))"
+                        .to_owned()
+                )
+            ),
+            (
+                "createimage2_jobs_idempotency_key_idx".to_owned(),
+                Some("(idempotency_key IS NOT NULL)".to_owned())
+            ),
+            ("createimage2_jobs_lock_by_idx".to_owned(), running.clone()),
+            ("createimage2_jobs_running_idx".to_owned(), running),
+            ("jobs_pkey".to_owned(), None),
+        ]
+    );
+    let foreign_keys: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'apalis.jobs'::regclass AND contype = 'f'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        foreign_keys, 0,
+        "a claim would check apalis.workers once per row"
+    );
+}

@@ -1,6 +1,6 @@
 //! `loadtest queue`: the project's queue layer with no-op jobs, against a fresh database per run.
 //!
-//! 1. bulk enqueue rate (`enqueue_many`, 5,000 per statement);
+//! 1. bulk enqueue rate (`enqueue_many`, 5,000 per statement, `--producers` statements at once);
 //! 2. burn-down of the backlog by one worker process with production settings, and by `--processes` of them
 //!    (this binary's hidden `queue-worker`), each started while the queue is paused and timed from its resumption;
 //! 3. insert→start latency of single jobs into an idle worker (from just before the INSERT to the job's start).
@@ -38,6 +38,9 @@ pub struct Args {
     /// Worker processes for the second burn-down (each with `--concurrency`).
     #[arg(long, default_value_t = 2)]
     processes: usize,
+    /// Bulk enqueue: statements of 5,000 jobs in flight at once (producers, each on its own connection).
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
     /// Single jobs timed into an idle worker.
     #[arg(long, default_value_t = 200)]
     samples: usize,
@@ -237,7 +240,7 @@ async fn one_run(
 
     // 1. Bulk enqueue.
     let started = Instant::now();
-    enqueue_backlog(&pool, args.jobs).await?;
+    enqueue_backlog(&pool, args.jobs, args.producers).await?;
     let enqueue_per_second = args.jobs as f64 / started.elapsed().as_secs_f64();
 
     // 2. Burn-down by one worker process, then by several, each of the same backlog on the same emptied,
@@ -301,14 +304,20 @@ async fn one_run(
     })
 }
 
-async fn enqueue_backlog(pool: &sqlx::PgPool, jobs: usize) -> anyhow::Result<()> {
-    for chunk in (0..jobs).collect::<Vec<_>>().chunks(5_000) {
-        let batch = chunk
-            .iter()
-            .map(|_| NewJob::of(&Noop { timed: None }, EnqueueOptions::default()))
-            .collect();
-        queue::enqueue_many(pool, batch).await?;
-    }
+/// Enqueues `jobs` no-op jobs, 5,000 per statement, `producers` statements in flight at once.
+async fn enqueue_backlog(pool: &sqlx::PgPool, jobs: usize, producers: usize) -> anyhow::Result<()> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+
+    futures::stream::iter((0..jobs).step_by(5_000))
+        .map(|first| async move {
+            let batch = (first..jobs.min(first + 5_000))
+                .map(|_| NewJob::of(&Noop { timed: None }, EnqueueOptions::default()))
+                .collect();
+            queue::enqueue_many(pool, batch).await
+        })
+        .buffer_unordered(producers.max(1))
+        .try_collect::<Vec<u64>>()
+        .await?;
     Ok(())
 }
 
@@ -346,7 +355,7 @@ async fn burn_down_by_processes(
         .execute(pool)
         .await?;
     queue::ops::pause_queue(pool, Noop::NAME, "loadtest: workers starting").await?;
-    enqueue_backlog(pool, args.jobs).await?;
+    enqueue_backlog(pool, args.jobs, args.producers).await?;
     sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();

@@ -22,6 +22,20 @@ use super::{
 };
 use crate::{AppError, AppState, exports};
 
+/// The account page's single values, read in one query.
+#[derive(sqlx::FromRow)]
+struct AccountSummary {
+    shortfall: i64,
+    plan_id: Option<String>,
+    plan_status: Option<String>,
+    current_period_end: Option<chrono::DateTime<chrono::Utc>>,
+    sessions: i64,
+    has_customer: bool,
+}
+
+/// Everything the account page shows beyond the member itself. The queries go out together (one for the
+/// single values, one per list, each on its own pooled connection), so the page waits for the slowest of them
+/// rather than for their sum.
 async fn load(
     state: &AppState,
     member: &Member,
@@ -29,72 +43,62 @@ async fn load(
 ) -> Result<AccountView, PageError> {
     let pool = &state.pool;
     let user = member.user_id;
-    let shortfall: i64 =
-        sqlx::query_scalar("SELECT shortfall FROM credit_accounts WHERE user_id = $1")
-            .bind(user)
-            .fetch_optional(pool)
-            .await?
-            .unwrap_or(0);
+    let summary = sqlx::query_as::<_, AccountSummary>(
+        "SELECT coalesce((SELECT shortfall FROM credit_accounts WHERE user_id = $1), 0) AS shortfall,
+                plan.plan_id, plan.status AS plan_status, plan.current_period_end,
+                (SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL
+                    AND LEAST(idle_expires_at, absolute_expires_at) > now()) AS sessions,
+                EXISTS (SELECT 1 FROM stripe_customers WHERE user_id = $1) AS has_customer
+           FROM (SELECT 1) AS one
+           LEFT JOIN LATERAL (
+                SELECT plan_id, status, current_period_end FROM subscriptions WHERE user_id = $1
+                 ORDER BY (status IN ('active', 'trialing', 'past_due')) DESC, updated_at DESC LIMIT 1
+           ) AS plan ON true",
+    )
+    .bind(user)
+    .fetch_one(pool);
     let ledger = sqlx::query_as(
         "SELECT created_at, kind, amount, business_key FROM credit_ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 20",
     )
     .bind(user)
-    .fetch_all(pool)
-    .await?;
-    let plan: Option<(String, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
-        "SELECT plan_id, status, current_period_end FROM subscriptions WHERE user_id = $1
-          ORDER BY (status IN ('active', 'trialing', 'past_due')) DESC, updated_at DESC LIMIT 1",
-    )
-    .bind(user)
-    .fetch_optional(pool)
-    .await?;
+    .fetch_all(pool);
     let usage = sqlx::query_as(
         "SELECT created_at, model, generation_ms, succeeded FROM usage_log WHERE user_id = $1
           ORDER BY created_at DESC LIMIT 20",
     )
     .bind(user)
-    .fetch_all(pool)
-    .await?;
+    .fetch_all(pool);
     let api_keys = sqlx::query_as(
         "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC",
     )
     .bind(user)
-    .fetch_all(pool)
-    .await?;
+    .fetch_all(pool);
     let exports = sqlx::query_as(
         "SELECT id, status, created_at, expires_at FROM export_requests WHERE user_id = $1
           ORDER BY created_at DESC LIMIT 3",
     )
     .bind(user)
-    .fetch_all(pool)
-    .await?;
-    let sessions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL
-            AND LEAST(idle_expires_at, absolute_expires_at) > now()",
-    )
-    .bind(user)
-    .fetch_one(pool)
-    .await?;
-    let has_customer: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM stripe_customers WHERE user_id = $1)")
-            .bind(user)
-            .fetch_one(pool)
-            .await?;
+    .fetch_all(pool);
+    let (summary, ledger, usage, api_keys, exports) =
+        tokio::try_join!(summary, ledger, usage, api_keys, exports)?;
     Ok(AccountView {
         email: member.email.clone(),
         display_name: member.display_name.clone(),
         balance: member.balance,
-        shortfall,
+        shortfall: summary.shortfall,
         ledger,
-        plan,
+        plan: summary
+            .plan_id
+            .zip(summary.plan_status)
+            .map(|(id, status)| (id, status, summary.current_period_end)),
         usage,
         api_keys,
         new_key: None,
         analytics_consent: analytics_consent(state, &member.visitor).await?,
         privacy_signal: privacy_signal(headers),
         exports,
-        sessions,
-        has_customer,
+        sessions: summary.sessions,
+        has_customer: summary.has_customer,
     })
 }
 

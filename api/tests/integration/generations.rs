@@ -748,6 +748,27 @@ async fn the_answer_to_a_post_is_the_generation_as_the_database_stored_it() {
     app.finish().await;
 }
 
+/// `GET /api/v1/generations?limit=3`, then the page its `next_cursor` points to.
+async fn first_two_pages_of_three(app: &TestApp, user: &TestUser) -> (Value, Value) {
+    let first: Value = app
+        .get_with_key("/api/v1/generations?limit=3", &user.api_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = app
+        .get_with_key(
+            &format!("/api/v1/generations?limit=3&cursor={cursor}"),
+            &user.api_key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    (first, second)
+}
+
 #[tokio::test]
 async fn a_listed_page_shows_each_generation_with_its_own_images_in_order() {
     let app = TestApp::builder().without_worker().spawn().await;
@@ -792,22 +813,7 @@ async fn a_listed_page_shows_each_generation_with_its_own_images_in_order() {
     }
     expected.reverse();
 
-    let first: Value = app
-        .get_with_key("/api/v1/generations?limit=3", &user.api_key)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let cursor = first["next_cursor"].as_str().unwrap();
-    let second: Value = app
-        .get_with_key(
-            &format!("/api/v1/generations?limit=3&cursor={cursor}"),
-            &user.api_key,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (first, second) = first_two_pages_of_three(&app, &user).await;
     let items: Vec<&Value> = first["items"]
         .as_array()
         .unwrap()
@@ -885,22 +891,7 @@ async fn generations_are_listed_newest_first_with_a_cursor() {
             .await;
         ids.push(id_of(&created));
     }
-    let first: Value = app
-        .get_with_key("/api/v1/generations?limit=3", &user.api_key)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let cursor = first["next_cursor"].as_str().unwrap();
-    let second: Value = app
-        .get_with_key(
-            &format!("/api/v1/generations?limit=3&cursor={cursor}"),
-            &user.api_key,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (first, second) = first_two_pages_of_three(&app, &user).await;
     let listed: Vec<String> = first["items"]
         .as_array()
         .unwrap()

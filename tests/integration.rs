@@ -307,6 +307,10 @@ async fn under_worker_kills_a_postgres_restart_and_upstream_faults_every_credit_
     assert_eq!(report.kills, 8);
     assert_eq!(report.postgres_restarts, 1);
     assert!(
+        report.stalled_answers > 0,
+        "kie answered after the workers' timeout at least once"
+    );
+    assert!(
         report.reconciliations >= 1,
         "two webhooks were dropped: only reconciliation can have granted those purchases"
     );

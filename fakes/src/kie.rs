@@ -84,6 +84,13 @@ pub struct FakeKieConfig {
     pub lose_create_responses: u32,
     /// The next N recordInfo calls answer HTTP 200 with a truncated JSON body.
     pub malformed_record_info: u32,
+    /// The next N createTask calls create the task (it runs and calls back) but answer only after [`stall`]
+    /// (`FakeKieConfig::stall`): to a client whose timeout is shorter, a call that timed out.
+    pub stall_creates: u32,
+    /// The next N recordInfo calls answer only after `stall`.
+    pub stall_record_infos: u32,
+    /// How long a stalled answer takes.
+    pub stall: Duration,
     /// When `Some(code)` (401, 402, 433, 505, …) every createTask answers that business code.
     pub account_error: Option<u32>,
     /// Result file URLs (and download-url links) expire this long after the task completed.
@@ -105,6 +112,9 @@ impl Default for FakeKieConfig {
             rate_limit_creates: 0,
             lose_create_responses: 0,
             malformed_record_info: 0,
+            stall_creates: 0,
+            stall_record_infos: 0,
+            stall: Duration::from_secs(60),
             account_error: None,
             result_url_ttl: Duration::from_secs(24 * 60 * 60),
             image_max_side: 1024,
@@ -144,6 +154,8 @@ pub struct FakeKieStats {
     pub callbacks_sent: u64,
     /// Result file GETs answered with an image.
     pub downloads: u64,
+    /// createTask and recordInfo answers held back by `stall_creates` / `stall_record_infos`.
+    pub stalled_answers: u64,
 }
 
 /// A task as the fake sees it now.
@@ -564,7 +576,7 @@ async fn create_task(
         return business_error(422, &msg);
     }
 
-    let (task_id, delay, lose_response) = {
+    let (task_id, delay, lose_response, stall) = {
         let mut inner = shared.lock();
         let inner = &mut *inner;
         let (low, high) = inner.config.latency;
@@ -620,7 +632,8 @@ async fn create_task(
         if lose_response {
             inner.config.lose_create_responses -= 1;
         }
-        (id, latency, lose_response)
+        let stall = take_stall(inner, |config| &mut config.stall_creates);
+        (id, latency, lose_response, stall)
     };
 
     let before_response = matches!(shared.lock().config.callbacks, CallbackMode::BeforeResponse);
@@ -639,10 +652,27 @@ async fn create_task(
         });
     }
 
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
+    }
     if lose_response {
         return server_error();
     }
     envelope(200, "success", json!({ "taskId": task_id }))
+}
+
+/// Counts down one of the `stall_*` faults: the stall to wait before answering, if this answer is stalled.
+fn take_stall(
+    inner: &mut Inner,
+    counter: impl FnOnce(&mut FakeKieConfig) -> &mut u32,
+) -> Option<Duration> {
+    let left = counter(&mut inner.config);
+    if *left == 0 {
+        return None;
+    }
+    *left -= 1;
+    inner.stats.stalled_answers += 1;
+    Some(inner.config.stall)
 }
 
 /// Validates a createTask body as kie does; the error is the `msg` of a 422.
@@ -863,6 +893,10 @@ async fn record_info(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let stall = take_stall(&mut shared.lock(), |config| &mut config.stall_record_infos);
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
+    }
     let now = Instant::now();
     let mut inner = shared.lock();
     let inner = &mut *inner;

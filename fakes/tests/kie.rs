@@ -617,3 +617,53 @@ async fn slow_prompts_take_three_times_the_maximum_latency() {
     poll_until_done(&fake, &task_id).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+#[tokio::test]
+async fn stalled_answers_come_only_after_the_stall_and_a_stalled_create_still_creates_its_task() {
+    let fake = KieFake::start(FakeKieConfig {
+        stall_creates: 1,
+        stall_record_infos: 1,
+        stall: Duration::from_millis(1500),
+        ..quick()
+    })
+    .await
+    .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let timed_out = impatient
+        .post(format!("{}/api/v1/jobs/createTask", fake.base_url()))
+        .bearer_auth(KEY)
+        .json(&text("a", "1:1", "1K"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(timed_out.is_timeout(), "{timed_out}");
+    let tasks = fake.tasks();
+    assert_eq!(
+        tasks.len(),
+        1,
+        "the task exists although its answer is late"
+    );
+
+    let timed_out = impatient
+        .get(format!(
+            "{}/api/v1/jobs/recordInfo?taskId={}",
+            fake.base_url(),
+            tasks[0].task_id
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(timed_out.is_timeout(), "{timed_out}");
+
+    // Only the next N stall.
+    create_ok(&fake, &text("b", "1:1", "1K")).await;
+    assert_eq!(
+        poll_until_done(&fake, &tasks[0].task_id).await["data"]["state"],
+        "success"
+    );
+    assert_eq!(fake.stats().stalled_answers, 2);
+}

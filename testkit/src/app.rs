@@ -37,6 +37,8 @@ pub struct TestAppBuilder {
     database_server: Option<String>,
     /// The fleet's kie budget: createTask calls per window, recordInfo calls per second.
     kie_budget: ((u32, Duration), u32),
+    /// The kie client's request timeout.
+    kie_timeout: Duration,
 }
 
 /// The Google stand-in's registered client in tests.
@@ -82,6 +84,12 @@ impl TestAppBuilder {
     /// lift it together with the stand-in's limits (`kie(|k| k.create_limit = None)`) for load.
     pub fn kie_budget(mut self, create: (u32, Duration), record_info_per_second: u32) -> Self {
         self.kie_budget = (create, record_info_per_second);
+        self
+    }
+
+    /// The kie client's request timeout (10 s by default).
+    pub fn kie_timeout(mut self, timeout: Duration) -> Self {
+        self.kie_timeout = timeout;
         self
     }
 
@@ -203,7 +211,7 @@ impl TestAppBuilder {
                 .then(|| KIE_HMAC_KEY.to_owned().into()),
             create_budget: self.kie_budget.0,
             record_info_per_second: self.kie_budget.1,
-            request_timeout: Duration::from_secs(10),
+            request_timeout: self.kie_timeout,
         };
 
         let shutdown = CancellationToken::new();
@@ -418,6 +426,7 @@ impl TestApp {
             site: SiteConfig::default(),
             database_server: None,
             kie_budget: ((20, Duration::from_millis(10_500)), 10),
+            kie_timeout: Duration::from_secs(10),
         }
     }
 

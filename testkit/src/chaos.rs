@@ -2,8 +2,8 @@
 //!
 //! Load goes through the real api while the harness SIGKILLs worker *processes* at random moments and starts new
 //! ones, restarts Postgres once (when the plan brings a server it may restart), and has the stand-ins inject
-//! faults: kie.ai answers 5xx and 429, loses createTask answers, garbles recordInfo, refuses prompts, duplicates
-//! and then loses callbacks; Stripe delivers every webhook twice, except one purchase's, which it never
+//! faults: kie.ai answers 5xx and 429, loses createTask answers, garbles recordInfo, answers after the client's
+//! timeout, refuses prompts, duplicates and then loses callbacks; Stripe delivers every webhook twice, except one purchase's, which it never
 //! delivers, so only the reconciliation job can grant it. Then an audit of every generation and every credit,
 //! collected as violations rather than panics, so a long run reports all of them.
 
@@ -66,6 +66,8 @@ pub struct ChaosReport {
     pub postgres_restarts: usize,
     pub requests_retried: usize,
     pub upstream_tasks: u64,
+    /// kie answers held back past the workers' timeout.
+    pub stalled_answers: u64,
     pub callbacks_sent: u64,
     pub max_creates_in_window: u32,
     pub kie_limit: u32,
@@ -80,7 +82,7 @@ pub struct ChaosReport {
 impl ChaosReport {
     /// A human-readable table of the run and the audit.
     pub fn table(&self) -> String {
-        let rows: [(&str, String); 13] = [
+        let rows: [(&str, String); 14] = [
             ("generations requested", self.generations.to_string()),
             (
                 "  succeeded (image in the bucket)",
@@ -100,6 +102,10 @@ impl ChaosReport {
             (
                 "callbacks sent (duplicated, then lost)",
                 self.callbacks_sent.to_string(),
+            ),
+            (
+                "kie answers after the timeout",
+                self.stalled_answers.to_string(),
             ),
             (
                 "most createTask in any 10 s",
@@ -178,6 +184,7 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
         k.record_info_limit = Some((50, Duration::from_secs(1)));
         k.latency = (Duration::from_millis(200), Duration::from_millis(1500));
         k.callbacks = CallbackMode::Duplicated;
+        k.stall = KIE_STALL;
     });
     arm_upstream_faults(app);
     let spawn = |plan: &ChaosPlan| spawn_worker(app, plan);
@@ -340,6 +347,7 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
     report.purchases = paid.len();
     let stats = app.kie.stats();
     report.upstream_tasks = stats.tasks_created;
+    report.stalled_answers = stats.stalled_answers;
     report.callbacks_sent = stats.callbacks_sent;
     report.max_creates_in_window = stats.max_creates_in_window;
     audit(app, &plan, &users, pack.credits, &mut report).await;
@@ -347,15 +355,23 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
     report
 }
 
-/// kie.ai's faults for the next stretch: a few 5xx and 429 answers, lost createTask answers, garbled recordInfo.
+/// kie.ai's faults for the next stretch: a few 5xx and 429 answers, lost createTask answers, garbled recordInfo,
+/// and answers that come after the workers' timeout ([`KIE_TIMEOUT_SECONDS`] against [`KIE_STALL`]).
 fn arm_upstream_faults(app: &TestApp) {
     app.kie.update(|k| {
         k.fail_creates += 3;
         k.rate_limit_creates += 3;
         k.lose_create_responses += 2;
         k.malformed_record_info += 3;
+        k.stall_creates += 1;
+        k.stall_record_infos += 2;
     });
 }
+
+/// The worker processes' kie request timeout in a chaos run (production's is 30 s).
+const KIE_TIMEOUT_SECONDS: u64 = 2;
+/// How long a stalled kie answer takes: past [`KIE_TIMEOUT_SECONDS`].
+const KIE_STALL: Duration = Duration::from_secs(4);
 
 fn spawn_worker(app: &TestApp, plan: &ChaosPlan) -> Child {
     let mut command = (plan.worker_command)();
@@ -374,6 +390,7 @@ fn spawn_worker(app: &TestApp, plan: &ChaosPlan) -> Child {
         .env("KIE_CREATE_TASKS_PER_WINDOW", plan.kie_limit.to_string())
         .env("KIE_CREATE_WINDOW_MS", "10500")
         .env("KIE_RECORD_INFO_PER_SECOND", "50")
+        .env("KIE_TIMEOUT_SECONDS", KIE_TIMEOUT_SECONDS.to_string())
         .env("STRIPE_SECRET_KEY", crate::STRIPE_SECRET_KEY)
         .env("STRIPE_API_BASE", app.stripe.base_url())
         .env("PUBLIC_BASE_URL", format!("http://{}", app.api_addr))

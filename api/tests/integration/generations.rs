@@ -365,6 +365,38 @@ async fn a_submit_rerun_after_a_lost_answer_adopts_the_task_kie_reported_instead
 }
 
 #[tokio::test]
+async fn answers_from_kie_that_time_out_are_retried_and_the_generation_is_made_and_charged_once() {
+    // createTask's answer and the first recordInfo's arrive after the client gave up; no callback helps.
+    let app = TestApp::builder()
+        .kie_timeout(Duration::from_millis(500))
+        .kie(|k| {
+            k.stall_creates = 1;
+            k.stall_record_infos = 1;
+            k.stall = Duration::from_secs(2);
+            k.callbacks = CallbackMode::Lost;
+        })
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "slow answers"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let stats = app.kie.stats();
+    assert_eq!(stats.stalled_answers, 2, "both faults were hit");
+    assert_eq!(
+        stats.tasks_created, 2,
+        "the timed-out call's task is never known, so the rerun creates one more"
+    );
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![("reserve".into(), -10), ("settle".into(), 0)]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_submit_rerun_after_a_crash_with_no_word_from_kie_creates_one_more_task_and_charges_once()
 {
     let app = TestApp::builder()

@@ -606,8 +606,9 @@ impl Runner {
             ))),
             Ok(Ok(result)) => result,
         };
-        self.observe_attempt(started.elapsed());
-        let elapsed = started.elapsed().as_secs_f64();
+        let took = started.elapsed();
+        self.observe_attempt(took);
+        let elapsed = took.as_secs_f64();
         let _entered = span.enter();
         match result {
             Ok(Outcome::Done) => {

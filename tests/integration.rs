@@ -295,6 +295,7 @@ async fn under_worker_kills_a_postgres_restart_and_upstream_faults_every_credit_
             restart: Box::new(move || restartable.restart()),
         }),
         deadline: Duration::from_secs(300),
+        seed: testkit::chaos::seed_from_env(),
     };
     let mut app = testkit::chaos::app(&plan).await;
     let report = testkit::chaos::run(&app, plan).await;

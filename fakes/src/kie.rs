@@ -97,6 +97,9 @@ pub struct FakeKieConfig {
     pub result_url_ttl: Duration,
     /// Long side in pixels of generated images.
     pub image_max_side: u32,
+    /// Seeds the only random choice the stand-in makes, each task's latency within `latency`, so a run can be
+    /// repeated with the same draws (in the order tasks arrive). `None`: seeded from the OS. Read at start.
+    pub seed: Option<u64>,
 }
 
 impl Default for FakeKieConfig {
@@ -118,6 +121,7 @@ impl Default for FakeKieConfig {
             account_error: None,
             result_url_ttl: Duration::from_secs(24 * 60 * 60),
             image_max_side: 1024,
+            seed: None,
         }
     }
 }
@@ -202,6 +206,10 @@ impl KieFake {
             http,
             stop: CancellationToken::new(),
             state: Mutex::new(Inner {
+                rng: match config.seed {
+                    Some(seed) => rand::SeedableRng::seed_from_u64(seed),
+                    None => rand::SeedableRng::from_os_rng(),
+                },
                 config,
                 stats: FakeKieStats::default(),
                 tasks: Vec::new(),
@@ -263,6 +271,8 @@ struct Shared {
 
 struct Inner {
     config: FakeKieConfig,
+    /// Latency draws (see [`FakeKieConfig::seed`]).
+    rng: rand::rngs::StdRng,
     stats: FakeKieStats,
     tasks: Vec<Task>,
     index: HashMap<String, usize>,
@@ -583,7 +593,7 @@ async fn create_task(
         let latency = if request.prompt.contains("[slow]") {
             high * 3
         } else if low < high {
-            rand::rng().random_range(low..=high)
+            inner.rng.random_range(low..=high)
         } else {
             low
         };

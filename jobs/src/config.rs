@@ -140,6 +140,10 @@ pub struct QueueConfig {
     /// `QUEUE_SHUTDOWN_GRACE_SECONDS` (default 30): on SIGTERM, in-flight jobs get this long to finish before
     /// they are handed back to the queue.
     pub shutdown_grace: Duration,
+    /// `QUEUE_CLAIM_AHEAD_MAX_ATTEMPT_MS` (default 20): a runner claims a batch beyond its free slots (under a
+    /// backlog) only while its queue's attempts average at most this long: a claimed-ahead job then waits for a
+    /// slot about as long as a peer would need to claim it, so no replica sits idle beside a buffer.
+    pub claim_ahead_max_attempt: Duration,
     /// `JOB_RETENTION_HOURS` (default 168): finished (done, cancelled) job rows are pruned after this age.
     pub finished_job_retention: Duration,
     /// `DEAD_JOB_RETENTION_HOURS` (default 720): dead job rows are kept this long for operators.
@@ -157,6 +161,11 @@ impl QueueConfig {
             heartbeat_interval: seconds_or(source, "QUEUE_HEARTBEAT_SECONDS", 5)?,
             dead_worker_after: seconds_or(source, "QUEUE_DEAD_WORKER_SECONDS", 60)?,
             shutdown_grace: seconds_or(source, "QUEUE_SHUTDOWN_GRACE_SECONDS", 30)?,
+            claim_ahead_max_attempt: Duration::from_millis(parsed_or(
+                source,
+                "QUEUE_CLAIM_AHEAD_MAX_ATTEMPT_MS",
+                20,
+            )?),
             finished_job_retention: Duration::from_secs(
                 3600 * parsed_or(source, "JOB_RETENTION_HOURS", 168)?,
             ),

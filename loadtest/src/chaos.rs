@@ -74,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             restart: Box::new(move || restartable.restart()),
         }),
         deadline: Duration::from_secs(args.deadline_secs),
+        seed: testkit::chaos::seed_from_env(),
     };
     eprintln!(
         "chaos: {} generations at {}/s over {} users, {} worker processes, {} kills every {:.1} s, Postgres restarted once (expected ~{:.0} s)",
@@ -88,6 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "succeeded": report.succeeded,
             "failed_refunded": report.failed_refunded,
             "kills": report.kills,
+            "seed": report.seed,
             "postgres_restarts": report.postgres_restarts,
             "requests_retried": report.requests_retried,
             "upstream_tasks": report.upstream_tasks,

@@ -54,11 +54,30 @@ pub struct ChaosPlan {
     pub postgres: Option<RestartablePostgres>,
     /// Give up (a violation) if the work has not settled by then.
     pub deadline: Duration,
+    /// Seeds the run's random choices: which worker each kill hits, and the kie stand-in's latency draws.
+    /// [`seed_from_env`] gives one; the report prints it, and the same seed repeats the same choices (the
+    /// interleaving of tasks and processes still varies from run to run).
+    pub seed: u64,
+}
+
+/// The variable that fixes a chaos run's seed (`scripts/stress-tests` sets it and reports it with a failure).
+pub const SEED_VARIABLE: &str = "CI2_TEST_SEED";
+
+/// The seed in [`SEED_VARIABLE`], or a fresh one; printed either way so a failing run can be repeated.
+pub fn seed_from_env() -> u64 {
+    let seed = std::env::var(SEED_VARIABLE)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("chaos seed: {seed} (repeat with {SEED_VARIABLE}={seed})");
+    seed
 }
 
 /// What happened, and every broken promise found by the audit.
 #[derive(Debug, Default)]
 pub struct ChaosReport {
+    /// The plan's seed.
+    pub seed: u64,
     pub generations: usize,
     pub succeeded: usize,
     pub failed_refunded: usize,
@@ -141,14 +160,15 @@ impl ChaosReport {
     pub fn summary(&self) -> String {
         format!(
             "chaos: {} generations ({} succeeded, {} failed and refunded), {} worker kills, {} Postgres restart(s), \
-             {} purchases; {} violations",
+             {} purchases; {} violations (seed {})",
             self.generations,
             self.succeeded,
             self.failed_refunded,
             self.kills,
             self.postgres_restarts,
             self.purchases,
-            self.violations.len()
+            self.violations.len(),
+            self.seed
         )
     }
 }
@@ -167,7 +187,8 @@ pub async fn app(plan: &ChaosPlan) -> TestApp {
     if let Some(postgres) = &plan.postgres {
         builder = builder.database_server(&postgres.admin_url);
     }
-    builder.spawn().await
+    let seed = plan.seed;
+    builder.kie(|kie| kie.seed = Some(seed)).spawn().await
 }
 
 /// Runs the plan against `app` (made by [`app`]) and audits the outcome. The app is left running; the caller
@@ -177,8 +198,10 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
     let mut report = ChaosReport {
         generations: plan.generations,
         kie_limit: plan.kie_limit,
+        seed: plan.seed,
         ..ChaosReport::default()
     };
+    let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(plan.seed);
     app.kie.update(|k| {
         k.create_limit = Some((plan.kie_limit, Duration::from_secs(10)));
         k.record_info_limit = Some((50, Duration::from_secs(1)));
@@ -258,7 +281,7 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
 
         if report.kills < plan.kills && last_kill.elapsed() >= plan.kill_every {
             last_kill = Instant::now();
-            let victim = rand::rng().random_range(0..workers.len());
+            let victim = rng.random_range(0..workers.len());
             let _ = workers[victim].kill(); // SIGKILL
             let _ = workers[victim].wait();
             workers[victim] = spawn(&plan);

@@ -6,7 +6,8 @@
 //!   dead unless it said it expects them.
 //! - [`Browser`]: a cookie-keeping client for the site's pages and forms.
 //! - [`chaos`]: the chaos run and its audit (worker processes killed, Postgres restarted, faults injected).
-//! - [`test_jobs`]: job kinds that succeed, fail, panic, hang or snooze on demand.
+//! - [`test_jobs`]: job kinds that succeed, fail, panic, hang, snooze or wait for a gate on demand.
+//! - [`eventually`] and [`blocked_on_lock`]: waiting for a condition instead of sleeping for a guessed time.
 
 mod app;
 mod browser;
@@ -14,6 +15,7 @@ pub mod chaos;
 mod db;
 pub mod images;
 pub mod test_jobs;
+mod wait;
 pub mod webdriver;
 
 pub use app::{
@@ -22,3 +24,4 @@ pub use app::{
 };
 pub use browser::{Browser, Page, find_link};
 pub use db::{TestDb, admin_url};
+pub use wait::{blocked_on_lock, eventually, worker_listening};

@@ -17,6 +17,7 @@ pub fn registry() -> Registry {
         .register::<Hangs>()
         .register::<SnoozeTimes>()
         .register::<Slow>()
+        .register::<Gated>()
 }
 
 pub async fn create_table(pool: &sqlx::PgPool) {
@@ -206,4 +207,109 @@ impl Job for Slow {
         record(&ctx, &self.label).await?;
         Ok(Outcome::Done)
     }
+}
+
+/// Records `"{label}:started"`, waits until its [`Gate`] opens, then records `label` and succeeds: a test
+/// knows when the job has started and decides when it finishes, with no sleep in between.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gated {
+    pub label: String,
+    /// The [`Gate::key`] it waits for.
+    pub gate: i64,
+}
+
+impl Job for Gated {
+    const NAME: &'static str = "test_gated";
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        record(&ctx, &format!("{}:started", self.label)).await?;
+        let mut tx = ctx.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(self.gate)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        record(&ctx, &self.label).await?;
+        Ok(Outcome::Done)
+    }
+}
+
+/// Holds [`Gated`] jobs until [`open`](Self::open)ed: an advisory lock held by a connection of its own.
+pub struct Gate {
+    pub key: i64,
+    connection: sqlx::PgConnection,
+}
+
+impl Gate {
+    pub async fn closed(pool: &sqlx::PgPool) -> Self {
+        use sqlx::Connection as _;
+        let mut connection = sqlx::PgConnection::connect_with(&pool.connect_options())
+            .await
+            .unwrap();
+        let key = rand::random::<i64>();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        Self { key, connection }
+    }
+
+    /// A job waiting for this gate.
+    pub fn job(&self, label: &str) -> Gated {
+        Gated {
+            label: label.to_owned(),
+            gate: self.key,
+        }
+    }
+
+    pub async fn open(mut self) {
+        use sqlx::Connection as _;
+        let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .fetch_one(&mut self.connection)
+            .await
+            .unwrap();
+        assert!(unlocked, "the gate was not closed");
+        self.connection.close().await.unwrap();
+    }
+}
+
+/// Waits until a [`Gated`] job labelled `label` has started.
+pub async fn started(pool: &sqlx::PgPool, label: &str) {
+    let started = format!("{label}:started");
+    crate::eventually(&format!("job {label} to start"), || async {
+        !runs(pool, &started).await.is_empty()
+    })
+    .await;
+}
+
+/// Makes every statement that updates `apalis.jobs` and whose text contains `containing` wait for `gate`
+/// before it touches a row: a test holds back one of the runtime's statements (a completion, say) while
+/// letting the others (a hand-back) through. A statement-level trigger, so the held statement has locked no row
+/// yet; [`crate::blocked_on_lock`] tells when one is waiting.
+pub async fn hold_job_updates(pool: &sqlx::PgPool, containing: &str, gate: &Gate) {
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION test_hold_job_updates() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF strpos(current_query(), TG_ARGV[0]) > 0 THEN
+                 PERFORM pg_advisory_xact_lock_shared(TG_ARGV[1]::bigint);
+             END IF;
+             RETURN NULL;
+         END $$",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    // Both arguments are quoted as literals above; the key is a number.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TRIGGER test_hold_{key} BEFORE UPDATE ON apalis.jobs FOR EACH STATEMENT
+         EXECUTE FUNCTION test_hold_job_updates({containing}, {key_text})",
+        key = gate.key.unsigned_abs(),
+        containing = literal(containing),
+        key_text = literal(&gate.key.to_string()),
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
 }

@@ -57,9 +57,9 @@ const WAKEUPS_MAX: usize = 4096;
 const WAKEUP_MARGIN: Duration = Duration::from_millis(10);
 /// Most ids marked done in one statement.
 const COMPLETE_BATCH_MAX: usize = 1000;
-/// A queue is claimed ahead only while its attempts take at most this long on average: a claimed-ahead job then
-/// waits for a slot about as long as a peer would need to claim it, so no replica sits idle beside a buffer.
-const CLAIM_AHEAD_MAX_ATTEMPT: Duration = Duration::from_millis(20);
+/// How long the completer keeps trying to write a batch through a database outage before it leaves the rows
+/// `Running` to the reaper (their jobs then run again, as at-least-once delivery allows).
+const COMPLETE_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Which queues a worker process serves, and how many jobs of each it runs at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,18 +487,32 @@ impl Runner {
             }
         }
 
+        // The drain. Its contract, each clause tested in `jobs/tests/integration/queue.rs`:
+        // - no job starts once the drain has begun: rows claimed but not started (the claim-ahead buffer, and a
+        //   claim that lands after the drain began, although the database already shows them `Running`) are
+        //   handed back with the attempt not counted;
+        // - a job that started runs on until the grace period (counted from the start of the drain) is over,
+        //   then it is cancelled and handed back;
+        // - the completion of every job that finished is written before its rows are handed back and before
+        //   the runner reports stopped, so nothing a finished job did is handed back to run again.
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+
         // A claim on its way is let finish, so its rows are handed back below rather than left to the reaper.
-        if let Some(claiming) = claiming.take()
-            && let (_, Ok(jobs)) = claiming.await
-        {
-            buffer.extend(jobs);
+        if let Some(claiming) = claiming.take() {
+            match tokio::time::timeout_at(deadline, claiming).await {
+                Ok((_, Ok(jobs))) => buffer.extend(jobs),
+                Ok((_, Err(_))) => {}
+                // Rows of a claim that commits later are the reaper's, once this worker stops heartbeating.
+                Err(_) => tracing::warn!(
+                    job.queue = self.queue,
+                    "a claim did not answer within the grace period"
+                ),
+            }
         }
         let unstarted = buffer.len();
         drop(buffer);
 
-        // Drain: in-flight jobs get the grace period, then are cancelled and handed back.
-        let grace = self.config.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
+        let drained = tokio::time::timeout_at(deadline, async {
             while let Some(result) = in_flight.join_next().await {
                 log_task_failure(self.queue, result);
             }
@@ -513,6 +527,8 @@ impl Runner {
             in_flight.abort_all();
             while in_flight.join_next().await.is_some() {}
         }
+        // Completions after the jobs: the completer ends once every sender (one per job task) is gone and it
+        // has written what they sent.
         drop(done_tx);
         if let Err(error) = completer.await {
             tracing::error!(job.queue = self.queue, error = %error, "completion task failed");
@@ -554,10 +570,10 @@ impl Runner {
         }
     }
 
-    /// Whether recent attempts were short enough to claim ahead (see [`CLAIM_AHEAD_MAX_ATTEMPT`]).
+    /// Whether recent attempts were short enough to claim ahead (see [`QueueConfig::claim_ahead_max_attempt`]).
     fn attempts_are_short(&self) -> bool {
         self.mean_attempt_micros.load(Ordering::Relaxed)
-            <= CLAIM_AHEAD_MAX_ATTEMPT.as_micros() as u64
+            <= self.config.claim_ahead_max_attempt.as_micros() as u64
     }
 
     fn observe_attempt(&self, took: Duration) {
@@ -776,6 +792,7 @@ async fn complete_in_batches(
             }
         }
         let mut delay = Duration::from_millis(50);
+        let first_try = Instant::now();
         loop {
             let result = sqlx::query(COMPLETE_SQL)
                 .bind(&batch)
@@ -784,7 +801,8 @@ async fn complete_in_batches(
                 .await;
             match result {
                 Ok(_) => break,
-                Err(error) if delay > Duration::from_secs(5) => {
+                // Bounded in time, not in tries: each try may wait out the pool's acquire timeout.
+                Err(error) if first_try.elapsed() + delay > COMPLETE_RETRY_FOR => {
                     // The rows stay Running; the reaper hands them back and they run again (at-least-once).
                     tracing::error!(job.queue = queue, count = batch.len(), error = %error, "could not mark jobs done");
                     break;
@@ -838,8 +856,15 @@ async fn heartbeat(
             () = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        if let Err(error) = register_workers(&pool, &workers).await {
-            tracing::warn!(error = %error, "worker heartbeat failed");
+        // Every database call of a background task gives way to `stop`: with the database gone, each would
+        // otherwise hold the worker's exit for the pool's acquire timeout.
+        match stop
+            .run_until_cancelled(register_workers(&pool, &workers))
+            .await
+        {
+            None => return,
+            Some(Err(error)) => tracing::warn!(error = %error, "worker heartbeat failed"),
+            Some(Ok(())) => {}
         }
     }
 }
@@ -862,10 +887,16 @@ async fn reap(
             // Allow the in-runner timeout to fire and its outcome to be written first. `lock_at` is the claim,
             // and a job claimed ahead may wait in the local buffer for one attempt's length before it starts.
             let stuck_after = *timeout * 2 + Duration::from_secs(30);
-            match reap_queue(&pool, queue, config.dead_worker_after, stuck_after).await {
-                Ok(0) => {}
-                Ok(count) => tracing::warn!(job.queue = %queue, count, "reaped abandoned jobs"),
-                Err(error) => tracing::warn!(job.queue = %queue, error = %error, "reaping failed"),
+            let reaped = reap_queue(&pool, queue, config.dead_worker_after, stuck_after);
+            match stop.run_until_cancelled(reaped).await {
+                None => return,
+                Some(Ok(0)) => {}
+                Some(Ok(count)) => {
+                    tracing::warn!(job.queue = %queue, count, "reaped abandoned jobs")
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(job.queue = %queue, error = %error, "reaping failed")
+                }
             }
         }
     }
@@ -919,9 +950,13 @@ async fn listen_for_inserts(
         job_type: String,
     }
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
-            Err(error) => {
+        let connected = stop
+            .run_until_cancelled(PgListener::connect_with(&pool))
+            .await;
+        let mut listener = match connected {
+            None => return,
+            Some(Ok(listener)) => listener,
+            Some(Err(error)) => {
                 tracing::warn!(error = %error, "LISTEN connection failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -929,10 +964,23 @@ async fn listen_for_inserts(
                 }
             }
         };
-        if let Err(error) = listener.listen(INSERT_CHANNEL).await {
-            tracing::warn!(error = %error, "LISTEN failed; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+        match stop
+            .run_until_cancelled(listener.listen(INSERT_CHANNEL))
+            .await
+        {
+            None => return,
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "LISTEN failed; retrying");
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(1)))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                continue;
+            }
         }
         loop {
             let notification = tokio::select! {

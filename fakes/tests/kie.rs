@@ -74,7 +74,8 @@ fn message(envelope: &Value) -> &str {
 }
 
 async fn poll_until_done(fake: &KieFake, task_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Generous for a loaded CI machine: the loop ends as soon as the task does.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = record_info(fake, task_id).await;
         assert_eq!(answer["code"], 200, "{answer}");
@@ -445,7 +446,7 @@ async fn callbacks_arrive_signed_with_a_valid_hmac() {
         mac.verify_slice(&signature).expect("valid signature");
     }
     // The fake counts a delivery once the receiver's answer is back, just after the receiver saw it.
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while fake.stats().callbacks_sent < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -13,7 +13,9 @@
 //!   is restarted by its supervisor;
 //! - heartbeats in `apalis.workers`, and a reaper that hands back jobs of silent workers and of attempts stuck
 //!   past their timeout;
-//! - on shutdown, in-flight jobs get a grace period, then are handed back to `Pending`.
+//! - on shutdown no job starts; started jobs get a grace period, then are handed back to `Pending`; every
+//!   finished job's completion is written before anything is handed back (the contract in full is in
+//!   `Runner::run`, beside the code that keeps it).
 
 use std::{
     cmp::Reverse,

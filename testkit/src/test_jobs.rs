@@ -313,3 +313,34 @@ pub async fn hold_job_updates(pool: &sqlx::PgPool, containing: &str, gate: &Gate
     .await
     .unwrap();
 }
+
+/// Holds back the claim that takes the job labelled `label` until `gate` opens: the claim has marked the row
+/// `Running` but not committed, so the runner has no answer yet. (A statement-level trigger after the update,
+/// reading the rows it changed, so only a claim that really took the job is held, whatever its snapshot saw.)
+pub async fn hold_claim_of(pool: &sqlx::PgPool, label: &str, gate: &Gate) {
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION test_hold_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM claimed
+                         WHERE status = 'Running' AND convert_from(job, 'UTF8')::jsonb->>'label' = TG_ARGV[0]) THEN
+                 PERFORM pg_advisory_xact_lock_shared(TG_ARGV[1]::bigint);
+             END IF;
+             RETURN NULL;
+         END $$",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    // Both arguments are quoted as literals; the key is a number.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TRIGGER test_hold_claim_{key} AFTER UPDATE ON apalis.jobs REFERENCING NEW TABLE AS claimed
+         FOR EACH STATEMENT EXECUTE FUNCTION test_hold_claim({label}, {key_text})",
+        key = gate.key.unsigned_abs(),
+        label = literal(label),
+        key_text = literal(&gate.key.to_string()),
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}

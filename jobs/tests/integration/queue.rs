@@ -596,16 +596,14 @@ async fn a_claim_that_lands_after_the_drain_began_is_handed_back_without_startin
     let worker = app
         .start_worker(&[("test_record", 1)], QueueConfig::default())
         .await;
-    // Hold back every claim: the claim reads `queue_pauses`, which the test locks.
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE queue_pauses IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    // Hold back the claim that takes the job, after it marked the row `Running` and before the runner has its
+    // answer: the moment the flaky test used to stop the worker in.
+    let claims = Gate::closed(&app.pool).await;
+    test_jobs::hold_claim_of(&app.pool, "late", &claims).await;
     let Enqueued::New(id) = app.enqueue(&record("late")).await else {
         panic!()
     };
-    eventually("a claim to wait for the lock", || {
+    eventually("the claim to be held back", || {
         blocked_on_lock(&app.pool, "FOR UPDATE SKIP LOCKED")
     })
     .await;
@@ -619,7 +617,7 @@ async fn a_claim_that_lands_after_the_drain_began_is_handed_back_without_startin
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    holder.commit().await.unwrap();
+    claims.open().await;
     worker.stop().await;
 
     let job = ops::find_job(&app.pool, &id).await.unwrap().unwrap();

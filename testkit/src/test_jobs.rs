@@ -288,59 +288,67 @@ pub async fn started(pool: &sqlx::PgPool, label: &str) {
 /// letting the others (a hand-back) through. A statement-level trigger, so the held statement has locked no row
 /// yet; [`crate::blocked_on_lock`] tells when one is waiting.
 pub async fn hold_job_updates(pool: &sqlx::PgPool, containing: &str, gate: &Gate) {
-    sqlx::query(
-        "CREATE OR REPLACE FUNCTION test_hold_job_updates() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF strpos(current_query(), TG_ARGV[0]) > 0 THEN
-                 PERFORM pg_advisory_xact_lock_shared(TG_ARGV[1]::bigint);
-             END IF;
-             RETURN NULL;
-         END $$",
+    hold_statements(
+        pool,
+        "test_hold_job_updates",
+        "strpos(current_query(), TG_ARGV[0]) > 0",
+        "BEFORE UPDATE ON apalis.jobs",
+        containing,
+        gate,
     )
-    .execute(pool)
-    .await
-    .unwrap();
-    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
-    // Both arguments are quoted as literals above; the key is a number.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TRIGGER test_hold_{key} BEFORE UPDATE ON apalis.jobs FOR EACH STATEMENT
-         EXECUTE FUNCTION test_hold_job_updates({containing}, {key_text})",
-        key = gate.key.unsigned_abs(),
-        containing = literal(containing),
-        key_text = literal(&gate.key.to_string()),
-    )))
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
 }
 
 /// Holds back the claim that takes the job labelled `label` until `gate` opens: the claim has marked the row
 /// `Running` but not committed, so the runner has no answer yet. (A statement-level trigger after the update,
 /// reading the rows it changed, so only a claim that really took the job is held, whatever its snapshot saw.)
 pub async fn hold_claim_of(pool: &sqlx::PgPool, label: &str, gate: &Gate) {
-    sqlx::query(
-        "CREATE OR REPLACE FUNCTION test_hold_claim() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF EXISTS (SELECT 1 FROM claimed
-                         WHERE status = 'Running' AND convert_from(job, 'UTF8')::jsonb->>'label' = TG_ARGV[0]) THEN
-                 PERFORM pg_advisory_xact_lock_shared(TG_ARGV[1]::bigint);
-             END IF;
-             RETURN NULL;
-         END $$",
+    hold_statements(
+        pool,
+        "test_hold_claim",
+        "EXISTS (SELECT 1 FROM claimed
+                  WHERE status = 'Running' AND convert_from(job, 'UTF8')::jsonb->>'label' = TG_ARGV[0])",
+        "AFTER UPDATE ON apalis.jobs REFERENCING NEW TABLE AS claimed",
+        label,
+        gate,
     )
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
+}
+
+/// A statement-level trigger `function` (`timing`: when and on what) that makes each statement for which
+/// `condition` holds (`TG_ARGV[0]` is `argument`) wait for `gate`.
+async fn hold_statements(
+    pool: &sqlx::PgPool,
+    function: &'static str,
+    condition: &'static str,
+    timing: &'static str,
+    argument: &str,
+    gate: &Gate,
+) {
     let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
-    // Both arguments are quoted as literals; the key is a number.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TRIGGER test_hold_claim_{key} AFTER UPDATE ON apalis.jobs REFERENCING NEW TABLE AS claimed
-         FOR EACH STATEMENT EXECUTE FUNCTION test_hold_claim({label}, {key_text})",
-        key = gate.key.unsigned_abs(),
-        label = literal(label),
-        key_text = literal(&gate.key.to_string()),
-    )))
-    .execute(pool)
-    .await
-    .unwrap();
+    // Fixed text, the argument and key quoted as literals: nothing here comes from outside the test.
+    let statements = [
+        format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF {condition} THEN
+                     PERFORM pg_advisory_xact_lock_shared(TG_ARGV[1]::bigint);
+                 END IF;
+                 RETURN NULL;
+             END $$"
+        ),
+        format!(
+            "CREATE TRIGGER {function}_{key} {timing} FOR EACH STATEMENT
+             EXECUTE FUNCTION {function}({argument}, {key_text})",
+            key = gate.key.unsigned_abs(),
+            argument = literal(argument),
+            key_text = literal(&gate.key.to_string()),
+        ),
+    ];
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! - Discovery: `GET /.well-known/openid-configuration`, with `issuer` equal to the stand-in's base URL
 //!   (`http://127.0.0.1:PORT`, no trailing slash), as OpenID Connect Discovery requires.
-//! - Keys: `GET /oauth2/v3/certs`, a JWKS with one RS256 key.
+//! - Keys: `GET /oauth2/v3/certs`, a JWKS of RS256 keys with `Cache-Control: public, max-age=…` as Google sends
+//!   it. [`OidcFake::rotate_key`] rotates as Google does: a new key signs from then on, and the JWKS publishes it
+//!   beside the previous one.
 //! - Authorization code flow (RFC 6749 §4.1) with PKCE (RFC 7636, `plain` and `S256`), `state` and `nonce`:
 //!   `GET /o/oauth2/v2/auth` checks the client and its registered redirect URI (an HTML error page with status
 //!   400 otherwise, never a redirect to an unregistered URI) and shows a consent page listing the test accounts.
@@ -139,6 +141,38 @@ Ro94+yu2IIrpnYcGDte44y4=
 -----END PRIVATE KEY-----
 ";
 
+/// TEST-ONLY RSA key the stand-in rotates to ([`OidcFake::rotate_key`]). It protects nothing.
+const NEXT_KEY_PEM: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC+gp+D3aJgjyiO
+BYh5eM7KSF67c0zrl7l/lWcnRQYG05Cg1y/pIykVbZA5pGN72EfPCIPn+tVlGtXr
+LxeoTyc5P0dwsJYwvzqGWknjiDEZaUlId6Pc2k4yJ9IJcH3bjR094J+GnNeTPw+a
+eLPfbQCsE0WrmnXDEZuHGYwEDqkba13YYpWGEfQXlrOgXjvVAFj2CKqCulJ5DKW8
+tt37WtfQVIdy3QR7F1BsupilJU/IEKUWgA0RuOfVIfh+b55L9duV/9hCq9nMQWUh
+0/2apJ/YjwTXboPhbhCx5QI1TkaB8zs9jQKb72+xI2x0F93zXHiNYC7GMpXiwkiA
+8bOQqLHHAgMBAAECggEADaLl7hdoLwcwPPIycZdvHdWOSlaXc+mZUoOMLahoJQbx
+vEGK4WIt56W/BBE7ObsicLRIVMuEiMch9sKZK+f2g8d+wpcxOO4HL2S5EztFYG9D
+2pcNuJo7rKVjCF/v8k4ogKxaXtVNLPH/mOv43A4+VRLQEtdshHj3K/VtK0EtY5Pt
+DhQg4n2IIlqqyPXUOJbeA9rCJa4zDC4Pyl7k8LtM5HnKzv2CQahsyq5DDwEMfMbt
+eNPt/cafgcGEUKzi7wtqZf2pOpm/PgAiLqASxHkAL+Qz7VEq+9y3/3mm1JaJBcRp
+kNfqSDUuJoT+iOFjthEnJWkyz2IEkvqB0f+Z9EMhOQKBgQD0RGDPDMhBUYg9O3p/
+6EDDu2TLvyj8VX66/OGTnUaprhZbE2wFK2heawcssHR0Pb1txyU4l27uepAlhlgo
+4aR/e22uEiDNMlYCe8UAY60JYQDjibNQ6jcyyQmk1IpTxB+JdAr0YpOHPStsqGWu
+xk6I4LP5SpEIr7DOQBOfJy+jRQKBgQDHqTnEzYZ1Rs3XR+DG+u6zXknTR51Nfucl
+EFhNY6/Jg54Yrxmc9l2NllqJhQeL7a3Y96J+YNMZefKT0XF4XbFGMrBU2eIZ4Ewv
+6MlxNMwAucj4IKYsFoAqWu7GoqtNeq3NjPX1/LQh4TcVCAC8jHRpcyJmrPlcd2OC
+2SgVLvdrmwKBgDTJri4wsfpDt3CcMP4BYDWsgrzxY9ccVtXsHoe7HnE++P/Xs6lu
+VxDIinVi8NfKG+zkc6vGNif9frdNUDINiXIvZ2WN717I+QNyYgGSiOuU9g82S/U5
+mJI2Fgp0ECzIHpSi6lckEoPQeVjzD350xrYX8Wz3a154MXpxKIxleIsNAoGBAJQp
+jxXtEj9LGIsN6s6d/a6bZJtlxGRyrKKDe5OKSzN1+UcGATLKW+gqz+rHDi+XY+/i
+6/FudpisNwfcX6DbniaijNmaij97g+31iC765/wN4gXHbKjA1cEYk6JRql8nj3w+
+g3NUYHPXxeFUe/9vFx/9cWTSLYWhjvXVofn+TVrLAoGAFhRO7Edjwecb8BwDUKxJ
+nYjvm9iYSNFcQTlYGF/PckvwOKFVV31m6y0J0myiuOph+QqodLNlbVeSErWt2sg2
+7S4w7kEZxvwY/eEzmc2loPylYaWUjJiza6cknAmoDwoRA2waA2fWSUCsTUrhR4B9
+hRgfrN6KbxZAGLM6gUP/rNk=
+-----END PRIVATE KEY-----
+";
+
 /// The registered client and the accounts the consent page offers.
 #[derive(Debug, Clone)]
 pub struct OidcFakeConfig {
@@ -171,6 +205,8 @@ pub enum IdTokenFault {
     Expired,
     /// Signed with a key that is not in the JWKS, under the published key's `kid`.
     BadSignature,
+    /// Signed with a key that is not in the JWKS, under that key's own `kid`, which no JWKS ever lists.
+    UnknownKey,
     /// `iss` is not the stand-in's issuer.
     WrongIssuer,
 }
@@ -186,6 +222,8 @@ pub struct OidcFakeStats {
     pub tokens_issued: u64,
     /// Every request to the user info endpoint.
     pub userinfo_requests: u64,
+    /// Every request for the JWKS.
+    pub jwks_requests: u64,
 }
 
 /// A running OpenID Connect provider stand-in on 127.0.0.1; stops serving when dropped.
@@ -198,6 +236,7 @@ impl OidcFake {
     /// Serves on a free port of 127.0.0.1.
     pub async fn start(config: OidcFakeConfig) -> anyhow::Result<Self> {
         let keys = Keys::load()?;
+        let published = vec![0];
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -206,6 +245,9 @@ impl OidcFake {
             stop: CancellationToken::new(),
             state: Mutex::new(Inner {
                 config,
+                signing: 0,
+                published,
+                jwks_max_age: Some(3600),
                 fault: None,
                 codes: HashMap::new(),
                 access_tokens: HashMap::new(),
@@ -249,6 +291,27 @@ impl OidcFake {
     }
 
     /// Replaces the accounts the consent page offers.
+    /// Rotates the signing key as Google does: the next key signs every ID token from now on, and the JWKS lists
+    /// it beside the one it replaces. A client that cached the JWKS sees a `kid` it does not know.
+    pub fn rotate_key(&self) {
+        let mut inner = self.shared.lock();
+        let previous = inner.signing;
+        let next = (previous + 1) % self.shared.keys.pairs.len();
+        inner.signing = next;
+        inner.published = vec![next, previous];
+    }
+
+    /// The `max-age` the JWKS is served with (`None`: no `Cache-Control` header).
+    pub fn set_jwks_max_age(&self, seconds: Option<u64>) {
+        self.shared.lock().jwks_max_age = seconds;
+    }
+
+    /// The `kid` of the key that signs ID tokens now.
+    pub fn signing_kid(&self) -> String {
+        let index = self.shared.lock().signing;
+        self.shared.keys.pairs[index].kid.clone()
+    }
+
     pub fn set_accounts(&self, accounts: Vec<OidcAccount>) {
         self.shared.lock().config.accounts = accounts;
     }
@@ -304,6 +367,12 @@ type SharedState = Arc<Shared>;
 
 struct Inner {
     config: OidcFakeConfig,
+    /// Index into [`Keys::pairs`] of the key that signs.
+    signing: usize,
+    /// Indexes of the keys the JWKS lists.
+    published: Vec<usize>,
+    /// The JWKS's `Cache-Control: max-age`; `None` sends no `Cache-Control`.
+    jwks_max_age: Option<u64>,
     fault: Option<IdTokenFault>,
     codes: HashMap<String, Grant>,
     access_tokens: HashMap<String, AccessGrant>,
@@ -375,20 +444,17 @@ fn is_pkce_string(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
-/// The signing key, the rogue key and the published JWK.
-struct Keys {
+/// An RSA key the stand-in signs with, and its JWK.
+struct KeyPair {
     kid: String,
     signing: SigningKey<Sha256>,
-    rogue: SigningKey<Sha256>,
     jwk: Value,
 }
 
-impl Keys {
-    fn load() -> anyhow::Result<Self> {
-        let key = RsaPrivateKey::from_pkcs8_pem(SIGNING_KEY_PEM)
-            .map_err(|e| anyhow::anyhow!("the embedded signing key does not parse: {e}"))?;
-        let rogue = RsaPrivateKey::from_pkcs8_pem(ROGUE_KEY_PEM)
-            .map_err(|e| anyhow::anyhow!("the embedded rogue key does not parse: {e}"))?;
+impl KeyPair {
+    fn from_pem(pem: &str) -> anyhow::Result<Self> {
+        let key = RsaPrivateKey::from_pkcs8_pem(pem)
+            .map_err(|e| anyhow::anyhow!("an embedded signing key does not parse: {e}"))?;
         let n = key.n().to_bytes_be();
         let e = key.e().to_bytes_be();
         // Google's key ids are 40 hex digits; derive one from the modulus so it is stable.
@@ -404,20 +470,48 @@ impl Keys {
         Ok(Self {
             kid,
             signing: SigningKey::new(key),
-            rogue: SigningKey::new(rogue),
             jwk,
         })
     }
+}
 
-    /// A compact JWS over `claims`, signed with the real key or, for [`IdTokenFault::BadSignature`], the rogue one.
-    fn sign(&self, claims: &Value, rogue: bool) -> Result<String, rsa::signature::Error> {
-        let header = json!({"alg": "RS256", "kid": self.kid, "typ": "JWT"});
+/// The keys the stand-in rotates through, and the rogue key no JWKS lists.
+struct Keys {
+    pairs: Vec<KeyPair>,
+    rogue: KeyPair,
+}
+
+impl Keys {
+    fn load() -> anyhow::Result<Self> {
+        Ok(Self {
+            pairs: vec![
+                KeyPair::from_pem(SIGNING_KEY_PEM)?,
+                KeyPair::from_pem(NEXT_KEY_PEM)?,
+            ],
+            rogue: KeyPair::from_pem(ROGUE_KEY_PEM)?,
+        })
+    }
+
+    /// A compact JWS over `claims` by the key at `signing`, or as `fault` says: [`IdTokenFault::BadSignature`]
+    /// signs with the rogue key under the signing key's `kid`, [`IdTokenFault::UnknownKey`] under the rogue's.
+    fn sign(
+        &self,
+        claims: &Value,
+        signing: usize,
+        fault: Option<IdTokenFault>,
+    ) -> Result<String, rsa::signature::Error> {
+        let pair = &self.pairs[signing];
+        let (kid, key) = match fault {
+            Some(IdTokenFault::BadSignature) => (&pair.kid, &self.rogue.signing),
+            Some(IdTokenFault::UnknownKey) => (&self.rogue.kid, &self.rogue.signing),
+            _ => (&pair.kid, &pair.signing),
+        };
+        let header = json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let key = if rogue { &self.rogue } else { &self.signing };
         let signature = key.try_sign(signing_input.as_bytes())?;
         Ok(format!(
             "{signing_input}.{}",
@@ -502,11 +596,26 @@ async fn discovery(State(shared): State<SharedState>) -> Response {
 }
 
 async fn jwks(State(shared): State<SharedState>) -> Response {
-    (
-        [(header::CACHE_CONTROL, "public, max-age=3600")],
-        Json(json!({"keys": [shared.keys.jwk]})),
-    )
-        .into_response()
+    let (keys, max_age) = {
+        let mut inner = shared.lock();
+        inner.stats.jwks_requests += 1;
+        let keys: Vec<Value> = inner
+            .published
+            .iter()
+            .map(|&index| shared.keys.pairs[index].jwk.clone())
+            .collect();
+        (keys, inner.jwks_max_age)
+    };
+    let mut response = Json(json!({ "keys": keys })).into_response();
+    if let Some(seconds) = max_age {
+        // Google's own header, with its max-age.
+        let value = format!("public, max-age={seconds}, must-revalidate, no-transform");
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_str(&value).expect("a valid header value"),
+        );
+    }
+    response
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1042,10 +1151,7 @@ fn issue_tokens(shared: &Shared, grant: Grant) -> Response {
     if scope_has(&grant.scope, "profile") {
         claims["name"] = json!(account.name);
     }
-    let id_token = match shared
-        .keys
-        .sign(&claims, fault == Some(IdTokenFault::BadSignature))
-    {
+    let id_token = match shared.keys.sign(&claims, inner.signing, fault) {
         Ok(token) => token,
         Err(e) => {
             return oauth_error(

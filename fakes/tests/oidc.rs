@@ -568,3 +568,88 @@ async fn clearing_the_fault_restores_valid_id_tokens() {
         .claims(&client.id_token_verifier(), &pending.nonce)
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_id_token_under_a_key_id_no_jwks_lists_finds_no_matching_key() {
+    let error = verify_with_fault(IdTokenFault::UnknownKey)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey
+            )
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_rotation_signs_with_a_new_key_that_only_a_refetched_jwks_knows() {
+    let fake = start().await;
+    let http = http();
+    let before = client(&fake, &http).await;
+    let old_kid = fake.signing_kid();
+    fake.rotate_key();
+    assert_ne!(fake.signing_kid(), old_kid);
+
+    // A client holding the keys from before the rotation knows no key for the new token.
+    let (code, pending) = authorize_as(&http, &before, &alice()).await;
+    let tokens = exchange(&http, &before, code, pending.verifier)
+        .await
+        .unwrap();
+    let id_token = tokens.id_token().unwrap();
+    let error = id_token
+        .claims(&before.id_token_verifier(), &pending.nonce)
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey
+            )
+        ),
+        "{error:?}"
+    );
+    // The JWKS now lists the new key beside the old one, as Google's does after a rotation.
+    let metadata = discover(&fake, &http).await;
+    let kids: Vec<String> = metadata
+        .jwks()
+        .keys()
+        .iter()
+        .map(|key| {
+            use openidconnect::JsonWebKey as _;
+            key.key_id().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(kids, vec![fake.signing_kid(), old_kid]);
+    let after = client(&fake, &http).await;
+    id_token
+        .claims(&after.id_token_verifier(), &pending.nonce)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_jwks_carries_googles_cache_control_with_the_configured_max_age() {
+    let fake = start().await;
+    let jwks = format!("{}{}", fake.base_url(), fakes::oidc::JWKS_PATH);
+    let cache_control = |response: reqwest::Response| {
+        response
+            .headers()
+            .get("cache-control")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    let answer = reqwest::get(&jwks).await.unwrap();
+    assert_eq!(
+        cache_control(answer).as_deref(),
+        Some("public, max-age=3600, must-revalidate, no-transform")
+    );
+    fake.set_jwks_max_age(Some(0));
+    let answer = reqwest::get(&jwks).await.unwrap();
+    assert_eq!(
+        cache_control(answer).as_deref(),
+        Some("public, max-age=0, must-revalidate, no-transform")
+    );
+    assert_eq!(fake.stats().jwks_requests, 2);
+}

@@ -467,6 +467,7 @@ async fn an_id_token_that_does_not_verify_signs_nobody_in() {
         fakes::oidc::IdTokenFault::WrongNonce,
         fakes::oidc::IdTokenFault::WrongAudience,
         fakes::oidc::IdTokenFault::BadSignature,
+        fakes::oidc::IdTokenFault::UnknownKey,
         fakes::oidc::IdTokenFault::Expired,
     ] {
         app.oidc.set_fault(Some(fault));
@@ -478,6 +479,47 @@ async fn an_id_token_that_does_not_verify_signs_nobody_in() {
         .await
         .unwrap();
     assert_eq!(users, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn google_sign_in_keeps_working_after_google_rotates_its_signing_key() {
+    let app = TestApp::spawn().await;
+    google_sign_in(&app, &app.browser()).await;
+    let fetched = app.oidc.stats().jwks_requests;
+    app.oidc.rotate_key();
+    let done = google_sign_in(&app, &app.browser()).await;
+    assert_eq!(
+        done.location(),
+        Some("/gallery"),
+        "signed in with a token under the new key"
+    );
+    assert_eq!(
+        app.oidc.stats().jwks_requests,
+        fetched + 1,
+        "the keys were fetched once more, for the unknown key id"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn google_signing_keys_are_kept_as_long_as_their_max_age_says_and_no_longer() {
+    let app = TestApp::spawn().await;
+    let fetches = || app.oidc.stats().jwks_requests;
+    app.oidc.set_jwks_max_age(Some(0));
+    google_sign_in(&app, &app.browser()).await;
+    let first = fetches();
+    google_sign_in(&app, &app.browser()).await;
+    assert!(
+        fetches() > first,
+        "keys past their max-age are fetched again"
+    );
+    app.oidc.set_jwks_max_age(Some(3600));
+    google_sign_in(&app, &app.browser()).await;
+    let kept = fetches();
+    google_sign_in(&app, &app.browser()).await;
+    google_sign_in(&app, &app.browser()).await;
+    assert_eq!(fetches(), kept, "keys within their max-age are not fetched");
     app.finish().await;
 }
 

@@ -41,6 +41,13 @@ use tokio_util::sync::CancellationToken;
 /// The Stripe API version whose object shapes the stand-in serves (pinned by async-stripe 1.0.0-rc.10).
 pub const API_VERSION: &str = "2026-09-30.endive";
 
+/// Stripe's test card that simply pays.
+pub const TEST_CARD: &str = "4242424242424242";
+/// Stripe's test card whose payment succeeds and is then disputed as fraudulent (a chargeback).
+pub const DISPUTE_CARD: &str = "4000000000000259";
+/// Stripe's test card whose payment succeeds and then meets an inquiry (`warning_needs_response`).
+pub const INQUIRY_CARD: &str = "4000000000001976";
+
 /// How long Stripe keeps events listable on `GET /v1/events`.
 const EVENT_RETENTION_SECONDS: i64 = 30 * 24 * 60 * 60;
 /// Checkout Sessions expire after 24 hours unless `expires_at` says otherwise.
@@ -91,6 +98,39 @@ pub struct PriceSpec {
     /// Lower-case ISO code, e.g. `eur`.
     pub currency: String,
     pub recurring: Option<Interval>,
+}
+
+/// How a dispute ends (`dispute.status` values of a closed dispute: async-stripe-shared's `DisputeStatus`, Stripe's
+/// dispute object reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisputeClose {
+    /// The merchant's evidence won: the funds come back (`charge.dispute.funds_reinstated`).
+    Won,
+    /// The cardholder won: the funds stay withdrawn.
+    Lost,
+    /// An inquiry closed without becoming a chargeback: no funds were ever withdrawn.
+    WarningClosed,
+    /// A chargeback stopped before it was filed (Visa RDR). Stripe does not say whether a refund object appears;
+    /// `refund` chooses the reading (RDR resolves by refunding the cardholder).
+    Prevented { refund: bool },
+}
+
+impl DisputeClose {
+    fn status(self) -> &'static str {
+        match self {
+            Self::Won => "won",
+            Self::Lost => "lost",
+            Self::WarningClosed => "warning_closed",
+            Self::Prevented { .. } => "prevented",
+        }
+    }
+}
+
+/// A chargeback withdraws the funds at once; an inquiry (`warning_*` statuses) withdraws nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DisputeKind {
+    Chargeback,
+    Inquiry,
 }
 
 /// Webhook delivery faults. The default delivers every event once, in order, promptly, correctly signed.
@@ -200,6 +240,10 @@ impl StripeFake {
             )
             .route("/v1/invoices/{id}", get(get_invoice))
             .route("/v1/charges/{id}", get(get_charge))
+            .route("/v1/refunds", get(list_refunds).post(create_refund))
+            .route("/v1/refunds/{id}", get(get_refund))
+            .route("/v1/invoice_payments", get(list_invoice_payments))
+            .route("/v1/invoice_payments/{id}", get(get_invoice_payment))
             .route("/v1/events", get(list_events))
             .route("/v1/events/{id}", get(get_event))
             .route("/checkout/pay/{id}", get(checkout_page).post(checkout_pay))
@@ -299,13 +343,23 @@ impl StripeFake {
     /// Pays an open Checkout Session by card, as the hosted page's "Pay" button does; returns where the browser
     /// would be redirected (the success URL with `{CHECKOUT_SESSION_ID}` replaced).
     pub fn pay_session(&self, session_id: &str) -> anyhow::Result<String> {
-        self.run(|state| state.complete_session(session_id, PaymentMethod::Card, None))
+        self.pay_session_with_card(session_id, TEST_CARD)
+    }
+
+    /// Pays by card with one of Stripe's test card numbers, as typed on the hosted page. Stripe's test cards for
+    /// disputes (docs.stripe.com/testing#disputes) pay and are then disputed: [`DISPUTE_CARD`] opens a
+    /// fraudulent chargeback, [`INQUIRY_CARD`] an inquiry; any other number just pays.
+    pub fn pay_session_with_card(&self, session_id: &str, card: &str) -> anyhow::Result<String> {
+        let card = card.to_owned();
+        self.run(move |state| state.complete_session(session_id, PaymentMethod::Card, None, &card))
     }
 
     /// Completes a payment-mode session with a delayed payment method (bank debit): `checkout.session.completed`
     /// with `payment_status: "unpaid"`; settle it later with [`Self::settle_async_payment`].
     pub fn pay_session_async(&self, session_id: &str) -> anyhow::Result<String> {
-        self.run(|state| state.complete_session(session_id, PaymentMethod::BankDebit, None))
+        self.run(|state| {
+            state.complete_session(session_id, PaymentMethod::BankDebit, None, TEST_CARD)
+        })
     }
 
     /// Settles a delayed payment: `checkout.session.async_payment_succeeded` (and a charge) or `_failed`.
@@ -357,21 +411,43 @@ impl StripeFake {
         self.run(|state| state.set_cancel_at_period_end(subscription_id, true))
     }
 
-    /// Refunds `amount` (smallest currency unit) of a charge: `charge.refunded` and `refund.created`. Returns the
-    /// refund id (`re_…`).
+    /// Refunds `amount` (smallest currency unit) of a charge, as an operator does from Stripe's dashboard (the
+    /// same as `POST /v1/refunds`): `charge.refunded` (the charge, without its refunds) and `refund.created`.
+    /// Returns the refund id (`re_…`).
     pub fn refund(&self, charge_id: &str, amount: i64) -> anyhow::Result<String> {
-        self.run(|state| state.refund(charge_id, amount))
+        self.run(|state| {
+            state
+                .refund(charge_id, Some(amount), None)
+                .map(|(refund, events)| (string(&refund["id"]), events))
+                .map_err(|error| error.message)
+        })
     }
 
-    /// The cardholder disputes a charge: `charge.dispute.created` (and `charge.dispute.funds_withdrawn`). Returns
-    /// the dispute id (`du_…`).
+    /// The cardholder disputes a charge (a chargeback): `charge.dispute.created` and
+    /// `charge.dispute.funds_withdrawn`. Returns the dispute id (`du_…`).
     pub fn open_dispute(&self, charge_id: &str) -> anyhow::Result<String> {
-        self.run(|state| state.open_dispute(charge_id))
+        self.run(|state| state.open_dispute(charge_id, DisputeKind::Chargeback))
     }
 
-    /// The dispute is decided: `charge.dispute.closed` with status `won` or `lost`.
-    pub fn close_dispute(&self, dispute_id: &str, won: bool) -> anyhow::Result<()> {
-        self.run(|state| state.close_dispute(dispute_id, won))
+    /// The card issuer asks about a charge (an inquiry, status `warning_needs_response`): `charge.dispute.created`
+    /// only, no funds are withdrawn. Returns the dispute id.
+    pub fn open_inquiry(&self, charge_id: &str) -> anyhow::Result<String> {
+        self.run(|state| state.open_dispute(charge_id, DisputeKind::Inquiry))
+    }
+
+    /// The dispute ends with `how`: `charge.dispute.closed` (and `charge.dispute.funds_reinstated` when won).
+    pub fn close_dispute(&self, dispute_id: &str, how: DisputeClose) -> anyhow::Result<()> {
+        self.run(|state| state.close_dispute(dispute_id, how))
+    }
+
+    /// Sets the account's default API version: events created from now on carry it, and `GET /v1/events` returns
+    /// them rendered in it (webhooks still arrive in the endpoint's version, [`API_VERSION`]).
+    pub fn set_account_api_version(&self, version: &str) {
+        self.inner.lock().account_api_version = version.to_owned();
+    }
+
+    pub fn refund_object(&self, id: &str) -> Option<Value> {
+        self.inner.lock().refunds.get(id).cloned()
     }
 
     /// Every event created, oldest first, as listed by the API (`pending_webhooks` is current).
@@ -641,7 +717,16 @@ struct Shared {
     subscriptions: HashMap<String, Value>,
     invoices: HashMap<String, Value>,
     charges: HashMap<String, Value>,
+    /// Refunds by id. A charge does not carry them (API 2022-11-15 and later) unless `expand[]=refunds` asks.
+    refunds: HashMap<String, Value>,
+    /// Invoice payments by id. An invoice does not carry them unless `expand[]=payments` asks.
+    invoice_payments: HashMap<String, Value>,
+    /// The charge that paid each invoice (Stripe links them through the payment intent).
+    invoice_charges: HashMap<String, String>,
     disputes: HashMap<String, Value>,
+    /// The account's default API version: events are created in it (see [`StripeFake::set_account_api_version`]).
+    /// Empty means [`API_VERSION`].
+    account_api_version: String,
     /// Oldest first.
     events: Vec<Value>,
     idempotency: HashMap<String, SavedResponse>,
@@ -731,7 +816,9 @@ impl Inner {
             let Some(event) = state.event(event_id) else {
                 return false;
             };
-            let payload = serde_json::to_string_pretty(event).unwrap_or_default();
+            // The endpoint was created with the pinned version, so its payloads are rendered in it.
+            let payload =
+                serde_json::to_string_pretty(&render_event(event, API_VERSION)).unwrap_or_default();
             (payload, string(&event["type"]), state.faults.bad_signature)
         };
         let secret = if bad_signature {
@@ -1147,7 +1234,7 @@ impl Shared {
         self.events.push(json!({
             "id": id,
             "object": "event",
-            "api_version": API_VERSION,
+            "api_version": self.account_api_version(),
             "created": now(),
             "data": data,
             "livemode": false,
@@ -1156,6 +1243,14 @@ impl Shared {
             "type": kind,
         }));
         id
+    }
+
+    fn account_api_version(&self) -> &str {
+        if self.account_api_version.is_empty() {
+            API_VERSION
+        } else {
+            &self.account_api_version
+        }
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -1608,6 +1703,7 @@ impl Shared {
         id: &str,
         method: PaymentMethod,
         email: Option<&str>,
+        card: &str,
     ) -> Result<(String, Vec<String>), String> {
         let origin = Origin::none();
         let session = self
@@ -1699,9 +1795,24 @@ impl Shared {
             Some(url) => url.replace("{CHECKOUT_SESSION_ID}", id),
             None => format!("{}/checkout/done/{id}", self.base_url),
         };
+        let paid_charge = session.charge.clone().or_else(|| {
+            let invoice = self.invoices.get(object["invoice"].as_str()?)?;
+            self.invoice_charge(invoice)
+        });
         self.sessions.insert(id.to_owned(), session);
         result?;
         events.push(self.emit("checkout.session.completed", &object, None, &origin));
+        let dispute = match card {
+            DISPUTE_CARD => Some(DisputeKind::Chargeback),
+            INQUIRY_CARD => Some(DisputeKind::Inquiry),
+            _ => None,
+        };
+        if let (Some(kind), Some(charge)) = (dispute, paid_charge)
+            && method == PaymentMethod::Card
+        {
+            let (_, dispute_events) = self.open_dispute(&charge, kind)?;
+            events.extend(dispute_events);
+        }
         Ok((redirect, events))
     }
 
@@ -1955,7 +2066,6 @@ impl Shared {
             "receipt_number": null,
             "receipt_url": format!("https://pay.stripe.com/receipts/payment/{}", random_alphanumeric(40)),
             "refunded": false,
-            "refunds": list_json(Vec::new(), &format!("/v1/charges/{id}/refunds")),
             "review": null,
             "shipping": null,
             "source": null,
@@ -2163,9 +2273,13 @@ impl Shared {
         invoice["status"] = json!("paid");
         invoice["status_transitions"]["paid_at"] = json!(paid_at);
         let invoice_id = string(&invoice["id"]);
-        invoice["payments"] = list_json(
-            vec![json!({
-                "id": new_id("inpay_"),
+        // Stripe's list example (API reference, "List all payments for an invoice") names only the payment
+        // intent under `payment` for `type: payment_intent`.
+        let payment_id = new_id("inpay_");
+        self.invoice_payments.insert(
+            payment_id.clone(),
+            json!({
+                "id": payment_id,
                 "object": "invoice_payment",
                 "amount_paid": total,
                 "amount_requested": total,
@@ -2174,21 +2288,18 @@ impl Shared {
                 "invoice": invoice_id,
                 "is_default": true,
                 "livemode": false,
-                "payment": {"charge": charge["id"], "payment_intent": payment_intent, "type": "payment_intent"},
+                "payment": {"payment_intent": payment_intent, "type": "payment_intent"},
                 "status": "paid",
                 "status_transitions": {"canceled_at": null, "paid_at": paid_at},
-            })],
-            &format!("/v1/invoice_payments?invoice={invoice_id}"),
+            }),
         );
-        string(&charge["id"])
+        let charge_id = string(&charge["id"]);
+        self.invoice_charges.insert(invoice_id, charge_id.clone());
+        charge_id
     }
 
     fn invoice_charge(&self, invoice: &Value) -> Option<String> {
-        invoice["payments"]["data"]
-            .as_array()?
-            .iter()
-            .find_map(|payment| payment["payment"]["charge"].as_str())
-            .map(str::to_owned)
+        self.invoice_charges.get(invoice["id"].as_str()?).cloned()
     }
 
     fn live_subscription(&self, id: &str) -> Result<Value, String> {
@@ -2417,19 +2528,50 @@ impl Shared {
         Ok(((), vec![event]))
     }
 
-    fn refund(&mut self, charge_id: &str, amount: i64) -> Result<(String, Vec<String>), String> {
+    /// A refund of `amount` (all that is left when `None`) of a charge: `charge.refunded` and `refund.created`.
+    fn refund(
+        &mut self,
+        charge_id: &str,
+        amount: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let origin = Origin::none();
+        let disputed = self.disputes.values().any(|dispute| {
+            dispute["charge"] == charge_id
+                && !string(&dispute["status"]).starts_with("warning_")
+                && dispute["status"] != "prevented"
+        });
         let charge = self
             .charges
             .get_mut(charge_id)
-            .ok_or_else(|| format!("no such charge: {charge_id}"))?;
+            .ok_or_else(|| ApiError::no_such("charge", charge_id, Some("charge")))?;
+        if disputed {
+            return Err(ApiError::invalid(
+                format!("Charge {charge_id} has been charged back; cannot issue a refund."),
+                None,
+            )
+            .with_code("charge_disputed"));
+        }
         let captured = charge["amount"].as_i64().unwrap_or_default();
         let refunded = charge["amount_refunded"].as_i64().unwrap_or_default();
+        if refunded >= captured {
+            return Err(ApiError::invalid(
+                format!("Charge {charge_id} has already been refunded."),
+                None,
+            )
+            .with_code("charge_already_refunded"));
+        }
+        let amount = amount.unwrap_or(captured - refunded);
         if amount <= 0 || refunded + amount > captured {
-            return Err(format!(
-                "Refund amount ({amount}) is greater than unrefunded amount on charge ({})",
-                captured - refunded
-            ));
+            return Err(ApiError::invalid(
+                format!(
+                    "Refund amount ({}) is greater than unrefunded amount on charge ({})",
+                    money(amount, &string(&charge["currency"])),
+                    money(captured - refunded, &string(&charge["currency"]))
+                ),
+                Some("amount"),
+            )
+            .with_code("amount_too_large"));
         }
         let refund_id = new_id("re_");
         let refund = json!({
@@ -2443,33 +2585,165 @@ impl Shared {
             "destination_details": {"card": {"reference_status": "pending", "reference_type": "acquirer_reference_number", "type": "refund"}, "type": "card"},
             "metadata": {},
             "payment_intent": charge["payment_intent"],
-            "reason": null,
+            "reason": reason,
             "receipt_number": null,
             "source_transfer_reversal": null,
             "status": "succeeded",
             "transfer_reversal": null,
         });
-        let previous = json!({
-            "amount_refunded": refunded,
-            "refunded": charge["refunded"],
-            "refunds": {"data": charge["refunds"]["data"], "total_count": charge["refunds"]["total_count"]},
-        });
+        let previous = json!({"amount_refunded": refunded, "refunded": charge["refunded"]});
         charge["amount_refunded"] = json!(refunded + amount);
         charge["refunded"] = json!(refunded + amount == captured);
-        if let Some(refunds) = charge["refunds"]["data"].as_array_mut() {
-            refunds.insert(0, refund.clone());
-            let count = refunds.len();
-            charge["refunds"]["total_count"] = json!(count);
-        }
         let charge = charge.clone();
+        self.refunds.insert(refund_id, refund.clone());
         let events = vec![
             self.emit("charge.refunded", &charge, Some(previous), &origin),
             self.emit("refund.created", &refund, None, &origin),
         ];
-        Ok((refund_id, events))
+        Ok((refund, events))
     }
 
-    fn open_dispute(&mut self, charge_id: &str) -> Result<(String, Vec<String>), String> {
+    /// `POST /v1/refunds`: by `charge` or `payment_intent`, all or `amount` of what is left.
+    fn create_refund(
+        &mut self,
+        params: &Params,
+        _origin: &Origin,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        params.check_known(&[
+            "charge",
+            "payment_intent",
+            "amount",
+            "reason",
+            "metadata",
+            "expand",
+        ])?;
+        let charge = match (params.get("charge"), params.get("payment_intent")) {
+            (Some(charge), None) => charge.to_owned(),
+            (None, Some(intent)) => self
+                .charges
+                .values()
+                .find(|charge| charge["payment_intent"] == intent)
+                .map(|charge| string(&charge["id"]))
+                .ok_or_else(|| {
+                    ApiError::no_such("payment_intent", intent, Some("payment_intent"))
+                })?,
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "You cannot specify both `charge` and `payment_intent`.",
+                    Some("payment_intent"),
+                ));
+            }
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "One of the following params should be provided for this request: payment_intent or charge.",
+                    None,
+                ));
+            }
+        };
+        let amount = match params.get("amount") {
+            None => None,
+            Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
+                ApiError::invalid(format!("Invalid integer: {raw}"), Some("amount"))
+            })?),
+        };
+        let reason = params.get("reason");
+        if let Some(reason) = reason
+            && !["duplicate", "fraudulent", "requested_by_customer"].contains(&reason)
+        {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer (got {reason})"
+                ),
+                Some("reason"),
+            ));
+        }
+        self.refund(&charge, amount, reason)
+    }
+
+    /// `GET /v1/refunds?charge=…|payment_intent=…`: newest first, with `limit` and `starting_after`.
+    fn list_refunds(&self, params: &Params) -> Result<Value, ApiError> {
+        let mut refunds: Vec<&Value> = self
+            .refunds
+            .values()
+            .filter(|refund| {
+                params
+                    .get("charge")
+                    .is_none_or(|charge| refund["charge"] == charge)
+                    && params
+                        .get("payment_intent")
+                        .is_none_or(|intent| refund["payment_intent"] == intent)
+            })
+            .collect();
+        refunds.sort_by_key(|refund| {
+            std::cmp::Reverse((refund["created"].as_i64(), string(&refund["id"])))
+        });
+        page_of(refunds, params, "/v1/refunds", "refund")
+    }
+
+    /// `GET /v1/invoice_payments?invoice=…`: with `status`, `limit` and `starting_after`.
+    fn list_invoice_payments(&self, params: &Params) -> Result<Value, ApiError> {
+        let mut payments: Vec<&Value> = self
+            .invoice_payments
+            .values()
+            .filter(|payment| {
+                params
+                    .get("invoice")
+                    .is_none_or(|invoice| payment["invoice"] == invoice)
+                    && params
+                        .get("status")
+                        .is_none_or(|status| payment["status"] == status)
+                    && params
+                        .get("payment[payment_intent]")
+                        .is_none_or(|intent| payment["payment"]["payment_intent"] == intent)
+            })
+            .collect();
+        payments.sort_by_key(|payment| {
+            std::cmp::Reverse((payment["created"].as_i64(), string(&payment["id"])))
+        });
+        page_of(payments, params, "/v1/invoice_payments", "invoice_payment")
+    }
+
+    /// A charge as `GET /v1/charges/{id}` answers: `refunds` only when expanded.
+    fn charge_view(&self, id: &str, params: &Params) -> Result<Value, ApiError> {
+        let mut charge = lookup(&self.charges, "charge", id)?;
+        if params.list("expand").iter().any(|field| field == "refunds") {
+            let mut refunds: Vec<Value> = self
+                .refunds
+                .values()
+                .filter(|refund| refund["charge"] == id)
+                .cloned()
+                .collect();
+            refunds.sort_by_key(|refund| std::cmp::Reverse(refund["created"].as_i64()));
+            charge["refunds"] = list_json(refunds, &format!("/v1/charges/{id}/refunds"));
+        }
+        Ok(charge)
+    }
+
+    /// An invoice as `GET /v1/invoices/{id}` answers: `payments` only when expanded.
+    fn invoice_view(&self, id: &str, params: &Params) -> Result<Value, ApiError> {
+        let mut invoice = lookup(&self.invoices, "invoice", id)?;
+        if params
+            .list("expand")
+            .iter()
+            .any(|field| field == "payments")
+        {
+            let payments: Vec<Value> = self
+                .invoice_payments
+                .values()
+                .filter(|payment| payment["invoice"] == id)
+                .cloned()
+                .collect();
+            invoice["payments"] =
+                list_json(payments, &format!("/v1/invoice_payments?invoice={id}"));
+        }
+        Ok(invoice)
+    }
+
+    fn open_dispute(
+        &mut self,
+        charge_id: &str,
+        kind: DisputeKind,
+    ) -> Result<(String, Vec<String>), String> {
         let origin = Origin::none();
         let charge = self
             .charges
@@ -2484,18 +2758,23 @@ impl Shared {
         let created = now();
         let amount = charge["amount"].as_i64().unwrap_or_default();
         let currency = string(&charge["currency"]);
-        let withdrawal = balance_transaction(
-            -amount,
-            DISPUTE_FEE,
-            &currency,
-            &id,
-            &format!("Chargeback withdrawal for {charge_id}"),
-        );
+        let chargeback = kind == DisputeKind::Chargeback;
+        let balance_transactions = if chargeback {
+            vec![balance_transaction(
+                -amount,
+                DISPUTE_FEE,
+                &currency,
+                &id,
+                &format!("Chargeback withdrawal for {charge_id}"),
+            )]
+        } else {
+            Vec::new()
+        };
         let dispute = json!({
             "id": id,
             "object": "dispute",
             "amount": amount,
-            "balance_transactions": [withdrawal],
+            "balance_transactions": balance_transactions,
             "charge": charge_id,
             "created": created,
             "currency": currency,
@@ -2508,38 +2787,62 @@ impl Shared {
                 "past_due": false,
                 "submission_count": 0,
             },
-            "is_charge_refundable": false,
+            "is_charge_refundable": !chargeback,
             "livemode": false,
             "metadata": {},
             "network_reason_code": "10.4",
             "payment_intent": charge["payment_intent"],
             "payment_method_details": {
-                "card": {"brand": "visa", "case_type": "chargeback", "network": "visa", "network_reason_code": "10.4"},
+                "card": {
+                    "brand": "visa",
+                    "case_type": if chargeback { "chargeback" } else { "inquiry" },
+                    "network": "visa",
+                    "network_reason_code": "10.4",
+                },
                 "type": "card",
             },
             "reason": "fraudulent",
-            "status": "needs_response",
+            "status": if chargeback { "needs_response" } else { "warning_needs_response" },
         });
         self.disputes.insert(id.clone(), dispute.clone());
-        let events = vec![
-            self.emit("charge.dispute.created", &dispute, None, &origin),
-            self.emit("charge.dispute.funds_withdrawn", &dispute, None, &origin),
-        ];
+        let mut events = vec![self.emit("charge.dispute.created", &dispute, None, &origin)];
+        if chargeback {
+            events.push(self.emit("charge.dispute.funds_withdrawn", &dispute, None, &origin));
+        }
         Ok((id, events))
     }
 
-    fn close_dispute(&mut self, id: &str, won: bool) -> Result<((), Vec<String>), String> {
+    fn close_dispute(&mut self, id: &str, how: DisputeClose) -> Result<((), Vec<String>), String> {
         let origin = Origin::none();
         let dispute = self
             .disputes
             .get_mut(id)
             .ok_or_else(|| format!("no such dispute: {id}"))?;
-        if matches!(dispute["status"].as_str(), Some("won" | "lost")) {
-            return Err(format!("dispute {id} is already closed"));
+        let status = string(&dispute["status"]);
+        let inquiry = status.starts_with("warning_");
+        if !matches!(
+            status.as_str(),
+            "needs_response" | "under_review" | "warning_needs_response" | "warning_under_review"
+        ) {
+            return Err(format!("dispute {id} is already closed ({status})"));
         }
-        let previous = json!({"status": dispute["status"]});
-        dispute["status"] = json!(if won { "won" } else { "lost" });
-        if won {
+        match how {
+            DisputeClose::WarningClosed if !inquiry => {
+                return Err(format!(
+                    "dispute {id} is a chargeback; only an inquiry closes as warning_closed"
+                ));
+            }
+            DisputeClose::Won | DisputeClose::Lost if inquiry => {
+                return Err(format!(
+                    "dispute {id} is an inquiry; it closes as warning_closed (or escalates first)"
+                ));
+            }
+            _ => {}
+        }
+        let previous = json!({"status": status});
+        dispute["status"] = json!(how.status());
+        dispute["is_charge_refundable"] = json!(false);
+        if how == DisputeClose::Won {
             let amount = dispute["amount"].as_i64().unwrap_or_default();
             let currency = string(&dispute["currency"]);
             let reinstatement = balance_transaction(
@@ -2554,9 +2857,15 @@ impl Shared {
             }
         }
         let dispute = dispute.clone();
-        let mut events =
-            vec![self.emit("charge.dispute.closed", &dispute, Some(previous), &origin)];
-        if won {
+        let mut events = Vec::new();
+        if let DisputeClose::Prevented { refund: true } = how {
+            let (_, refund_events) = self
+                .refund(&string(&dispute["charge"]), None, Some("fraudulent"))
+                .map_err(|error| error.message)?;
+            events.extend(refund_events);
+        }
+        events.push(self.emit("charge.dispute.closed", &dispute, Some(previous), &origin));
+        if how == DisputeClose::Won {
             events.push(self.emit("charge.dispute.funds_reinstated", &dispute, None, &origin));
         }
         Ok(((), events))
@@ -2661,7 +2970,8 @@ impl Shared {
         };
         Ok(json!({
             "object": "list",
-            "data": page.into_iter().map(|event| (*event).clone()).collect::<Vec<_>>(),
+            // Each in the version it was created with, whatever the request's `Stripe-Version`.
+            "data": page.into_iter().map(|event| render_event(event, &string(&event["api_version"]))).collect::<Vec<_>>(),
             "has_more": has_more,
             "url": "/v1/events",
         }))
@@ -2727,6 +3037,51 @@ impl CreatedFilter {
 }
 
 /// Event type filters accept a trailing `*` wildcard (`checkout.session.*`).
+/// The first API version (2025-03-31.basil) with the shapes the stand-in stores: an invoice's subscription under
+/// `parent.subscription_details`, billing periods on subscription items.
+const BASIL: &str = "2025-03-31";
+
+/// An event as Stripe renders it in `version`: the events list and `GET /v1/events/{id}` use the version the event
+/// was created with (the account's default then), webhooks the endpoint's version. Objects are stored in
+/// [`API_VERSION`]'s shapes; for versions before basil the invoice and subscription fields the app reads are
+/// moved back where those versions had them (Stripe's basil changelog: "invoice.subscription" moved to
+/// `parent.subscription_details.subscription`, subscription `current_period_*` moved to the items).
+fn render_event(event: &Value, version: &str) -> Value {
+    let mut event = event.clone();
+    event["api_version"] = json!(version);
+    if version < BASIL {
+        legacy_shapes(&mut event["data"]["object"]);
+    }
+    event
+}
+
+fn legacy_shapes(object: &mut Value) {
+    match object["object"].as_str() {
+        Some("invoice") => {
+            let parent = object
+                .as_object_mut()
+                .and_then(|fields| fields.remove("parent"))
+                .unwrap_or(Value::Null);
+            let details = &parent["subscription_details"];
+            object["subscription"] = details["subscription"].clone();
+            object["subscription_details"] = json!({"metadata": details["metadata"]});
+            object["paid"] = json!(object["status"] == "paid");
+        }
+        Some("subscription") => {
+            let first = object["items"]["data"][0].clone();
+            object["current_period_start"] = first["current_period_start"].clone();
+            object["current_period_end"] = first["current_period_end"].clone();
+            if let Some(items) = object["items"]["data"].as_array_mut() {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    item.remove("current_period_start");
+                    item.remove("current_period_end");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn type_matches(pattern: &str, event_type: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => event_type.starts_with(prefix),
@@ -2782,6 +3137,41 @@ fn list_json(data: Vec<Value>, url: &str) -> Value {
         "has_more": false,
         "url": url,
     })
+}
+
+/// One page of a list endpoint (`items` already in the list's order): `limit` (1–100, default 10) and
+/// `starting_after`, answered as `{object: "list", data, has_more, url}`.
+fn page_of(items: Vec<&Value>, params: &Params, url: &str, kind: &str) -> Result<Value, ApiError> {
+    let limit = match params.get("limit") {
+        None => 10,
+        Some(value) => value
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=100).contains(limit))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("Invalid limit: must be an integer between 1 and 100 (got {value})"),
+                    Some("limit"),
+                )
+            })?,
+    };
+    let start = match params.get("starting_after") {
+        None => 0,
+        Some(cursor) => {
+            items
+                .iter()
+                .position(|item| item["id"] == cursor)
+                .ok_or_else(|| ApiError::no_such(kind, cursor, Some("starting_after")))?
+                + 1
+        }
+    };
+    let rest = &items[start..];
+    Ok(json!({
+        "object": "list",
+        "data": rest.iter().take(limit).map(|item| (*item).clone()).collect::<Vec<_>>(),
+        "has_more": rest.len() > limit,
+        "url": url,
+    }))
 }
 
 fn balance_transaction(
@@ -3155,8 +3545,64 @@ async fn get_invoice(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    api_get(&inner, &headers, query, |state, params| {
+        state.invoice_view(&id, params)
+    })
+}
+
+async fn list_invoice_payments(
+    State(inner): State<SharedState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    api_get(&inner, &headers, query, |state, params| {
+        state.list_invoice_payments(params)
+    })
+}
+
+async fn get_invoice_payment(
+    State(inner): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
     api_get(&inner, &headers, query, |state, _| {
-        lookup(&state.invoices, "invoice", &id)
+        lookup(&state.invoice_payments, "invoice_payment", &id)
+    })
+}
+
+async fn create_refund(
+    State(inner): State<SharedState>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    api_call(
+        &inner,
+        &headers,
+        "/v1/refunds",
+        &body,
+        |state, params, origin| state.create_refund(params, origin),
+    )
+}
+
+async fn list_refunds(
+    State(inner): State<SharedState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    api_get(&inner, &headers, query, |state, params| {
+        state.list_refunds(params)
+    })
+}
+
+async fn get_refund(
+    State(inner): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    api_get(&inner, &headers, query, |state, _| {
+        lookup(&state.refunds, "refund", &id)
     })
 }
 
@@ -3166,8 +3612,8 @@ async fn get_charge(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    api_get(&inner, &headers, query, |state, _| {
-        lookup(&state.charges, "charge", &id)
+    api_get(&inner, &headers, query, |state, params| {
+        state.charge_view(&id, params)
     })
 }
 
@@ -3193,7 +3639,7 @@ async fn get_event(
             .filter(|event| {
                 event["created"].as_i64().unwrap_or_default() >= now() - EVENT_RETENTION_SECONDS
             })
-            .cloned()
+            .map(|event| render_event(event, &string(&event["api_version"])))
             .ok_or_else(|| ApiError::no_such("event", &id, None))
     })
 }
@@ -3315,7 +3761,12 @@ async fn checkout_page(State(inner): State<SharedState>, Path(id): Path<String>)
                         input #email type="email" name="email" autocomplete="email" required value=(default_email);
                     }
                 }
-                p { "Card: test card 4242 4242 4242 4242 (simulated)." }
+                p {
+                    label for="card" { "Card number" }
+                    " "
+                    input #card name="card" inputmode="numeric" autocomplete="cc-number" value="4242 4242 4242 4242";
+                    " (a Stripe test card: 4000 0000 0000 0259 is paid, then disputed; 4000 0000 0000 1976 meets an inquiry)"
+                }
                 button #pay type="submit" name="method" value="card" { "Pay" }
                 @if !subscription_mode {
                     " "
@@ -3340,9 +3791,15 @@ async fn checkout_pay(
         Some("bank_debit") => PaymentMethod::BankDebit,
         _ => PaymentMethod::Card,
     };
+    let card: String = form
+        .get("card")
+        .unwrap_or(TEST_CARD)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
     let result = {
         let mut state = inner.lock();
-        state.complete_session(&id, method, form.get("email"))
+        state.complete_session(&id, method, form.get("email"), &card)
     };
     match result {
         Ok((redirect, events)) => {

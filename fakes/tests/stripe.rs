@@ -18,7 +18,8 @@ use axum::{
     routing::post,
 };
 use fakes::stripe::{
-    API_VERSION, DeliveryFaults, Interval, PortalCancelMode, PriceSpec, StripeFake, sign,
+    API_VERSION, DISPUTE_CARD, DeliveryFaults, DisputeClose, INQUIRY_CARD, Interval,
+    PortalCancelMode, PriceSpec, StripeFake, sign,
 };
 use serde_json::Value;
 use stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest as _};
@@ -218,6 +219,16 @@ async fn post_form(
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     (status, headers, response.json().await.unwrap())
+}
+
+/// async-stripe's own client, pointed at the stand-in.
+fn typed_client(fake: &StripeFake) -> stripe::Client {
+    // The workspace links both of rustls' crypto providers; a client must be told which one to use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    stripe::ClientBuilder::new(KEY)
+        .url(fake.base_url())
+        .build()
+        .unwrap()
 }
 
 async fn get_json(fake: &StripeFake, path_and_query: &str) -> (u16, Value) {
@@ -466,15 +477,40 @@ async fn a_paid_subscription_session_delivers_subscription_created_completed_and
     assert_eq!(price.id().as_str(), PLAN);
     assert_eq!(line.period.start, item.current_period_start);
     assert_eq!(line.period.end, item.current_period_end);
-    let charge = invoice.payments.as_ref().unwrap().data[0]
+    // `payments` is includable only (Stripe's invoice reference; "List all payments for an invoice"): a webhook
+    // never carries it, the invoice payments list does.
+    assert!(
+        invoice.payments.is_none(),
+        "invoice.payments is sent only when expanded"
+    );
+    let client = typed_client(&fake);
+    let payments = stripe_billing::invoice_payment::ListInvoicePayment::new()
+        .invoice(invoice.id.as_ref().unwrap().as_str())
+        .send(&client)
+        .await
+        .unwrap();
+    assert_eq!(payments.data.len(), 1);
+    let intent = payments.data[0]
         .payment
-        .charge
+        .payment_intent
         .as_ref()
         .unwrap()
         .id()
         .as_str()
         .to_owned();
-    assert_eq!(fake.session_charge(&id), Some(charge.clone()));
+    let charge = fake.session_charge(&id).unwrap();
+    assert_eq!(fake.charge(&charge).unwrap()["payment_intent"], intent);
+    let expanded =
+        stripe_billing::invoice::RetrieveInvoice::new(invoice.id.as_ref().unwrap().as_str())
+            .expand(vec!["payments".to_owned()])
+            .send(&client)
+            .await
+            .unwrap();
+    assert_eq!(
+        expanded.payments.unwrap().data[0].id.as_str(),
+        payments.data[0].id.as_str(),
+        "expand[]=payments includes them"
+    );
     assert_eq!(
         session
             .invoice
@@ -598,10 +634,32 @@ async fn renewals_failed_payments_refunds_and_disputes_parse_as_their_typed_even
     assert_eq!(charge.id.as_str(), charge_id);
     assert_eq!(charge.amount_refunded, 300);
     assert!(!charge.refunded);
-    assert_eq!(
-        charge.refunds.as_ref().unwrap().data[0].id.as_str(),
-        refund_id
+    // Since API 2022-11-15 a charge carries its refunds only when expanded, and webhooks never expand
+    // (docs.stripe.com/changelog/2022-11-15/deprecates-charges-auto-expand); the refunds list has them.
+    assert!(
+        charge.refunds.is_none(),
+        "charge.refunded does not embed the refunds"
     );
+    let client = typed_client(&fake);
+    let listed = stripe_core::refund::ListRefund::new()
+        .charge(charge_id.as_str())
+        .send(&client)
+        .await
+        .unwrap();
+    assert_eq!(listed.data.len(), 1);
+    assert_eq!(listed.data[0].id.as_str(), refund_id);
+    assert_eq!(listed.data[0].amount, 300);
+    let expanded = stripe_core::charge::RetrieveCharge::new(charge_id.as_str())
+        .expand(vec!["refunds".to_owned()])
+        .send(&client)
+        .await
+        .unwrap();
+    assert_eq!(expanded.refunds.unwrap().data[0].id.as_str(), refund_id);
+    let plain = stripe_core::charge::RetrieveCharge::new(charge_id.as_str())
+        .send(&client)
+        .await
+        .unwrap();
+    assert!(plain.refunds.is_none(), "not included unless expanded");
     assert_eq!(
         refunded.raw["data"]["previous_attributes"]["amount_refunded"],
         0
@@ -614,7 +672,7 @@ async fn renewals_failed_payments_refunds_and_disputes_parse_as_their_typed_even
     endpoint.clear();
 
     let dispute_id = fake.open_dispute(&charge_id).unwrap();
-    fake.close_dispute(&dispute_id, true).unwrap();
+    fake.close_dispute(&dispute_id, DisputeClose::Won).unwrap();
     fake.wait_for_deliveries().await;
     let delivered = endpoint.delivered();
     let EventObject::ChargeDisputeCreated(dispute) =
@@ -647,7 +705,7 @@ async fn renewals_failed_payments_refunds_and_disputes_parse_as_their_typed_even
     let lost = fake
         .open_dispute(&fake.session_charge(&pack).unwrap())
         .unwrap();
-    fake.close_dispute(&lost, false).unwrap();
+    fake.close_dispute(&lost, DisputeClose::Lost).unwrap();
     fake.wait_for_deliveries().await;
     let delivered = endpoint.delivered();
     let EventObject::ChargeDisputeClosed(closed) =
@@ -1650,4 +1708,237 @@ async fn customers_are_created_read_and_deleted_as_before() {
             .object,
         EventObject::CustomerSubscriptionDeleted(_)
     ));
+}
+
+#[tokio::test]
+async fn refunds_are_made_by_charge_or_payment_intent_and_listed_but_never_embedded_in_the_charge()
+{
+    let (fake, endpoint) = fake_with_endpoint().await;
+    let customer = fake.add_customer("rita@example.com");
+    let pack = pack_session(&fake, &customer).await;
+    fake.pay_session(&pack).unwrap();
+    let charge = fake.session_charge(&pack).unwrap();
+    let intent = fake.charge(&charge).unwrap()["payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fake.wait_for_deliveries().await;
+    endpoint.clear();
+
+    // As an operator refunding from the dashboard: part by charge, then the rest by payment intent.
+    let (status, _, partial) = post_form(
+        &fake,
+        "/v1/refunds",
+        Some("refund-1"),
+        &[("charge", &charge), ("amount", "200")],
+    )
+    .await;
+    assert_eq!(status, 200, "{partial}");
+    assert_eq!(partial["amount"], 200);
+    assert_eq!(partial["status"], "succeeded");
+    let (status, _, rest) = post_form(
+        &fake,
+        "/v1/refunds",
+        None,
+        &[
+            ("payment_intent", &intent),
+            ("reason", "requested_by_customer"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(rest["amount"], 300, "without an amount, all that is left");
+    assert_eq!(fake.charge(&charge).unwrap()["refunded"], true);
+
+    let (status, _, again) = post_form(&fake, "/v1/refunds", None, &[("charge", &charge)]).await;
+    assert_eq!(status, 400);
+    assert_eq!(again["error"]["code"], "charge_already_refunded");
+    let (status, _, neither) = post_form(&fake, "/v1/refunds", None, &[("amount", "1")]).await;
+    assert_eq!(status, 400);
+    assert_eq!(neither["error"]["type"], "invalid_request_error");
+
+    fake.wait_for_deliveries().await;
+    let delivered = endpoint.delivered();
+    assert_eq!(of_type(&delivered, "refund.created").len(), 2);
+    for refunded in of_type(&delivered, "charge.refunded") {
+        assert!(
+            refunded.raw["data"]["object"].get("refunds").is_none(),
+            "a webhook's charge carries no refunds list"
+        );
+        assert!(
+            refunded.raw["data"]["previous_attributes"]
+                .get("refunds")
+                .is_none()
+        );
+    }
+    let client = typed_client(&fake);
+    let by_intent = stripe_core::refund::ListRefund::new()
+        .payment_intent(intent.as_str())
+        .limit(1)
+        .send(&client)
+        .await
+        .unwrap();
+    assert_eq!(by_intent.data.len(), 1, "one page of one");
+    assert!(by_intent.has_more);
+    assert_eq!(
+        by_intent.data[0].id.as_str(),
+        rest["id"].as_str().unwrap(),
+        "newest first"
+    );
+    let next = stripe_core::refund::ListRefund::new()
+        .payment_intent(intent.as_str())
+        .starting_after(by_intent.data[0].id.as_str())
+        .send(&client)
+        .await
+        .unwrap();
+    assert_eq!(next.data[0].id.as_str(), partial["id"].as_str().unwrap());
+    assert!(!next.has_more);
+}
+
+#[tokio::test]
+async fn stripes_test_cards_open_a_chargeback_or_an_inquiry_and_disputes_close_with_every_status_stripe_has()
+ {
+    let (fake, endpoint) = fake_with_endpoint().await;
+    let customer = fake.add_customer("dora@example.com");
+    let browser = no_redirects();
+    let mut opened = Vec::new();
+    for card in [DISPUTE_CARD, INQUIRY_CARD, DISPUTE_CARD, DISPUTE_CARD] {
+        let pack = pack_session(&fake, &customer).await;
+        let url = fake.checkout_session(&pack).unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let page = browser
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains(r#"name="card""#), "{page}");
+        let paid = browser
+            .post(&url)
+            .form(&[("method", "card"), ("card", card)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(paid.status(), 303);
+        fake.wait_for_deliveries().await;
+        let delivered = endpoint.delivered();
+        let EventObject::ChargeDisputeCreated(dispute) =
+            &one(&delivered, "charge.dispute.created").event.data.object
+        else {
+            panic!("not a ChargeDisputeCreated");
+        };
+        assert_eq!(
+            dispute.charge.id().as_str(),
+            fake.session_charge(&pack).unwrap()
+        );
+        let withdrawn = of_type(&delivered, "charge.dispute.funds_withdrawn").len();
+        if card == INQUIRY_CARD {
+            assert_eq!(dispute.status.as_str(), "warning_needs_response");
+            assert_eq!(withdrawn, 0, "an inquiry withdraws nothing");
+        } else {
+            assert_eq!(dispute.status.as_str(), "needs_response");
+            assert_eq!(withdrawn, 1);
+        }
+        opened.push(dispute.id.as_str().to_owned());
+        endpoint.clear();
+    }
+
+    let closes = [
+        DisputeClose::Lost,
+        DisputeClose::WarningClosed,
+        DisputeClose::Won,
+        DisputeClose::Prevented { refund: true },
+    ];
+    assert!(
+        fake.close_dispute(&opened[1], DisputeClose::Won).is_err(),
+        "an inquiry does not close as won"
+    );
+    assert!(
+        fake.close_dispute(&opened[0], DisputeClose::WarningClosed)
+            .is_err(),
+        "a chargeback does not close as warning_closed"
+    );
+    for (dispute, how) in opened.iter().zip(closes) {
+        fake.close_dispute(dispute, how).unwrap();
+        fake.wait_for_deliveries().await;
+        let delivered = endpoint.delivered();
+        let EventObject::ChargeDisputeClosed(closed) =
+            &one(&delivered, "charge.dispute.closed").event.data.object
+        else {
+            panic!("not a ChargeDisputeClosed");
+        };
+        let expected = match how {
+            DisputeClose::Won => "won",
+            DisputeClose::Lost => "lost",
+            DisputeClose::WarningClosed => "warning_closed",
+            DisputeClose::Prevented { .. } => "prevented",
+        };
+        assert_eq!(closed.status.as_str(), expected);
+        assert!(
+            !matches!(closed.status, stripe_core::DisputeStatus::Unknown(_)),
+            "async-stripe knows {expected}"
+        );
+        let refunds = of_type(&delivered, "refund.created").len();
+        assert_eq!(
+            refunds,
+            usize::from(expected == "prevented"),
+            "a prevented dispute is settled by refunding the cardholder"
+        );
+        assert!(
+            fake.close_dispute(dispute, DisputeClose::Lost).is_err(),
+            "closed once"
+        );
+        endpoint.clear();
+    }
+}
+
+#[tokio::test]
+async fn events_are_listed_in_the_api_version_they_were_created_with_and_delivered_in_the_endpoints()
+ {
+    let (fake, endpoint) = fake_with_endpoint().await;
+    let customer = fake.add_customer("olga@example.com");
+    let id = plan_session(&fake, &customer).await;
+    fake.pay_session(&id).unwrap();
+    let subscription = fake.checkout_session(&id).unwrap()["subscription"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fake.wait_for_deliveries().await;
+    endpoint.clear();
+
+    fake.set_account_api_version("2024-06-20");
+    let invoice = fake.renew_subscription(&subscription).unwrap().unwrap();
+    fake.wait_for_deliveries().await;
+    let delivered = endpoint.delivered();
+    let paid = one(&delivered, "invoice.paid");
+    assert_eq!(
+        paid.raw["api_version"], API_VERSION,
+        "the endpoint's version"
+    );
+    assert_eq!(
+        paid.raw["data"]["object"]["parent"]["subscription_details"]["subscription"],
+        subscription.as_str()
+    );
+
+    let (status, listed) = get_json(&fake, "/v1/events?type=invoice.paid&limit=1").await;
+    assert_eq!(status, 200);
+    let event = &listed["data"][0];
+    assert_eq!(event["data"]["object"]["id"], invoice.as_str());
+    assert_eq!(
+        event["api_version"], "2024-06-20",
+        "the version it was created with"
+    );
+    let object = &event["data"]["object"];
+    assert!(object.get("parent").is_none(), "no parent before basil");
+    assert_eq!(object["subscription"], subscription.as_str());
+    let (_, one_event) = get_json(
+        &fake,
+        &format!("/v1/events/{}", event["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(one_event["api_version"], "2024-06-20");
 }

@@ -22,7 +22,7 @@ use crate::{
     email::{self, Outgoing},
     kinds::{OpenCheckout, ProcessStripeEvent},
     queue::{EnqueueOptions, enqueue_with},
-    stripe::{StripeClient, StripeError},
+    stripe::{API_VERSION, StripeClient, StripeError},
 };
 
 /// How old a webhook's signed timestamp may be.
@@ -163,7 +163,57 @@ pub async fn process(
         return Ok(None);
     }
     let object = &event["data"]["object"];
+    let version = event["api_version"].as_str().unwrap_or_default();
+    if acts_on(&kind) && !readable_version(version) {
+        // Read with the wrong shapes, an invoice would grant 0 and be marked done. Refused instead, the event
+        // waits (unprocessed, its outcome saying why) for code that reads its version.
+        sqlx::query("UPDATE stripe_events SET outcome = $2 WHERE id = $1 AND processed_at IS NULL")
+            .bind(event_id)
+            .bind(format!(
+                "refused: API version {version:?} is not one this code reads (2025-03-31.basil to {API_VERSION})"
+            ))
+            .execute(pool)
+            .await?;
+        return Err(ProcessError::UnreadableVersion {
+            kind,
+            version: version.to_owned(),
+        });
+    }
+    // Stripe does not deliver in order: a refund or dispute can come before the payment's own event is
+    // applied. For an hour it is retried; after that the payment is taken to be none of this app's.
+    if matches!(
+        kind.as_str(),
+        "charge.refunded"
+            | "refund.created"
+            | "refund.updated"
+            | "charge.dispute.created"
+            | "charge.dispute.closed"
+    ) && let Some(intent) = str_at(object, "/payment_intent")
+    {
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM payments WHERE stripe_payment_intent = $1)",
+        )
+        .bind(intent)
+        .fetch_one(pool)
+        .await?;
+        let age = Utc::now().timestamp() - event["created"].as_i64().unwrap_or_default();
+        if !known && age < PAYMENT_WAIT_SECS {
+            return Err(ProcessError::PaymentNotRecorded(intent.to_owned()));
+        }
+    }
     // Reads from the Stripe API happen before the transaction, so no lock is held across the network.
+    let refunds = match kind.as_str() {
+        "charge.refunded" => refunds_of_charge(stripe, object).await?,
+        "charge.dispute.closed" if str_at(object, "/status") == Some("prevented") => {
+            let charge = json!({"id": str_at(object, "/charge")});
+            refunds_of_charge(stripe, &charge).await?
+        }
+        _ => vec![],
+    };
+    let invoice_intent = match kind.as_str() {
+        "invoice.paid" => invoice_payment_intent(stripe, object).await?,
+        _ => None,
+    };
     let subscription = match kind.as_str() {
         "customer.subscription.created"
         | "customer.subscription.updated"
@@ -197,7 +247,7 @@ pub async fn process(
             notify_payment_failed(&mut tx, user_of(object), event_id).await?;
             outcome("async payment failed; user notified")
         }
-        "invoice.paid" => invoice_paid(&mut tx, object, created).await?,
+        "invoice.paid" => invoice_paid(&mut tx, object, invoice_intent.as_deref(), created).await?,
         "invoice.payment_failed" => {
             let user = invoice_user(&mut tx, object).await?;
             notify_payment_failed(&mut tx, user, event_id).await?;
@@ -208,9 +258,13 @@ pub async fn process(
         | "customer.subscription.deleted" => {
             mirror_subscription(&mut tx, subscription.as_ref().unwrap_or(object)).await?
         }
-        "charge.refunded" => charge_refunded(&mut tx, object).await?,
+        "charge.refunded" => charge_refunded(&mut tx, object, &refunds).await?,
+        "refund.created" | "refund.updated" => match apply_refund(&mut tx, object, None).await? {
+            Some(refund) => outcome(format!("clawed back for {refund}")),
+            None => outcome("refund already applied, not applicable, or of an unknown payment"),
+        },
         "charge.dispute.created" => dispute_created(&mut tx, object).await?,
-        "charge.dispute.closed" => dispute_closed(&mut tx, object).await?,
+        "charge.dispute.closed" => dispute_closed(&mut tx, object, &refunds).await?,
         other => outcome(format!("ignored ({other})")),
     };
     sqlx::query("UPDATE stripe_events SET processed_at = now(), outcome = $2 WHERE id = $1")
@@ -229,6 +283,108 @@ pub enum ProcessError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Stripe(#[from] StripeError),
+    /// A refund or dispute of a payment whose own event is not applied yet: retry.
+    #[error("payment {0} is not recorded yet")]
+    PaymentNotRecorded(String),
+    /// The event is rendered in an API version whose shapes this code does not read (events listed by
+    /// reconciliation come in the version they were created with). Retrying will not help; a deploy will.
+    #[error("a {kind} event in API version {version:?}, which this code does not read")]
+    UnreadableVersion { kind: String, version: String },
+}
+
+/// How long a refund or dispute waits for its payment's event to be applied before the payment is taken to be
+/// none of this app's.
+const PAYMENT_WAIT_SECS: i64 = 3600;
+
+/// The event types [`process`] acts on (the rest are recorded and ignored).
+fn acts_on(kind: &str) -> bool {
+    matches!(
+        kind,
+        "checkout.session.completed"
+            | "checkout.session.async_payment_succeeded"
+            | "checkout.session.async_payment_failed"
+            | "invoice.paid"
+            | "invoice.payment_failed"
+            | "customer.subscription.created"
+            | "customer.subscription.updated"
+            | "customer.subscription.deleted"
+            | "charge.refunded"
+            | "refund.created"
+            | "refund.updated"
+            | "charge.dispute.created"
+            | "charge.dispute.closed"
+    )
+}
+
+/// Whether events of API `version` have the shapes this code reads: from 2025-03-31.basil (an invoice's
+/// subscription under `parent.subscription_details`, periods on subscription items) to the pinned
+/// [`API_VERSION`]. Stripe's versions start with their release date, so dates order them.
+pub fn readable_version(version: &str) -> bool {
+    let Some(date) = version.get(..10) else {
+        return false;
+    };
+    ("2025-03-31"..=&API_VERSION[..10]).contains(&date)
+}
+
+/// Every refund of a charge: Stripe's refund list (a charge carries its refunds only when expanded, and
+/// webhooks never expand, since API 2022-11-15). Without a client, what the object itself carries.
+async fn refunds_of_charge(
+    stripe: Option<&StripeClient>,
+    charge: &Value,
+) -> Result<Vec<Value>, StripeError> {
+    let (Some(stripe), Some(id)) = (stripe, str_at(charge, "/id")) else {
+        return Ok(charge
+            .pointer("/refunds/data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default());
+    };
+    let mut refunds = vec![];
+    let mut starting_after: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/refunds?charge={id}&limit=100");
+        if let Some(after) = &starting_after {
+            path.push_str(&format!("&starting_after={after}"));
+        }
+        let page = stripe.get(&path, "list_refunds").await?;
+        let data = page["data"].as_array().cloned().unwrap_or_default();
+        starting_after = data
+            .last()
+            .and_then(|r| r["id"].as_str())
+            .map(str::to_owned);
+        refunds.extend(data);
+        if page["has_more"].as_bool() != Some(true) || starting_after.is_none() {
+            return Ok(refunds);
+        }
+    }
+}
+
+/// The payment intent that paid an invoice: `invoice.payments` is includable only (never in a webhook), so it
+/// comes from Stripe's invoice payments list; without a client, from the object if it carries them.
+async fn invoice_payment_intent(
+    stripe: Option<&StripeClient>,
+    invoice: &Value,
+) -> Result<Option<String>, StripeError> {
+    let paid_intent = |payments: &Value| {
+        payments
+            .as_array()?
+            .iter()
+            .filter(|payment| str_at(payment, "/status") == Some("paid"))
+            .find_map(|payment| str_at(payment, "/payment/payment_intent"))
+            .map(str::to_owned)
+    };
+    match (stripe, str_at(invoice, "/id")) {
+        (Some(stripe), Some(id)) => {
+            let page = stripe
+                .get(
+                    &format!("/v1/invoice_payments?invoice={id}&status=paid&limit=100"),
+                    "list_invoice_payments",
+                )
+                .await?;
+            Ok(paid_intent(&page["data"]))
+        }
+        _ => Ok(invoice.pointer("/payments/data").and_then(paid_intent)),
+    }
 }
 
 /// The subscription as Stripe has it now (falls back to the event's copy when no client is configured).
@@ -430,6 +586,7 @@ async fn invoice_user(tx: &mut PgConnection, invoice: &Value) -> sqlx::Result<Op
 async fn invoice_paid(
     tx: &mut PgConnection,
     invoice: &Value,
+    payment_intent: Option<&str>,
     created: i64,
 ) -> sqlx::Result<Outcome> {
     let Some(user) = invoice_user(tx, invoice).await? else {
@@ -439,9 +596,6 @@ async fn invoice_paid(
     let metadata = &invoice["parent"]["subscription_details"]["metadata"];
     let credits = credits_of(metadata);
     let product = str_at(metadata, "/product").unwrap_or("unknown");
-    let payment_intent = invoice
-        .pointer("/payments/data/0/payment/payment_intent")
-        .and_then(Value::as_str);
     record_payment(
         tx,
         user,
@@ -520,12 +674,12 @@ async fn mirror_subscription(tx: &mut PgConnection, subscription: &Value) -> sql
     Ok(outcome(format!("subscription {status}")))
 }
 
-/// The payment a charge paid for (by its payment intent).
-async fn payment_of_charge(
+/// The payment a payment intent paid, locked.
+async fn payment_of_intent(
     tx: &mut PgConnection,
-    charge: &Value,
+    intent: Option<&str>,
 ) -> sqlx::Result<Option<(Uuid, Option<Uuid>, i64, i64)>> {
-    let Some(intent) = str_at(charge, "/payment_intent") else {
+    let Some(intent) = intent else {
         return Ok(None);
     };
     sqlx::query_as(
@@ -567,85 +721,125 @@ async fn take_back(
     Ok((taken, shortfall))
 }
 
-async fn charge_refunded(tx: &mut PgConnection, charge: &Value) -> sqlx::Result<Outcome> {
-    let Some((payment, user, amount, credits)) = payment_of_charge(tx, charge).await? else {
-        return Ok(outcome("refund of an unknown payment"));
-    };
-    let refunds = charge
-        .pointer("/refunds/data")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+async fn charge_refunded(
+    tx: &mut PgConnection,
+    charge: &Value,
+    refunds: &[Value],
+) -> sqlx::Result<Outcome> {
     let mut applied = vec![];
-    for refund in &refunds {
-        let (Some(refund_id), Some(refund_amount)) =
-            (str_at(refund, "/id"), refund["amount"].as_i64())
-        else {
-            continue;
-        };
-        if refund_amount <= 0
-            || str_at(refund, "/status").is_some_and(|s| s == "failed" || s == "canceled")
-        {
-            continue;
+    for refund in refunds {
+        if let Some(refund) = apply_refund(tx, refund, str_at(charge, "/payment_intent")).await? {
+            applied.push(refund);
         }
-        let share = if amount > 0 {
-            // Proportional, rounded up: a refund never leaves paid-for credits behind.
-            (credits * refund_amount + amount - 1) / amount
-        } else {
-            credits
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO payment_refunds (refund_id, payment_id, amount_minor, credits, clawed_back, shortfall)
-             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (refund_id) DO NOTHING",
-        )
-        .bind(refund_id)
-        .bind(payment)
-        .bind(refund_amount)
-        .bind(share)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            continue;
-        }
-        sqlx::query("UPDATE payments SET refunded_minor = refunded_minor + $2 WHERE id = $1")
-            .bind(payment)
-            .bind(refund_amount)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(user) = user {
-            let (taken, shortfall) = take_back(
-                tx,
-                user,
-                Kind::Clawback,
-                share,
-                &format!("refund:{refund_id}"),
-                json!({"refund": refund_id}),
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE payment_refunds SET clawed_back = $2, shortfall = $3 WHERE refund_id = $1",
-            )
-            .bind(refund_id)
-            .bind(taken)
-            .bind(shortfall)
-            .execute(&mut *tx)
-            .await?;
-        }
-        applied.push(refund_id.to_owned());
     }
     Ok(outcome(if applied.is_empty() {
-        "refunds already applied".to_owned()
+        "refunds already applied (or none that take credits back)".to_owned()
     } else {
         format!("clawed back for {}", applied.join(", "))
     }))
 }
 
-async fn dispute_created(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<Outcome> {
+/// Applies one refund, once per refund id: the payment's credits in proportion to the amount refunded,
+/// rounded up. A refund of a disputed payment takes first what the dispute froze (so the credits leave once),
+/// then from the balance; what was spent becomes shortfall. Returns the refund id if it was applied now.
+async fn apply_refund(
+    tx: &mut PgConnection,
+    refund: &Value,
+    charge_intent: Option<&str>,
+) -> sqlx::Result<Option<String>> {
+    let (Some(refund_id), Some(refund_amount)) = (str_at(refund, "/id"), refund["amount"].as_i64())
+    else {
+        return Ok(None);
+    };
+    // `pending` and `requires_action` refunds are on their way (taken back now); `failed` and `canceled`
+    // ones return nothing to the cardholder.
+    if refund_amount <= 0 || matches!(str_at(refund, "/status"), Some("failed" | "canceled")) {
+        return Ok(None);
+    }
+    let intent = str_at(refund, "/payment_intent").or(charge_intent);
+    let Some((payment, user, amount, credits)) = payment_of_intent(tx, intent).await? else {
+        return Ok(None);
+    };
+    let share = if amount > 0 {
+        // Proportional, rounded up: a refund never leaves paid-for credits behind.
+        (credits * refund_amount + amount - 1) / amount
+    } else {
+        credits
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO payment_refunds (refund_id, payment_id, amount_minor, credits, clawed_back, shortfall)
+         VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (refund_id) DO NOTHING",
+    )
+    .bind(refund_id)
+    .bind(payment)
+    .bind(refund_amount)
+    .bind(share)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(None);
+    }
+    sqlx::query("UPDATE payments SET refunded_minor = refunded_minor + $2 WHERE id = $1")
+        .bind(payment)
+        .bind(refund_amount)
+        .execute(&mut *tx)
+        .await?;
+    let Some(user) = user else {
+        return Ok(Some(refund_id.to_owned()));
+    };
+    // What a dispute on this payment already holds (frozen, or owed as shortfall) is the refund's first.
+    let held: Option<(String, i64, i64)> = sqlx::query_as(
+        "SELECT dispute_id, frozen, shortfall FROM payment_disputes
+          WHERE payment_id = $1 AND status IN ('open', 'lost', 'prevented') AND frozen + shortfall > 0
+          ORDER BY created_at LIMIT 1 FOR UPDATE",
+    )
+    .bind(payment)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (from_frozen, from_owed) = match &held {
+        Some((dispute, frozen, owed)) => {
+            let from_frozen = share.min(*frozen);
+            let from_owed = (share - from_frozen).min(*owed);
+            sqlx::query(
+                "UPDATE payment_disputes SET frozen = frozen - $2, shortfall = shortfall - $3 WHERE dispute_id = $1",
+            )
+            .bind(dispute)
+            .bind(from_frozen)
+            .bind(from_owed)
+            .execute(&mut *tx)
+            .await?;
+            (from_frozen, from_owed)
+        }
+        None => (0, 0),
+    };
+    let (taken, shortfall) = take_back(
+        tx,
+        user,
+        Kind::Clawback,
+        share - from_frozen - from_owed,
+        &format!("refund:{refund_id}"),
+        json!({"refund": refund_id}),
+    )
+    .await?;
+    sqlx::query("UPDATE payment_refunds SET clawed_back = $2, shortfall = $3 WHERE refund_id = $1")
+        .bind(refund_id)
+        .bind(taken + from_frozen)
+        .bind(shortfall + from_owed)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(refund_id.to_owned()))
+}
+
+/// Records a dispute once and freezes the credits its payment bought (what was spent becomes shortfall).
+/// Chargebacks and inquiries alike: an inquiry that becomes a chargeback withdraws the money without another
+/// event this code acts on. Returns `None` for a payment this code does not know.
+async fn record_dispute(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<Option<Outcome>> {
     let dispute_id = str_at(dispute, "/id").unwrap_or_default();
-    let charge = json!({"payment_intent": dispute["payment_intent"]});
-    let Some((payment, user, _, credits)) = payment_of_charge(tx, &charge).await? else {
-        return Ok(outcome("dispute on an unknown payment"));
+    let Some((payment, user, _, credits)) =
+        payment_of_intent(tx, str_at(dispute, "/payment_intent")).await?
+    else {
+        return Ok(None);
     };
     let inserted = sqlx::query(
         "INSERT INTO payment_disputes (dispute_id, payment_id, frozen, shortfall, status) VALUES ($1, $2, 0, 0, 'open')
@@ -657,51 +851,121 @@ async fn dispute_created(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result
     .await?
     .rows_affected();
     if inserted == 0 {
-        return Ok(outcome("dispute already recorded"));
+        return Ok(Some(outcome("dispute already recorded")));
     }
     sqlx::query("UPDATE payments SET disputed_at = now() WHERE id = $1")
         .bind(payment)
         .execute(&mut *tx)
         .await?;
-    if let Some(user) = user {
-        let (frozen, shortfall) = take_back(
-            tx,
-            user,
-            Kind::Freeze,
-            credits,
-            &format!("dispute:{dispute_id}"),
-            json!({"dispute": dispute_id}),
-        )
-        .await?;
-        sqlx::query(
-            "UPDATE payment_disputes SET frozen = $2, shortfall = $3 WHERE dispute_id = $1",
-        )
+    let Some(user) = user else {
+        return Ok(Some(outcome("dispute recorded")));
+    };
+    // Credits a refund of this payment already took back are not frozen again.
+    let refunded: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(credits), 0)::bigint FROM payment_refunds WHERE payment_id = $1",
+    )
+    .bind(payment)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (frozen, shortfall) = take_back(
+        tx,
+        user,
+        Kind::Freeze,
+        (credits - refunded).max(0),
+        &format!("dispute:{dispute_id}"),
+        json!({"dispute": dispute_id}),
+    )
+    .await?;
+    sqlx::query("UPDATE payment_disputes SET frozen = $2, shortfall = $3 WHERE dispute_id = $1")
         .bind(dispute_id)
         .bind(frozen)
         .bind(shortfall)
         .execute(&mut *tx)
         .await?;
-        return Ok(outcome(format!("froze {frozen} credits, {shortfall} owed")));
-    }
-    Ok(outcome("dispute recorded"))
+    Ok(Some(outcome(format!(
+        "froze {frozen} credits, {shortfall} owed"
+    ))))
 }
 
-async fn dispute_closed(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<Outcome> {
+async fn dispute_created(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<Outcome> {
+    Ok(record_dispute(tx, dispute)
+        .await?
+        .unwrap_or_else(|| outcome("dispute on an unknown payment")))
+}
+
+/// What a closed dispute's status means for the credits it froze (async-stripe-shared's `DisputeStatus`;
+/// Stripe's dispute object reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DisputeEnd {
+    /// `won`: the money came back. `warning_closed`: an inquiry closed without a chargeback, no money left.
+    Release,
+    /// `lost`: the cardholder kept the money.
+    Keep,
+    /// `prevented` (Visa RDR): the cardholder was refunded instead. Stripe does not say whether a refund object
+    /// appears: refunds found take back their share from the freeze and the rest is released; with none, the
+    /// credits stay removed, since the money is gone either way.
+    Prevented,
+}
+
+fn dispute_end(status: &str) -> Option<DisputeEnd> {
+    match status {
+        "won" | "warning_closed" => Some(DisputeEnd::Release),
+        "lost" => Some(DisputeEnd::Keep),
+        "prevented" => Some(DisputeEnd::Prevented),
+        // needs_response, under_review, warning_needs_response, warning_under_review: still open.
+        _ => None,
+    }
+}
+
+async fn dispute_closed(
+    tx: &mut PgConnection,
+    dispute: &Value,
+    refunds: &[Value],
+) -> sqlx::Result<Outcome> {
     let dispute_id = str_at(dispute, "/id").unwrap_or_default();
-    let won = str_at(dispute, "/status") == Some("won");
+    let status = str_at(dispute, "/status").unwrap_or_default();
+    let Some(end) = dispute_end(status) else {
+        return Ok(outcome(format!("dispute still open ({status})")));
+    };
+    // Stripe does not promise order: a close that arrives first records the dispute as its creation would.
+    if record_dispute(tx, dispute).await?.is_none() {
+        return Ok(outcome("dispute on an unknown payment"));
+    }
+    let mut applied = vec![];
+    for refund in refunds {
+        if let Some(refund) = apply_refund(tx, refund, None).await? {
+            applied.push(refund);
+        }
+    }
+    let release = match end {
+        DisputeEnd::Release => true,
+        DisputeEnd::Keep => false,
+        DisputeEnd::Prevented => {
+            let refunded: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM payment_refunds r JOIN payment_disputes d USING (payment_id)
+                                 WHERE d.dispute_id = $1)",
+            )
+            .bind(dispute_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            refunded
+        }
+    };
     let closed: Option<(Uuid, i64, i64)> = sqlx::query_as(
         "UPDATE payment_disputes SET status = $2, closed_at = now() WHERE dispute_id = $1 AND status = 'open'
          RETURNING payment_id, frozen, shortfall",
     )
     .bind(dispute_id)
-    .bind(if won { "won" } else { "lost" })
+    .bind(status)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((payment, frozen, shortfall)) = closed else {
-        return Ok(outcome("dispute not open"));
+        return Ok(outcome("dispute already closed"));
     };
-    if !won {
-        return Ok(outcome("dispute lost; frozen credits removed"));
+    if !release {
+        return Ok(outcome(format!(
+            "dispute {status}; frozen credits stay removed"
+        )));
     }
     let user: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM payments WHERE id = $1")
         .bind(payment)
@@ -715,7 +979,7 @@ async fn dispute_closed(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<
                 Kind::Release,
                 frozen,
                 &format!("dispute:{dispute_id}"),
-                json!({"dispute": dispute_id, "won": true}),
+                json!({"dispute": dispute_id, "status": status}),
             )
             .await?;
         }
@@ -729,7 +993,14 @@ async fn dispute_closed(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<
             .await?;
         }
     }
-    Ok(outcome(format!("dispute won; released {frozen} credits")))
+    Ok(outcome(format!(
+        "dispute {status}; released {frozen} credits{}",
+        if applied.is_empty() {
+            String::new()
+        } else {
+            format!(" after refunds {}", applied.join(", "))
+        }
+    )))
 }
 
 async fn notify_payment_failed(

@@ -66,6 +66,7 @@ pub struct MetricSet {
     pub sign_ins_total: IntCounterVec,
     pub trial_checks_total: IntCounterVec,
     pub stripe_webhooks_total: IntCounterVec,
+    pub stripe_events_refused_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -241,6 +242,11 @@ impl Metrics {
                 "createimage2_stripe_webhooks_total",
                 "Stripe webhook deliveries, by outcome (recorded, duplicate, bad_signature, stale, malformed).",
                 &["outcome"],
+            ),
+            stripe_events_refused_total: counter(
+                "createimage2_stripe_events_refused_total",
+                "Stripe events left unprocessed because their API version is not one the code reads, by type and version.",
+                &["type", "api_version"],
             ),
             build_info: register(
                 r,

@@ -1,7 +1,7 @@
 //! Billing through the Stripe stand-in: checkout, signed webhooks, event processing, reconciliation,
 //! refunds and disputes. Every credit effect must happen exactly once.
 
-use fakes::stripe::DeliveryFaults;
+use fakes::stripe::{DISPUTE_CARD, DeliveryFaults, DisputeClose, INQUIRY_CARD};
 use jobs::queue::{EnqueueOptions, enqueue_with};
 use testkit::{Browser, STRIPE_WEBHOOK_SECRET, TestApp};
 
@@ -303,7 +303,9 @@ async fn a_dispute_freezes_the_purchase_and_winning_releases_it_while_losing_kee
         (20, 0),
         "the 100 purchased credits are frozen"
     );
-    app.stripe.close_dispute(&dispute, true).unwrap();
+    app.stripe
+        .close_dispute(&dispute, DisputeClose::Won)
+        .unwrap();
     settle(&app).await;
     assert_eq!(balance(&app, "gil@example.com").await, (120, 0));
 
@@ -311,9 +313,261 @@ async fn a_dispute_freezes_the_purchase_and_winning_releases_it_while_losing_kee
     let dispute = app.stripe.open_dispute(&lost).unwrap();
     settle(&app).await;
     assert_eq!(balance(&app, "hub@example.com").await, (0, 30));
-    app.stripe.close_dispute(&dispute, false).unwrap();
+    app.stripe
+        .close_dispute(&dispute, DisputeClose::Lost)
+        .unwrap();
     settle(&app).await;
     assert_eq!(balance(&app, "hub@example.com").await, (0, 30));
+    app.finish().await;
+}
+
+/// Buys pack_100 for `email` paying with one of Stripe's test cards; returns the dispute the card brings.
+async fn buy_with_card(app: &TestApp, email: &str, card: &str) -> String {
+    let browser = sign_in(app, email).await;
+    let session = start_checkout(app, &browser, "pack_100").await;
+    app.stripe.pay_session_with_card(&session, card).unwrap();
+    settle(app).await;
+    let charge = app.stripe.session_charge(&session).unwrap();
+    app.stripe
+        .events()
+        .iter()
+        .find(|event| {
+            event["type"] == "charge.dispute.created" && event["data"]["object"]["charge"] == charge
+        })
+        .and_then(|event| event["data"]["object"]["id"].as_str())
+        .expect("the test card opened a dispute")
+        .to_owned()
+}
+
+async fn dispute_status(app: &TestApp, dispute: &str) -> String {
+    sqlx::query_scalar("SELECT status FROM payment_disputes WHERE dispute_id = $1")
+        .bind(dispute)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_way_a_dispute_closes_has_its_credit_effect() {
+    let app = TestApp::spawn().await;
+    // Stripe's dispute test card: paid, then a fraudulent chargeback.
+    let won = buy_with_card(&app, "ida@example.com", DISPUTE_CARD).await;
+    let lost = buy_with_card(&app, "jon@example.com", DISPUTE_CARD).await;
+    let inquiry = buy_with_card(&app, "kim@example.com", INQUIRY_CARD).await;
+    let prevented = buy_with_card(&app, "lou@example.com", DISPUTE_CARD).await;
+    for email in ["ida", "jon", "kim", "lou"] {
+        assert_eq!(
+            balance(&app, &format!("{email}@example.com")).await,
+            (20, 0),
+            "{email}: the disputed purchase is frozen"
+        );
+    }
+    app.stripe.close_dispute(&won, DisputeClose::Won).unwrap();
+    app.stripe.close_dispute(&lost, DisputeClose::Lost).unwrap();
+    app.stripe
+        .close_dispute(&inquiry, DisputeClose::WarningClosed)
+        .unwrap();
+    // Prevented (Visa RDR): the cardholder is refunded, so the money is gone once, not twice.
+    app.stripe
+        .close_dispute(&prevented, DisputeClose::Prevented { refund: true })
+        .unwrap();
+    settle(&app).await;
+    assert_eq!(
+        balance(&app, "ida@example.com").await,
+        (120, 0),
+        "won: back"
+    );
+    assert_eq!(
+        balance(&app, "jon@example.com").await,
+        (20, 0),
+        "lost: gone"
+    );
+    assert_eq!(
+        balance(&app, "kim@example.com").await,
+        (120, 0),
+        "an inquiry closed without a chargeback gives the credits back"
+    );
+    assert_eq!(
+        balance(&app, "lou@example.com").await,
+        (20, 0),
+        "prevented and refunded: removed once"
+    );
+    assert_eq!(dispute_status(&app, &won).await, "won");
+    assert_eq!(dispute_status(&app, &lost).await, "lost");
+    assert_eq!(dispute_status(&app, &inquiry).await, "warning_closed");
+    assert_eq!(dispute_status(&app, &prevented).await, "prevented");
+    let removed: i64 = sqlx::query_scalar(
+        "SELECT (-sum(l.amount))::bigint FROM credit_ledger l JOIN users u ON u.id = l.user_id
+          WHERE u.email = 'lou@example.com' AND l.amount < 0",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(removed, 100, "the freeze became the refund's clawback");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_prevented_dispute_without_a_refund_keeps_the_credits_removed() {
+    let app = TestApp::spawn().await;
+    let dispute = buy_with_card(&app, "max@example.com", DISPUTE_CARD).await;
+    app.stripe
+        .close_dispute(&dispute, DisputeClose::Prevented { refund: false })
+        .unwrap();
+    settle(&app).await;
+    assert_eq!(
+        balance(&app, "max@example.com").await,
+        (20, 0),
+        "whichever way Stripe settles a prevented dispute, the money is gone"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_plans_refunded_and_disputed_invoice_charges_are_matched_through_its_invoice_payments() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "ned@example.com").await;
+    let session = start_checkout(&app, &browser, "plan_monthly").await;
+    app.stripe.pay_session(&session).unwrap();
+    settle(&app).await;
+    assert_eq!(balance(&app, "ned@example.com").await, (320, 0));
+    let intent: Option<String> =
+        sqlx::query_scalar("SELECT stripe_payment_intent FROM payments WHERE kind = 'plan'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let charge = app.stripe.session_charge(&session).unwrap();
+    assert_eq!(
+        intent.as_deref(),
+        app.stripe.charge(&charge).unwrap()["payment_intent"].as_str(),
+        "invoice.paid carries no payments; the invoice payments list names the intent"
+    );
+    let amount = app.stripe.charge(&charge).unwrap()["amount"]
+        .as_i64()
+        .unwrap();
+    app.stripe.refund(&charge, amount).unwrap();
+    settle(&app).await;
+    assert_eq!(
+        balance(&app, "ned@example.com").await,
+        (20, 0),
+        "the period's credits are clawed back"
+    );
+
+    let (subscription,): (String,) =
+        sqlx::query_as("SELECT stripe_subscription_id FROM subscriptions")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let renewal = app
+        .stripe
+        .renew_subscription(&subscription)
+        .unwrap()
+        .unwrap();
+    settle(&app).await;
+    assert_eq!(balance(&app, "ned@example.com").await, (320, 0));
+    let dispute = app
+        .stripe
+        .open_dispute(&app.stripe.invoice_charge(&renewal).unwrap())
+        .unwrap();
+    settle(&app).await;
+    assert_eq!(
+        balance(&app, "ned@example.com").await,
+        (20, 0),
+        "the renewal's credits are frozen"
+    );
+    app.stripe
+        .close_dispute(&dispute, DisputeClose::Won)
+        .unwrap();
+    settle(&app).await;
+    assert_eq!(balance(&app, "ned@example.com").await, (320, 0));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_refund_seen_only_through_its_refund_event_still_claws_back_once() {
+    let app = TestApp::spawn().await;
+    let charge = buy_and_spend(&app, "ola@example.com", 0).await;
+    let refund = app.stripe.refund(&charge, 500).unwrap();
+    app.stripe.wait_for_deliveries().await;
+    // Only the refund's own event is processed (as when charge.refunded is late or lost).
+    sqlx::query("DELETE FROM stripe_events WHERE type = 'charge.refunded'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.drain().await;
+    assert_eq!(balance(&app, "ola@example.com").await, (20, 0));
+    // Then charge.refunded arrives after all: the refund was applied already.
+    for event in app.stripe.events() {
+        app.stripe.redeliver(event["id"].as_str().unwrap()).unwrap();
+    }
+    settle(&app).await;
+    assert_eq!(balance(&app, "ola@example.com").await, (20, 0));
+    let clawbacks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE business_key = $1")
+            .bind(format!("refund:{refund}"))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(clawbacks, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn reconciliation_refuses_an_event_in_an_api_version_it_cannot_read_instead_of_granting_nothing()
+ {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "pia@example.com").await;
+    let session = start_checkout(&app, &browser, "plan_monthly").await;
+    app.stripe.pay_session(&session).unwrap();
+    settle(&app).await;
+    let (subscription,): (String,) =
+        sqlx::query_as("SELECT stripe_subscription_id FROM subscriptions")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    // The account's default version is older than the code's; the webhooks of the renewal are lost.
+    app.stripe.set_account_api_version("2024-06-20");
+    app.stripe.set_delivery(DeliveryFaults {
+        drop_next: 100,
+        ..DeliveryFaults::default()
+    });
+    let invoice = app
+        .stripe
+        .renew_subscription(&subscription)
+        .unwrap()
+        .unwrap();
+    settle(&app).await;
+    enqueue_with(
+        &app.pool,
+        &jobs::kinds::ReconcileStripeEvents {},
+        EnqueueOptions::default(),
+    )
+    .await
+    .unwrap();
+    app.drain().await;
+    let (processed, outcome): (bool, Option<String>) = sqlx::query_as(
+        "SELECT processed_at IS NOT NULL, outcome FROM stripe_events
+          WHERE type = 'invoice.paid' AND payload #>> '{data,object,id}' = $1",
+    )
+    .bind(&invoice)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(!processed, "left for a version of the code that reads it");
+    let outcome = outcome.unwrap();
+    assert!(outcome.contains("2024-06-20"), "{outcome}");
+    assert_eq!(
+        balance(&app, "pia@example.com").await,
+        (320, 0),
+        "nothing granted, not 0 granted and marked done"
+    );
+    let metrics = app.metrics.render();
+    assert!(
+        metrics.contains(
+            r#"createimage2_stripe_events_refused_total{api_version="2024-06-20",type="invoice.paid"} 1"#
+        ),
+        "{metrics}"
+    );
     app.finish().await;
 }
 
@@ -323,6 +577,7 @@ async fn two_workers_processing_the_same_event_at_once_grant_once() {
     let user = app.create_user(0).await;
     let event = serde_json::json!({
         "id": "evt_concurrent", "object": "event", "type": "checkout.session.completed", "created": 1_700_000_000,
+        "api_version": jobs::stripe::API_VERSION,
         "data": {"object": {
             "id": "cs_test_concurrent", "object": "checkout.session", "mode": "payment", "payment_status": "paid",
             "client_reference_id": user.id.to_string(), "amount_total": 500, "currency": "usd",
@@ -448,5 +703,53 @@ async fn the_waiting_page_hears_the_checkout_url_as_a_server_sent_event() {
     );
     app.stripe.wait_for_deliveries().await;
     app.drain().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_dispute_applied_before_its_payment_waits_for_the_payment_instead_of_being_dropped() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "quin@example.com").await;
+    let session = start_checkout(&app, &browser, "pack_100").await;
+    app.stripe.set_delivery(DeliveryFaults {
+        drop_next: 100,
+        ..DeliveryFaults::default()
+    });
+    app.stripe
+        .pay_session_with_card(&session, DISPUTE_CARD)
+        .unwrap();
+    app.stripe.wait_for_deliveries().await;
+    let event = |kind: &str| {
+        app.stripe
+            .events()
+            .into_iter()
+            .find(|event| event["type"] == kind)
+            .unwrap()
+    };
+    let (dispute, payment) = (
+        event("charge.dispute.created"),
+        event("checkout.session.completed"),
+    );
+    let stripe = app.services.pipeline.as_ref().unwrap().stripe.as_ref();
+    jobs::billing::record_event(&app.pool, &dispute)
+        .await
+        .unwrap();
+    let early = jobs::billing::process(&app.pool, stripe, dispute["id"].as_str().unwrap()).await;
+    assert!(
+        matches!(
+            early,
+            Err(jobs::billing::ProcessError::PaymentNotRecorded(_))
+        ),
+        "retried, not dropped: {early:?}"
+    );
+    jobs::billing::record_event(&app.pool, &payment)
+        .await
+        .unwrap();
+    app.drain().await;
+    assert_eq!(
+        balance(&app, "quin@example.com").await,
+        (20, 0),
+        "the retried dispute froze the purchase once it was recorded"
+    );
     app.finish().await;
 }

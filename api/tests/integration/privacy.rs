@@ -376,7 +376,9 @@ async fn expired_sessions_tokens_old_mail_and_payments_past_seven_years_are_purg
     sqlx::query(
         "INSERT INTO stripe_events (id, type, created, payload, processed_at) VALUES
            ('evt_old', 'x', now(), '{}', now() - interval '36 days'),
-           ('evt_new', 'x', now(), '{}', now() - interval '1 day')",
+           ('evt_new', 'x', now(), '{}', now() - interval '1 day'),
+           ('evt_refused_old', 'x', now() - interval '36 days', '{}', NULL),
+           ('evt_refused_new', 'x', now() - interval '1 day', '{}', NULL)",
     )
     .execute(&app.pool)
     .await
@@ -399,14 +401,14 @@ async fn expired_sessions_tokens_old_mail_and_payments_past_seven_years_are_purg
         (sessions, tokens, payments),
         (1, 1, vec!["cs_new".to_owned()])
     );
-    let events: Vec<String> = sqlx::query_scalar("SELECT id FROM stripe_events")
+    let events: Vec<String> = sqlx::query_scalar("SELECT id FROM stripe_events ORDER BY id")
         .fetch_all(&app.pool)
         .await
         .unwrap();
     assert_eq!(
         events,
-        ["evt_new"],
-        "raw events are kept 35 days after processing"
+        ["evt_new", "evt_refused_new"],
+        "raw events are kept 35 days after processing, or after Stripe created them if never processed"
     );
     app.finish().await;
 }

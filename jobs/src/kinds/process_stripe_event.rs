@@ -42,6 +42,25 @@ impl Job for ProcessStripeEvent {
             Ok(None) => Ok(Outcome::Done),
             Err(ProcessError::Database(error)) => Err(JobError::Retryable(error.into())),
             Err(ProcessError::Stripe(error)) => Err(JobError::Retryable(error.into())),
+            Err(error @ ProcessError::PaymentNotRecorded(_)) => {
+                Err(JobError::Retryable(error.into()))
+            }
+            Err(ProcessError::UnreadableVersion { kind, version }) => {
+                // Not retried: the same bytes will not read differently. The event stays unprocessed (its
+                // outcome says why) for a deploy that reads the version; the metric pages someone.
+                ctx.services
+                    .metrics
+                    .stripe_events_refused_total
+                    .with_label_values(&[&kind, &version])
+                    .inc();
+                tracing::error!(
+                    event = %self.event_id,
+                    r#type = %kind,
+                    api_version = %version,
+                    "Stripe event refused: its API version is not one this code reads"
+                );
+                Ok(Outcome::Done)
+            }
         }
     }
 }

@@ -446,6 +446,12 @@ impl StripeFake {
         self.inner.lock().account_api_version = version.to_owned();
     }
 
+    /// Whether the customer portal's settings have been saved in the dashboard (the default here). Until they are,
+    /// Stripe refuses portal sessions created without an explicit `configuration`.
+    pub fn set_portal_configured(&self, configured: bool) {
+        self.inner.lock().portal_unconfigured = !configured;
+    }
+
     pub fn refund_object(&self, id: &str) -> Option<Value> {
         self.inner.lock().refunds.get(id).cloned()
     }
@@ -724,6 +730,8 @@ struct Shared {
     /// The charge that paid each invoice (Stripe links them through the payment intent).
     invoice_charges: HashMap<String, String>,
     disputes: HashMap<String, Value>,
+    /// Whether the customer portal's settings were saved in the dashboard (see [`StripeFake::set_portal_configured`]).
+    portal_unconfigured: bool,
     /// The account's default API version: events are created in it (see [`StripeFake::set_account_api_version`]).
     /// Empty means [`API_VERSION`].
     account_api_version: String,
@@ -2877,6 +2885,16 @@ impl Shared {
         _origin: &Origin,
     ) -> Result<(Value, Vec<String>), ApiError> {
         params.check_known(PORTAL_SESSION_PARAMS)?;
+        if self.portal_unconfigured && params.get("configuration").is_none() {
+            // Stripe's answer until the portal's settings are saved once in the dashboard (the wording is as
+            // developers report it; Stripe's reference does not print it, and the app does not match on it).
+            return Err(ApiError::invalid(
+                "No configuration provided and your test mode default configuration has not been created. Provide \
+                 a configuration or create your default by saving your customer portal settings in test mode at \
+                 https://dashboard.stripe.com/test/settings/billing/portal.",
+                None,
+            ));
+        }
         let customer = params
             .get("customer")
             .ok_or_else(|| ApiError::missing_param("customer"))?;

@@ -151,14 +151,14 @@ pub async fn intent(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Response, PageError> {
-    let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT status, url, error FROM checkout_intents WHERE id = $1 AND user_id = $2",
+    let row: Option<(String, Option<String>, Option<String>, String)> = sqlx::query_as(
+        "SELECT status, url, error, kind FROM checkout_intents WHERE id = $1 AND user_id = $2",
     )
     .bind(id)
     .bind(member.user_id)
     .fetch_optional(&state.pool)
     .await?;
-    let (status, url, error) = row.ok_or(PageError::NotFound)?;
+    let (status, url, error, kind) = row.ok_or(PageError::NotFound)?;
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -173,5 +173,5 @@ pub async fn intent(
     let failed = (status == "failed")
         .then(|| error.unwrap_or_else(|| "Stripe could not be reached. Please try again.".into()));
     chrome.refresh = failed.is_none();
-    Ok(views::checkout_waiting(&chrome, id, failed.as_deref()).into_response())
+    Ok(views::checkout_waiting(&chrome, id, kind == "portal", failed.as_deref()).into_response())
 }

@@ -745,18 +745,34 @@ pub fn pricing(
 }
 
 /// The page that waits for the worker to create a Stripe session, then sends the browser there.
-pub fn checkout_waiting(chrome: &Chrome, intent: Uuid, failed: Option<&str>) -> Markup {
+/// `portal`: the intent opens the billing portal (from the account page) rather than a checkout.
+pub fn checkout_waiting(
+    chrome: &Chrome,
+    intent: Uuid,
+    portal: bool,
+    failed: Option<&str>,
+) -> Markup {
     page(
-        "Opening checkout",
+        if portal {
+            "Opening the billing portal"
+        } else {
+            "Opening checkout"
+        },
         chrome,
         html! {
             section.narrow id="checkout-intent" data-intent=(intent) {
                 @if let Some(error) = failed {
-                    h1 { "Checkout could not be opened" }
-                    p.error { (error) }
-                    p { a href="/pricing" { "Back to pricing" } }
+                    @if portal {
+                        h1 { "The billing portal could not be opened" }
+                        p.error { (error) }
+                        p { a href="/account#credits" { "Back to your account" } }
+                    } @else {
+                        h1 { "Checkout could not be opened" }
+                        p.error { (error) }
+                        p { a href="/pricing" { "Back to pricing" } }
+                    }
                 } @else {
-                    h1 { "Opening secure checkout…" }
+                    h1 { @if portal { "Opening the billing portal…" } @else { "Opening secure checkout…" } }
                     div.spinner aria-hidden="true" {}
                     p.muted { "Payments are handled by Stripe; we never see your card." }
                 }

@@ -665,6 +665,33 @@ async fn the_billing_portal_opens_for_a_customer() {
 }
 
 #[tokio::test]
+async fn a_portal_stripe_refuses_because_its_settings_were_never_saved_tells_the_user_their_plan_is_unchanged()
+ {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "lia@example.com").await;
+    let session = start_checkout(&app, &browser, "plan_monthly").await;
+    app.stripe.pay_session(&session).unwrap();
+    settle(&app).await;
+    app.stripe.set_portal_configured(false);
+    let account = browser.visit("/account").await;
+    let waiting = browser
+        .post("/billing/portal", &[("csrf", &account.csrf())])
+        .await;
+    let intent = waiting.location().unwrap().to_owned();
+    app.drain().await;
+    let page = browser.visit(&intent).await;
+    assert!(
+        page.contains("The billing portal could not be opened"),
+        "{}",
+        page.body
+    );
+    assert!(page.contains("Your plan and payments are unchanged"));
+    assert!(page.contains(r#"href="/account#credits""#));
+    assert!(!page.contains("Checkout could not be opened"));
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn the_waiting_page_hears_the_checkout_url_as_a_server_sent_event() {
     let app = TestApp::spawn().await;
     let browser = sign_in(&app, "kai@example.com").await;

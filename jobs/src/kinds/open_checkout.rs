@@ -85,6 +85,22 @@ impl Job for OpenCheckout {
                 tx.commit().await?;
                 Ok(Outcome::Done)
             }
+            Err(StripeError::Rejected(message)) if intent.kind == "portal" => {
+                // Most often the portal's settings were never saved in Stripe's dashboard (deploy/README.md).
+                tracing::error!(
+                    intent = %self.intent_id,
+                    error = %message,
+                    "Stripe refused a billing-portal session: are the customer portal settings saved in Stripe's dashboard?"
+                );
+                fail(
+                    &ctx,
+                    self.intent_id,
+                    "Managing your plan online is not available right now. Your plan and payments are unchanged; \
+                     to change or cancel your plan, please contact support.",
+                )
+                .await?;
+                Ok(Outcome::Done)
+            }
             Err(StripeError::Rejected(message)) => {
                 tracing::error!(intent = %self.intent_id, error = %message, "Stripe rejected a checkout");
                 fail(

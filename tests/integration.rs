@@ -312,6 +312,10 @@ async fn under_worker_kills_a_postgres_restart_and_upstream_faults_every_credit_
         "kie answered after the workers' timeout at least once"
     );
     assert!(
+        report.refunds >= 2 && report.disputes >= 4,
+        "refunds and disputes (won and lost) happened among the faults, and were audited above"
+    );
+    assert!(
         report.reconciliations >= 1,
         "two webhooks were dropped: only reconciliation can have granted those purchases"
     );

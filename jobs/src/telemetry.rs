@@ -286,6 +286,11 @@ impl Metrics {
         for kind in ["sign_in", "sign_up"] {
             metrics.sign_ins_total.with_label_values(&[kind]);
         }
+        // Versions cannot be known ahead; one zero series with empty labels (absent, to Prometheus) keeps
+        // "nothing refused" a value.
+        metrics
+            .stripe_events_refused_total
+            .with_label_values(&["", ""]);
         Self(Arc::new(metrics))
     }
 

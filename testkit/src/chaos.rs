@@ -8,7 +8,7 @@
 //! collected as violations rather than panics, so a long run reports all of them.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fakes::{kie::CallbackMode, stripe::DeliveryFaults};
+use fakes::{
+    kie::CallbackMode,
+    stripe::{DISPUTE_CARD, DeliveryFaults, DisputeClose},
+};
 use rand::Rng as _;
 use serde_json::json;
 use sqlx::PgPool;
@@ -91,6 +94,10 @@ pub struct ChaosReport {
     pub max_creates_in_window: u32,
     pub kie_limit: u32,
     pub purchases: usize,
+    /// Purchases refunded (half) from the Stripe side while the workers die.
+    pub refunds: usize,
+    /// Purchases paid with Stripe's dispute test card, their disputes closed won or lost at once.
+    pub disputes: usize,
     /// Reconciliation runs enqueued (the first purchase's webhooks are all dropped).
     pub reconciliations: usize,
     pub dead_jobs: i64,
@@ -101,7 +108,7 @@ pub struct ChaosReport {
 impl ChaosReport {
     /// A human-readable table of the run and the audit.
     pub fn table(&self) -> String {
-        let rows: [(&str, String); 14] = [
+        let rows: [(&str, String); 16] = [
             ("generations requested", self.generations.to_string()),
             (
                 "  succeeded (image in the bucket)",
@@ -134,6 +141,11 @@ impl ChaosReport {
                 "credit packs bought (webhooks doubled)",
                 self.purchases.to_string(),
             ),
+            ("  of them refunded by half", self.refunds.to_string()),
+            (
+                "  of them disputed (closed won or lost)",
+                self.disputes.to_string(),
+            ),
             (
                 "reconciliation runs enqueued",
                 self.reconciliations.to_string(),
@@ -160,13 +172,15 @@ impl ChaosReport {
     pub fn summary(&self) -> String {
         format!(
             "chaos: {} generations ({} succeeded, {} failed and refunded), {} worker kills, {} Postgres restart(s), \
-             {} purchases; {} violations (seed {})",
+             {} purchases ({} refunded, {} disputed); {} violations (seed {})",
             self.generations,
             self.succeeded,
             self.failed_refunded,
             self.kills,
             self.postgres_restarts,
             self.purchases,
+            self.refunds,
+            self.disputes,
             self.violations.len(),
             self.seed
         )
@@ -249,6 +263,7 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
     ));
 
     let mut paid = HashSet::new();
+    let mut fates = HashMap::new();
     let mut last_kill = Instant::now();
     let mut last_reconcile: Option<Instant> = None;
     let restart_at = (plan.kills / 3).max(1);
@@ -271,9 +286,26 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
                         ..doubled.clone()
                     });
                 }
-                let result = app.stripe.pay_session(&session);
+                let fate = Fate::of(paid.len());
+                let result = match fate {
+                    Fate::DisputeWon | Fate::DisputeLost => {
+                        app.stripe.pay_session_with_card(&session, DISPUTE_CARD)
+                    }
+                    Fate::Kept | Fate::RefundedHalf => app.stripe.pay_session(&session),
+                };
                 app.stripe.set_delivery(doubled.clone());
                 if result.is_ok() {
+                    if let Err(error) = befall(app, &session, fate) {
+                        report.violations.push(format!(
+                            "the stand-in refused {fate:?} of {session}: {error:#}"
+                        ));
+                    }
+                    match fate {
+                        Fate::RefundedHalf => report.refunds += 1,
+                        Fate::DisputeWon | Fate::DisputeLost => report.disputes += 1,
+                        Fate::Kept => {}
+                    }
+                    fates.insert(session.clone(), fate);
                     paid.insert(session);
                 }
             }
@@ -374,6 +406,7 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
     report.callbacks_sent = stats.callbacks_sent;
     report.max_creates_in_window = stats.max_creates_in_window;
     audit(app, &plan, &users, pack.credits, &mut report).await;
+    audit_fates(app, &fates, &pack, &mut report.violations).await;
     report.elapsed = started.elapsed();
     report
 }
@@ -522,6 +555,98 @@ async fn post_generations(
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// What happens to a purchase after it is paid, from Stripe's side (each while the workers are being killed and
+/// the webhooks doubled): the first is kept (its webhooks are all dropped), then in turn refunded by half,
+/// disputed and won, disputed and lost, kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Kept,
+    RefundedHalf,
+    DisputeWon,
+    DisputeLost,
+}
+
+impl Fate {
+    fn of(index: usize) -> Self {
+        match index % 4 {
+            1 => Self::RefundedHalf,
+            2 => Self::DisputeWon,
+            3 => Self::DisputeLost,
+            _ => Self::Kept,
+        }
+    }
+}
+
+/// Refunds half the session's charge (as an operator would from the dashboard), or closes the dispute Stripe's
+/// dispute test card opened on it.
+fn befall(app: &TestApp, session: &str, fate: Fate) -> anyhow::Result<()> {
+    let charge = app
+        .stripe
+        .session_charge(session)
+        .ok_or_else(|| anyhow::anyhow!("no charge"))?;
+    let dispute = || {
+        app.stripe
+            .events()
+            .iter()
+            .find(|event| {
+                event["type"] == "charge.dispute.created"
+                    && event["data"]["object"]["charge"] == charge.as_str()
+            })
+            .and_then(|event| event["data"]["object"]["id"].as_str().map(str::to_owned))
+            .ok_or_else(|| anyhow::anyhow!("the dispute test card opened no dispute"))
+    };
+    match fate {
+        Fate::Kept => Ok(()),
+        Fate::RefundedHalf => {
+            let amount = app.stripe.charge(&charge).expect("the charge")["amount"]
+                .as_i64()
+                .unwrap_or_default();
+            app.stripe.refund(&charge, amount / 2).map(drop)
+        }
+        Fate::DisputeWon => app.stripe.close_dispute(&dispute()?, DisputeClose::Won),
+        Fate::DisputeLost => app.stripe.close_dispute(&dispute()?, DisputeClose::Lost),
+    }
+}
+
+/// Each purchase's refund or dispute took its effect once: half the credits (rounded up) clawed back for a
+/// refund; the pack frozen for a dispute, and released only when won.
+async fn audit_fates(
+    app: &TestApp,
+    fates: &HashMap<String, Fate>,
+    pack: &jobs::config::Product,
+    violations: &mut Vec<String>,
+) {
+    let pack_credits = pack.credits;
+    // The refund's share, as billing computes it: in proportion to the amount, rounded up.
+    let refunded_half =
+        (pack_credits * (pack.amount_minor / 2) + pack.amount_minor - 1) / pack.amount_minor;
+    for (session, fate) in fates {
+        let effects: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT coalesce(sum(l.amount) FILTER (WHERE l.business_key LIKE 'refund:%'), 0)::bigint,
+                    coalesce(sum(l.amount) FILTER (WHERE l.kind = 'freeze'), 0)::bigint,
+                    coalesce(sum(l.amount) FILTER (WHERE l.kind = 'release'), 0)::bigint
+               FROM checkout_intents i JOIN credit_ledger l ON l.user_id = i.user_id
+              WHERE i.stripe_session_id = $1",
+        )
+        .bind(session)
+        .fetch_optional(&app.pool)
+        .await
+        .ok()
+        .flatten();
+        let expected = match fate {
+            Fate::Kept => (0, 0, 0),
+            Fate::RefundedHalf => (-refunded_half, 0, 0),
+            Fate::DisputeWon => (0, -pack_credits, pack_credits),
+            Fate::DisputeLost => (0, -pack_credits, 0),
+        };
+        if effects != Some(expected) {
+            violations.push(format!(
+                "purchase {session} ({fate:?}): refund, freeze and release sums {effects:?}, expected {expected:?}"
+            ));
+        }
     }
 }
 

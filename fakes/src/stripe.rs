@@ -725,8 +725,12 @@ struct Shared {
     charges: HashMap<String, Value>,
     /// Refunds by id. A charge does not carry them (API 2022-11-15 and later) unless `expand[]=refunds` asks.
     refunds: HashMap<String, Value>,
+    /// Refund ids, oldest first (Stripe lists newest first; many share a `created` second).
+    refund_order: Vec<String>,
     /// Invoice payments by id. An invoice does not carry them unless `expand[]=payments` asks.
     invoice_payments: HashMap<String, Value>,
+    /// Invoice payment ids, oldest first.
+    invoice_payment_order: Vec<String>,
     /// The charge that paid each invoice (Stripe links them through the payment intent).
     invoice_charges: HashMap<String, String>,
     disputes: HashMap<String, Value>,
@@ -2284,6 +2288,7 @@ impl Shared {
         // Stripe's list example (API reference, "List all payments for an invoice") names only the payment
         // intent under `payment` for `type: payment_intent`.
         let payment_id = new_id("inpay_");
+        self.invoice_payment_order.push(payment_id.clone());
         self.invoice_payments.insert(
             payment_id.clone(),
             json!({
@@ -2603,6 +2608,7 @@ impl Shared {
         charge["amount_refunded"] = json!(refunded + amount);
         charge["refunded"] = json!(refunded + amount == captured);
         let charge = charge.clone();
+        self.refund_order.push(refund_id.clone());
         self.refunds.insert(refund_id, refund.clone());
         let events = vec![
             self.emit("charge.refunded", &charge, Some(previous), &origin),
@@ -2670,9 +2676,11 @@ impl Shared {
 
     /// `GET /v1/refunds?charge=…|payment_intent=…`: newest first, with `limit` and `starting_after`.
     fn list_refunds(&self, params: &Params) -> Result<Value, ApiError> {
-        let mut refunds: Vec<&Value> = self
-            .refunds
-            .values()
+        let refunds: Vec<&Value> = self
+            .refund_order
+            .iter()
+            .rev()
+            .filter_map(|id| self.refunds.get(id))
             .filter(|refund| {
                 params
                     .get("charge")
@@ -2682,17 +2690,16 @@ impl Shared {
                         .is_none_or(|intent| refund["payment_intent"] == intent)
             })
             .collect();
-        refunds.sort_by_key(|refund| {
-            std::cmp::Reverse((refund["created"].as_i64(), string(&refund["id"])))
-        });
         page_of(refunds, params, "/v1/refunds", "refund")
     }
 
     /// `GET /v1/invoice_payments?invoice=…`: with `status`, `limit` and `starting_after`.
     fn list_invoice_payments(&self, params: &Params) -> Result<Value, ApiError> {
-        let mut payments: Vec<&Value> = self
-            .invoice_payments
-            .values()
+        let payments: Vec<&Value> = self
+            .invoice_payment_order
+            .iter()
+            .rev()
+            .filter_map(|id| self.invoice_payments.get(id))
             .filter(|payment| {
                 params
                     .get("invoice")
@@ -2705,9 +2712,6 @@ impl Shared {
                         .is_none_or(|intent| payment["payment"]["payment_intent"] == intent)
             })
             .collect();
-        payments.sort_by_key(|payment| {
-            std::cmp::Reverse((payment["created"].as_i64(), string(&payment["id"])))
-        });
         page_of(payments, params, "/v1/invoice_payments", "invoice_payment")
     }
 
@@ -2715,13 +2719,14 @@ impl Shared {
     fn charge_view(&self, id: &str, params: &Params) -> Result<Value, ApiError> {
         let mut charge = lookup(&self.charges, "charge", id)?;
         if params.list("expand").iter().any(|field| field == "refunds") {
-            let mut refunds: Vec<Value> = self
-                .refunds
-                .values()
+            let refunds: Vec<Value> = self
+                .refund_order
+                .iter()
+                .rev()
+                .filter_map(|refund| self.refunds.get(refund))
                 .filter(|refund| refund["charge"] == id)
                 .cloned()
                 .collect();
-            refunds.sort_by_key(|refund| std::cmp::Reverse(refund["created"].as_i64()));
             charge["refunds"] = list_json(refunds, &format!("/v1/charges/{id}/refunds"));
         }
         Ok(charge)
@@ -2736,8 +2741,9 @@ impl Shared {
             .any(|field| field == "payments")
         {
             let payments: Vec<Value> = self
-                .invoice_payments
-                .values()
+                .invoice_payment_order
+                .iter()
+                .filter_map(|payment| self.invoice_payments.get(payment))
                 .filter(|payment| payment["invoice"] == id)
                 .cloned()
                 .collect();

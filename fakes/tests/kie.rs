@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::{Router, http::HeaderMap, routing::post};
 use base64::Engine as _;
-use fakes::kie::{CallbackMode, FakeKieConfig, KieFake};
+use fakes::kie::{CallbackMode, FailCodes, FakeKieConfig, KieFake};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -364,6 +364,82 @@ async fn a_refused_prompt_fails_with_the_content_policy_message() {
         ),
         (Some("fail"), Some("500"))
     );
+}
+
+/// Polls until the task is done, whatever the envelope code of its answers.
+async fn poll_until_finished_answering(fake: &KieFake, task_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = record_info(fake, task_id).await;
+        let state = answer["data"]["state"].as_str().unwrap();
+        if state == "success" || state == "fail" {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "task never finished: {answer}");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+}
+
+#[tokio::test]
+async fn in_the_501_mode_a_failed_task_is_answered_with_code_501_and_its_data() {
+    let fake = KieFake::start(FakeKieConfig {
+        failed_task_code: 501,
+        ..quick()
+    })
+    .await
+    .unwrap();
+    let task_id = create_ok(&fake, &text("something [fail500]", "1:1", "1K")).await;
+    let done = poll_until_finished_answering(&fake, &task_id).await;
+    assert_eq!(done["code"], 501, "{done}");
+    assert_eq!(message(&done), "internal error");
+    assert_eq!(done["data"]["taskId"], task_id.as_str());
+    assert_eq!(
+        (
+            done["data"]["failCode"].as_str(),
+            done["data"]["failMsg"].as_str()
+        ),
+        (Some("500"), Some("internal error"))
+    );
+    let fine = create_ok(&fake, &text("a", "1:1", "1K")).await;
+    assert_eq!(
+        poll_until_done(&fake, &fine).await["code"],
+        200,
+        "successes stay 200"
+    );
+}
+
+#[tokio::test]
+async fn named_fail_codes_are_generation_failed_and_null_while_not_failed() {
+    let fake = KieFake::start(FakeKieConfig {
+        fail_codes: FailCodes::Named,
+        ..quick()
+    })
+    .await
+    .unwrap();
+    let failed = create_ok(&fake, &text("[refuse]", "1:1", "1K")).await;
+    let done = poll_until_done(&fake, &failed).await;
+    assert_eq!(done["data"]["failCode"], "GENERATION_FAILED");
+    assert_eq!(
+        done["data"]["failMsg"],
+        "Invalid prompt: prompt contains prohibited content"
+    );
+    let fine = create_ok(&fake, &text("a", "1:1", "1K")).await;
+    let done = poll_until_done(&fake, &fine).await;
+    assert!(done["data"]["failCode"].is_null(), "{done}");
+}
+
+#[tokio::test]
+async fn a_failure_callback_carries_code_501_with_the_task_data() {
+    let fake = KieFake::start(quick()).await.unwrap();
+    let (url, mut received) = receiver(200).await;
+    let mut body = text("[refuse]", "1:1", "1K");
+    body["callBackUrl"] = json!(url);
+    let task_id = create_ok(&fake, &body).await;
+    let (_, callback) = next(&mut received).await;
+    assert_eq!(callback["code"], 501, "{callback}");
+    assert_eq!(callback["data"]["taskId"], task_id.as_str());
+    assert_eq!(callback["data"]["state"], "fail");
+    assert_eq!(callback["data"]["failCode"], "422");
 }
 
 #[tokio::test]

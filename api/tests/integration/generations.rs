@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fakes::kie::CallbackMode;
+use fakes::kie::{CallbackMode, FailCodes};
 use jobs::config::GenerationConfig;
 use serde_json::{Value, json};
 use testkit::{TestApp, TestUser, images};
@@ -443,6 +443,92 @@ async fn a_500_class_upstream_failure_is_retried_once_with_a_new_task_then_refun
     assert_eq!(
         ledger(&app, &user).await,
         vec![("reserve".into(), -10), ("refund".into(), 10)]
+    );
+    app.finish().await;
+}
+
+/// Whether kie's recordInfo answers `code: 501` for a failed task is not documented (its code table lists 501,
+/// "generation failed", and failure callbacks carry it): the task's data is read either way.
+#[tokio::test]
+async fn a_failed_task_answered_with_code_501_is_retried_once_then_refunded_with_kies_reason() {
+    let app = TestApp::builder()
+        .kie(|k| k.failed_task_code = 501)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "[fail500] unlucky"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("internal error"),
+        "kie's failMsg reaches the user, not status_unavailable: {done}"
+    );
+    assert_eq!(app.kie.stats().tasks_created, 2, "retried once");
+
+    let (_, refused) = app
+        .create_generation(&user, json!({"prompt": "[refuse] something forbidden"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&refused)).await;
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("content policy"),
+        "{done}"
+    );
+    assert_eq!(app.kie.stats().tasks_created, 3, "a refusal is not retried");
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![
+            ("reserve".into(), -10),
+            ("refund".into(), 10),
+            ("reserve".into(), -10),
+            ("refund".into(), 10)
+        ]
+    );
+    app.finish().await;
+}
+
+/// Newer kie Market schemas name their fail codes (`"GENERATION_FAILED"`, `null` on success).
+#[tokio::test]
+async fn a_named_generation_failed_code_is_retried_once_and_a_refusal_under_it_never() {
+    let app = TestApp::builder()
+        .kie(|k| k.fail_codes = FailCodes::Named)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "[fail500] unlucky"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(app.kie.stats().tasks_created, 2, "retried once");
+
+    let (_, refused) = app
+        .create_generation(&user, json!({"prompt": "[refuse] something forbidden"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&refused)).await;
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("content policy"),
+        "{done}"
+    );
+    assert_eq!(app.kie.stats().tasks_created, 3, "a refusal is not retried");
+
+    let (_, fine) = app
+        .create_generation(&user, json!({"prompt": "a calm sea"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&fine)).await;
+    assert_eq!(
+        done["status"], "succeeded",
+        "a null failCode is no failure: {done}"
     );
     app.finish().await;
 }

@@ -50,7 +50,7 @@ const ASPECT_RATIOS: [&str; 16] = [
     "1:3", "21:9", "9:21",
 ];
 const RESOLUTIONS: [&str; 3] = ["1K", "2K", "4K"];
-/// Ratios kie rejects above 1K.
+/// Ratios kie rejects above 1K (both models).
 const ONLY_1K_RATIOS: [&str; 5] = ["5:4", "4:5", "3:1", "1:3", "9:21"];
 const MAX_PROMPT_CHARS: usize = 20_000;
 const MAX_INPUT_URLS: usize = 16;
@@ -774,17 +774,21 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, String> {
             "input.resolution must be 1K, 2K or 4K, not {resolution:?}"
         ));
     }
+    // Each model's own page: text-to-image forbids only 2K/4K with the five ratios; image-to-image adds
+    // "no 4K at 1:1" and "auto only at 1K" (and keeps the five, as its page was not confirmed to drop them).
     if resolution != "1K" && ONLY_1K_RATIOS.contains(&aspect_ratio) {
         return Err(format!(
             "aspect_ratio {aspect_ratio} is only available at 1K, not {resolution}"
         ));
     }
-    if resolution == "4K" && aspect_ratio == "1:1" {
-        return Err("aspect_ratio 1:1 is not available at 4K".to_owned());
-    }
-    if aspect_ratio == "auto" && resolution != "1K" {
+    if model == IMAGE_TO_IMAGE && resolution == "4K" && aspect_ratio == "1:1" {
         return Err(format!(
-            "aspect_ratio auto is only available at 1K, not {resolution}"
+            "aspect_ratio 1:1 is not available at 4K for {IMAGE_TO_IMAGE}"
+        ));
+    }
+    if model == IMAGE_TO_IMAGE && aspect_ratio == "auto" && resolution != "1K" {
+        return Err(format!(
+            "aspect_ratio auto is only available at 1K for {IMAGE_TO_IMAGE}, not {resolution}"
         ));
     }
     let input_urls = match input.get("input_urls") {

@@ -239,21 +239,24 @@ async fn invalid_combinations_are_rejected_with_422() {
     .unwrap();
     let i2i = |urls: Value| json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "make it blue", "input_urls": urls } });
     let long_prompt = "x".repeat(20_001);
+    let i2i_at = |aspect_ratio: &str, resolution: &str| json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "a", "aspect_ratio": aspect_ratio, "resolution": resolution, "input_urls": ["https://example.com/a.png"] } });
     let cases = [
-        text("a", "1:1", "4K"),
+        i2i_at("1:1", "4K"),
+        i2i_at("auto", "2K"),
+        i2i_at("5:4", "2K"),
+        i2i_at("9:21", "4K"),
+        json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "a", "resolution": "2K", "input_urls": ["https://example.com/a.png"] } }),
         text("a", "5:4", "2K"),
         text("a", "4:5", "4K"),
         text("a", "3:1", "2K"),
         text("a", "1:3", "2K"),
         text("a", "9:21", "4K"),
-        text("a", "auto", "2K"),
         text("a", "7:3", "1K"),
         text("a", "1:1", "8K"),
         text("", "1:1", "1K"),
         text(&long_prompt, "1:1", "1K"),
         json!({ "model": "gpt-image-1", "input": { "prompt": "a" } }),
         json!({ "model": "gpt-image-2-text-to-image" }),
-        json!({ "model": "gpt-image-2-text-to-image", "input": { "prompt": "a", "resolution": "2K" } }),
         i2i(json!([])),
         json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "a" } }),
         i2i(json!(vec!["https://example.com/a.png"; 17])),
@@ -270,8 +273,11 @@ async fn invalid_combinations_are_rejected_with_422() {
     }
     assert!(fake.tasks().is_empty());
 
-    // Allowed edge cases, and an image-to-image whose input really can be fetched.
+    // Allowed edge cases, and an image-to-image whose input really can be fetched. The text-to-image page forbids
+    // only the five ratios above 1K: 4K at 1:1 and auto above 1K are image-to-image rules.
     create_ok(&fake, &text("a", "1:1", "2K")).await;
+    create_ok(&fake, &text("a", "1:1", "4K")).await;
+    create_ok(&fake, &text("a", "auto", "2K")).await;
     create_ok(&fake, &text("a", "9:21", "1K")).await;
     create_ok(&fake, &text("a", "16:9", "4K")).await;
     create_ok(&fake, &text(&"x".repeat(20_000), "auto", "1K")).await;
@@ -287,7 +293,7 @@ async fn invalid_combinations_are_rejected_with_422() {
     let edit = tasks.iter().find(|task| task.task_id == edit).unwrap();
     assert_eq!(edit.input_urls, vec![url]);
     assert_eq!(edit.aspect_ratio, "auto");
-    let defaulted = &tasks[4];
+    let defaulted = &tasks[6];
     assert_eq!(
         (
             defaulted.aspect_ratio.as_str(),

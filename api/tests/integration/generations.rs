@@ -574,11 +574,11 @@ async fn invalid_requests_get_422_naming_the_field_and_spend_nothing() {
             "aspect_ratio",
         ),
         (
-            json!({"prompt": "ok", "aspect_ratio": "auto", "resolution": "2K"}),
+            json!({"prompt": "ok", "aspect_ratio": "5:4", "resolution": "2K"}),
             "resolution",
         ),
         (
-            json!({"prompt": "ok", "aspect_ratio": "1:1", "resolution": "4K"}),
+            json!({"prompt": "ok", "aspect_ratio": "1:1", "resolution": "4K", "reference_upload_ids": [uuid::Uuid::new_v4()]}),
             "resolution",
         ),
         (
@@ -598,6 +598,45 @@ async fn invalid_requests_get_422_naming_the_field_and_spend_nothing() {
         );
     }
     assert_eq!(app.balance(&user).await, 100);
+    app.finish().await;
+}
+
+/// kie's text-to-image page forbids only 2K/4K with 5:4, 4:5, 3:1, 1:3, 9:21; "no 4K at 1:1" and "auto only
+/// at 1K" are on the image-to-image page, which a generation with references uses.
+#[tokio::test]
+async fn four_k_at_1_1_and_auto_at_2k_are_made_without_references_and_refused_with_them() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(200).await;
+    for (aspect_ratio, resolution) in [("1:1", "4K"), ("auto", "2K")] {
+        let (status, created) = app
+            .create_generation(
+                &user,
+                json!({"prompt": "a square lighthouse", "aspect_ratio": aspect_ratio, "resolution": resolution}),
+            )
+            .await;
+        assert_eq!(status, 202, "{created}");
+        let done = app.wait_until_finished(&user, &id_of(&created)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let reference = app
+        .upload_reference(&user, images::png(8, 8), "image/png")
+        .await;
+    for (aspect_ratio, resolution) in [("1:1", "4K"), ("auto", "2K")] {
+        let (status, answer) = app
+            .create_generation(
+                &user,
+                json!({"prompt": "make it square", "aspect_ratio": aspect_ratio, "resolution": resolution,
+                       "reference_upload_ids": [reference]}),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (422, Some("resolution")),
+            "{answer}"
+        );
+    }
+    assert_eq!(app.kie.tasks().len(), 2);
+    assert_eq!(app.balance(&user).await, 200 - 40 - 20);
     app.finish().await;
 }
 

@@ -94,6 +94,25 @@ async fn a_resubmitted_generator_form_creates_one_generation() {
 }
 
 #[tokio::test]
+async fn the_generator_offers_each_models_own_resolutions_with_and_without_references() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "rules@example.com").await;
+    let home = browser.visit("/").await;
+    assert!(
+        home.contains("data-allowed=\"auto=1K|2K|4K;1:1=1K|2K|4K;"),
+        "text to image: {}",
+        home.body
+    );
+    assert!(
+        home.contains("data-allowed-with-references=\"auto=1K;1:1=1K|2K;"),
+        "image to image: {}",
+        home.body
+    );
+    assert!(home.contains(";5:4=1K;"));
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_refused_generation_shows_the_form_again_with_the_reason_and_the_prompt_kept() {
     let app = TestApp::spawn().await;
     let browser = sign_in(&app, "cy@example.com").await;
@@ -122,13 +141,13 @@ async fn a_refused_generation_shows_the_form_again_with_the_reason_and_the_promp
             &[
                 ("csrf", &home.csrf()),
                 ("prompt", "x"),
-                ("aspect_ratio", "auto"),
+                ("aspect_ratio", "5:4"),
                 ("resolution", "2K"),
             ],
         )
         .await;
     assert_eq!(invalid.status, 422);
-    assert!(invalid.contains("2K is not available with aspect ratio auto"));
+    assert!(invalid.contains("2K is not available with aspect ratio 5:4"));
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
         .fetch_one(&app.pool)
         .await

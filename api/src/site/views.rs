@@ -261,7 +261,7 @@ pub fn landing(
                         label for="trial-prompt" { "Prompt" }
                         textarea id="trial-prompt" name="prompt" rows="3" maxlength="20000" required { (form.prompt) }
                         (aspect_ratio_select(&form.aspect_ratio))
-                        div.cf-turnstile data-sitekey=(site_key) {}
+                        div.cf-turnstile data-sitekey=(site_key) data-action=(super::trial::TRIAL_ACTION) {}
                         script src=(script_url) async defer {}
                         button.primary type="submit" id="trial-generate" { "Generate my free image" }
                     }

@@ -750,3 +750,117 @@ async fn stalled_answers_come_only_after_the_stall_and_a_stalled_create_still_cr
     );
     assert_eq!(fake.stats().stalled_answers, 2);
 }
+
+// ---- fidelity to kie's documented examples ----
+
+/// kie's Get Task Details example (<https://docs.kie.ai/market/common/get-task-detail>, read 2026-12-06 through
+/// the search tool's copy of the page), as published: a Market model's task, so its `model` is not ours.
+const DOCUMENTED_RECORD_INFO: &str = r#"{
+  "code": 200,
+  "message": "success",
+  "data": {
+    "taskId": "task_12345678",
+    "model": "grok-imagine/text-to-image",
+    "state": "success",
+    "param": "{\"model\":\"grok-imagine/text-to-image\",\"callBackUrl\":\"https://your-domain.com/api/callback\",\"input\":{\"prompt\":\"Cinematic portrait...\",\"aspect_ratio\":\"3:2\"}}",
+    "resultJson": "{\"resultUrls\":[\"https://example.com/generated-content.jpg\"]}",
+    "failCode": "",
+    "failMsg": "",
+    "completeTime": 1698765432000,
+    "createTime": 1698765400000,
+    "updateTime": 1698765432000
+  }
+}"#;
+
+/// kie's Common API examples (<https://docs.kie.ai/common-api>, "Get Download URL" and "Get Remaining Credits",
+/// read 2026-12-06).
+const DOCUMENTED_DOWNLOAD_URL: &str = r#"{"code": 200, "msg": "success", "data": "https://tempfile.1f6cxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxbd98"}"#;
+const DOCUMENTED_CREDIT: &str = r#"{"code": 200, "msg": "success", "data": 100}"#;
+
+/// The JSON type of a value, for comparing shapes.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The envelope as `jobs::kie` reads it: a numeric `code`, a message under `msg` or `message`.
+fn assert_envelope(answer: &Value) {
+    assert_eq!(kind(&answer["code"]), "number", "{answer}");
+    assert!(
+        answer["msg"].is_string() || answer["message"].is_string(),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn every_field_the_client_reads_is_in_kies_documented_examples_and_the_stand_in_answers_in_their_shape()
+ {
+    let documented: Value = serde_json::from_str(DOCUMENTED_RECORD_INFO).unwrap();
+    assert_envelope(&documented);
+    let data = &documented["data"];
+    // What jobs/src/kie.rs (TaskInfo::from_data) and api/src/webhooks.rs read.
+    for field in ["taskId", "state", "resultJson", "failCode", "failMsg"] {
+        assert!(data.get(field).is_some(), "{field} is not in kie's example");
+    }
+    // `resultJson` is a JSON string holding `resultUrls`.
+    assert!(!result_urls(data).is_empty());
+    // `costTime` is read when present; kie's example does not have it, so the client must not need it.
+    assert!(data.get("costTime").is_none());
+
+    // The stand-in's answer for a finished task has every documented field, with the same JSON type.
+    let fake = KieFake::start(quick()).await.unwrap();
+    let task_id = create_ok(&fake, &text("a lighthouse", "3:2", "1K")).await;
+    let answer = poll_until_done(&fake, &task_id).await;
+    assert_envelope(&answer);
+    for (field, value) in data.as_object().unwrap() {
+        assert_eq!(
+            kind(&answer["data"][field]),
+            kind(value),
+            "data.{field}: {answer}"
+        );
+    }
+    let param: Value = serde_json::from_str(answer["data"]["param"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        param["input"]["aspect_ratio"], "3:2",
+        "param echoes the request"
+    );
+    assert!(!result_urls(&answer["data"]).is_empty());
+
+    for (documented, path, body) in [
+        (
+            DOCUMENTED_DOWNLOAD_URL,
+            "/api/v1/common/download-url",
+            Some(json!({ "url": result_urls(&answer["data"])[0] })),
+        ),
+        (DOCUMENTED_CREDIT, "/api/v1/chat/credit", None),
+    ] {
+        let documented: Value = serde_json::from_str(documented).unwrap();
+        assert_envelope(&documented);
+        let client = reqwest::Client::new();
+        let request = match &body {
+            Some(body) => client.post(format!("{}{path}", fake.base_url())).json(body),
+            None => client.get(format!("{}{path}", fake.base_url())),
+        };
+        let answer: Value = request
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_envelope(&answer);
+        assert_eq!(answer["code"], 200, "{answer}");
+        assert_eq!(
+            kind(&answer["data"]),
+            kind(&documented["data"]),
+            "{path}: {answer}"
+        );
+    }
+}

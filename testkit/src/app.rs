@@ -40,8 +40,11 @@ pub struct TestAppBuilder {
     /// The kie client's request timeout.
     kie_timeout: Duration,
     /// Adjusts the trial's Turnstile configuration once the stand-in's is in place.
-    turnstile: Option<Box<dyn FnOnce(&mut TurnstileConfig) + Send>>,
+    turnstile: Option<ConfigureTurnstile>,
 }
+
+/// A test's adjustment of the trial's Turnstile configuration.
+type ConfigureTurnstile = Box<dyn FnOnce(&mut TurnstileConfig) + Send>;
 
 /// The Google stand-in's registered client in tests.
 pub const GOOGLE_CLIENT_ID: &str = "test-client.apps.googleusercontent.com";

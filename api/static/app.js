@@ -22,15 +22,20 @@ const csrf = () => document.body.dataset.csrf || "";
 (function generator() {
   const form = document.getElementById("generator");
   if (!form) return;
-  const allowed = Object.fromEntries(form.dataset.allowed.split(";").map((p) => {
+  // The rules differ by model: with reference images attached the image-to-image model's apply.
+  const matrix = (data) => Object.fromEntries(data.split(";").map((p) => {
     const [ratio, list] = p.split("=");
     return [ratio, list.split("|")];
   }));
+  const withoutReferences = matrix(form.dataset.allowed);
+  const withReferences = matrix(form.dataset.allowedWithReferences);
   const ratio = document.getElementById("aspect_ratio");
   const resolution = document.getElementById("resolution");
   const cost = document.getElementById("cost");
+  const previews = document.getElementById("reference-previews");
   const update = () => {
-    const ok = allowed[ratio.value] || ["1K"];
+    const referenced = previews.querySelector("input[name=reference_upload_ids]") !== null;
+    const ok = (referenced ? withReferences : withoutReferences)[ratio.value] || ["1K"];
     for (const option of resolution.options) option.disabled = !ok.includes(option.value);
     if (resolution.selectedOptions[0].disabled) resolution.value = ok[0];
     cost.textContent = resolution.selectedOptions[0].dataset.cost;
@@ -41,7 +46,6 @@ const csrf = () => document.body.dataset.csrf || "";
 
   // Reference images go straight to the bucket through a presigned PUT; the form carries their ids.
   const files = document.getElementById("reference-files");
-  const previews = document.getElementById("reference-previews");
   const status = document.getElementById("upload-status");
   const submit = document.getElementById("generate");
   files.addEventListener("change", async () => {
@@ -75,12 +79,14 @@ const csrf = () => document.body.dataset.csrf || "";
       } catch (error) {
         status.textContent = file.name + ": " + error.message;
         submit.disabled = false;
+        update();
         return;
       }
     }
     status.textContent = done + " reference image(s) attached.";
     files.value = "";
     submit.disabled = false;
+    update();
   });
 })();
 

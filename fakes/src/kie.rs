@@ -9,6 +9,13 @@
 //! [`KieFake::update`]); a task's outcome is chosen by markers in its prompt:
 //! `[refuse]` (content-policy failure), `[fail500]` (internal failure), `[no-urls-once]` (the first success
 //! answer has no URLs), `[slow]` (3× the configured maximum latency).
+//!
+//! Where kie's documentation is silent or has changed, the documented form is the default and the other reading
+//! is an opt-in mode, so the client is tested against both: recordInfo for a failed task answers `code: 200`
+//! (the Get Task Details example) unless [`FakeKieConfig::failed_task_code`] says 501 (the code that page lists as
+//! "generation failed", and the one failure callbacks carry); `failCode` is a string of digits (`"422"`, `"500"`)
+//! and `""` while not failed unless [`FakeKieConfig::fail_codes`] asks for the newer Market schemas' named codes
+//! (`"GENERATION_FAILED"`, `null` while not failed).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -43,7 +50,7 @@ const ASPECT_RATIOS: [&str; 16] = [
     "1:3", "21:9", "9:21",
 ];
 const RESOLUTIONS: [&str; 3] = ["1K", "2K", "4K"];
-/// Ratios kie rejects above 1K.
+/// Ratios kie rejects above 1K (both models).
 const ONLY_1K_RATIOS: [&str; 5] = ["5:4", "4:5", "3:1", "1:3", "9:21"];
 const MAX_PROMPT_CHARS: usize = 20_000;
 const MAX_INPUT_URLS: usize = 16;
@@ -97,6 +104,12 @@ pub struct FakeKieConfig {
     pub result_url_ttl: Duration,
     /// Long side in pixels of generated images.
     pub image_max_side: u32,
+    /// The envelope `code` of a recordInfo answer for a failed task, with the task's `data` all the same: 200 (the
+    /// default, as kie's Get Task Details example) or 501 ("generation failed" in that page's code table; kie does
+    /// not say whether recordInfo itself answers it). Failure callbacks always carry 501, as kie documents.
+    pub failed_task_code: u32,
+    /// How `failCode` is spelled.
+    pub fail_codes: FailCodes,
     /// Seeds the only random choice the stand-in makes, each task's latency within `latency`, so a run can be
     /// repeated with the same draws (in the order tasks arrive). `None`: seeded from the OS. Read at start.
     pub seed: Option<u64>,
@@ -121,9 +134,23 @@ impl Default for FakeKieConfig {
             account_error: None,
             result_url_ttl: Duration::from_secs(24 * 60 * 60),
             image_max_side: 1024,
+            failed_task_code: 200,
+            fail_codes: FailCodes::Digits,
             seed: None,
         }
     }
+}
+
+/// How a task's `failCode` is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailCodes {
+    /// kie's Get Task Details page: HTTP-like codes as strings (`"422"` for a refused prompt, `"500"` for an
+    /// internal failure), `""` while the task has not failed.
+    #[default]
+    Digits,
+    /// The newer Market schemas: a named code, `"GENERATION_FAILED"`, for every failure (the reason is only in
+    /// `failMsg`), `null` while the task has not failed.
+    Named,
 }
 
 /// What happens to callbacks when a task completes.
@@ -361,6 +388,10 @@ impl Task {
         }
     }
 
+    fn failed(&self, now: Instant) -> bool {
+        self.phase(now) == Phase::Done && matches!(self.outcome, Outcome::Fail { .. })
+    }
+
     fn succeeded(&self, now: Instant) -> bool {
         self.phase(now) == Phase::Done && matches!(self.outcome, Outcome::Success)
     }
@@ -393,7 +424,14 @@ impl Task {
     }
 
     /// The `data` of a recordInfo answer (and of a callback) at `now`.
-    fn record(&self, now: Instant, base_url: &str, ttl: Duration, withhold_urls: bool) -> Value {
+    fn record(
+        &self,
+        now: Instant,
+        base_url: &str,
+        ttl: Duration,
+        withhold_urls: bool,
+        fail_codes: FailCodes,
+    ) -> Value {
         let phase = self.phase(now);
         let elapsed = now.saturating_duration_since(self.created_at);
         let (progress, update_ms) = match phase {
@@ -427,6 +465,11 @@ impl Task {
             }
             (Phase::Done, Outcome::Fail { code, msg }) => (String::new(), code, msg),
             _ => (String::new(), "", ""),
+        };
+        let fail_code = match (fail_codes, fail_code) {
+            (FailCodes::Digits, code) => json!(code),
+            (FailCodes::Named, "") => Value::Null,
+            (FailCodes::Named, _) => json!("GENERATION_FAILED"),
         };
         let mut data = json!({
             "taskId": self.id,
@@ -731,17 +774,21 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, String> {
             "input.resolution must be 1K, 2K or 4K, not {resolution:?}"
         ));
     }
+    // Each model's own page: text-to-image forbids only 2K/4K with the five ratios; image-to-image adds
+    // "no 4K at 1:1" and "auto only at 1K" (and keeps the five, as its page was not confirmed to drop them).
     if resolution != "1K" && ONLY_1K_RATIOS.contains(&aspect_ratio) {
         return Err(format!(
             "aspect_ratio {aspect_ratio} is only available at 1K, not {resolution}"
         ));
     }
-    if resolution == "4K" && aspect_ratio == "1:1" {
-        return Err("aspect_ratio 1:1 is not available at 4K".to_owned());
-    }
-    if aspect_ratio == "auto" && resolution != "1K" {
+    if model == IMAGE_TO_IMAGE && resolution == "4K" && aspect_ratio == "1:1" {
         return Err(format!(
-            "aspect_ratio auto is only available at 1K, not {resolution}"
+            "aspect_ratio 1:1 is not available at 4K for {IMAGE_TO_IMAGE}"
+        ));
+    }
+    if model == IMAGE_TO_IMAGE && aspect_ratio == "auto" && resolution != "1K" {
+        return Err(format!(
+            "aspect_ratio auto is only available at 1K for {IMAGE_TO_IMAGE}, not {resolution}"
         ));
     }
     let input_urls = match input.get("input_urls") {
@@ -839,13 +886,21 @@ async fn send_callbacks(shared: &Shared, task_id: &str) {
             CallbackMode::Duplicated => 2,
         };
         // What recordInfo would answer now, without using up `[no-urls-once]`: the callback is only a hint.
+        let now = Instant::now();
         let data = task.record(
-            Instant::now(),
+            now,
             &shared.base_url,
             inner.config.result_url_ttl,
             task.withhold_urls_once,
+            inner.config.fail_codes,
         );
-        let body = json!({ "code": 200, "msg": "success", "data": data }).to_string();
+        // kie: the failure callback carries `code: 501` with the same body.
+        let body = if task.failed(now) {
+            json!({ "code": 501, "msg": data["failMsg"], "data": data })
+        } else {
+            json!({ "code": 200, "msg": "success", "data": data })
+        }
+        .to_string();
         (url, body, copies, inner.config.hmac_key.clone())
     };
     for _ in 0..copies {
@@ -933,6 +988,7 @@ async fn record_info(
         return business_error(422, "taskId is required");
     };
     let ttl = inner.config.result_url_ttl;
+    let (fail_codes, failed_task_code) = (inner.config.fail_codes, inner.config.failed_task_code);
     let Some(task) = inner.task_mut(task_id) else {
         return business_error(404, "task not found");
     };
@@ -940,7 +996,11 @@ async fn record_info(
     if withhold {
         task.withhold_urls_once = false;
     }
-    let data = task.record(now, &shared.base_url, ttl, withhold);
+    let data = task.record(now, &shared.base_url, ttl, withhold, fail_codes);
+    if task.failed(now) && failed_task_code != 200 {
+        let msg = data["failMsg"].as_str().unwrap_or_default().to_owned();
+        return envelope_with_key(failed_task_code, task.message_key(), &msg, data);
+    }
     envelope_with_key(200, task.message_key(), "success", data)
 }
 

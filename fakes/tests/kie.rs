@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::{Router, http::HeaderMap, routing::post};
 use base64::Engine as _;
-use fakes::kie::{CallbackMode, FakeKieConfig, KieFake};
+use fakes::kie::{CallbackMode, FailCodes, FakeKieConfig, KieFake};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -239,21 +239,24 @@ async fn invalid_combinations_are_rejected_with_422() {
     .unwrap();
     let i2i = |urls: Value| json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "make it blue", "input_urls": urls } });
     let long_prompt = "x".repeat(20_001);
+    let i2i_at = |aspect_ratio: &str, resolution: &str| json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "a", "aspect_ratio": aspect_ratio, "resolution": resolution, "input_urls": ["https://example.com/a.png"] } });
     let cases = [
-        text("a", "1:1", "4K"),
+        i2i_at("1:1", "4K"),
+        i2i_at("auto", "2K"),
+        i2i_at("5:4", "2K"),
+        i2i_at("9:21", "4K"),
+        json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "a", "resolution": "2K", "input_urls": ["https://example.com/a.png"] } }),
         text("a", "5:4", "2K"),
         text("a", "4:5", "4K"),
         text("a", "3:1", "2K"),
         text("a", "1:3", "2K"),
         text("a", "9:21", "4K"),
-        text("a", "auto", "2K"),
         text("a", "7:3", "1K"),
         text("a", "1:1", "8K"),
         text("", "1:1", "1K"),
         text(&long_prompt, "1:1", "1K"),
         json!({ "model": "gpt-image-1", "input": { "prompt": "a" } }),
         json!({ "model": "gpt-image-2-text-to-image" }),
-        json!({ "model": "gpt-image-2-text-to-image", "input": { "prompt": "a", "resolution": "2K" } }),
         i2i(json!([])),
         json!({ "model": "gpt-image-2-image-to-image", "input": { "prompt": "a" } }),
         i2i(json!(vec!["https://example.com/a.png"; 17])),
@@ -270,8 +273,11 @@ async fn invalid_combinations_are_rejected_with_422() {
     }
     assert!(fake.tasks().is_empty());
 
-    // Allowed edge cases, and an image-to-image whose input really can be fetched.
+    // Allowed edge cases, and an image-to-image whose input really can be fetched. The text-to-image page forbids
+    // only the five ratios above 1K: 4K at 1:1 and auto above 1K are image-to-image rules.
     create_ok(&fake, &text("a", "1:1", "2K")).await;
+    create_ok(&fake, &text("a", "1:1", "4K")).await;
+    create_ok(&fake, &text("a", "auto", "2K")).await;
     create_ok(&fake, &text("a", "9:21", "1K")).await;
     create_ok(&fake, &text("a", "16:9", "4K")).await;
     create_ok(&fake, &text(&"x".repeat(20_000), "auto", "1K")).await;
@@ -287,7 +293,7 @@ async fn invalid_combinations_are_rejected_with_422() {
     let edit = tasks.iter().find(|task| task.task_id == edit).unwrap();
     assert_eq!(edit.input_urls, vec![url]);
     assert_eq!(edit.aspect_ratio, "auto");
-    let defaulted = &tasks[4];
+    let defaulted = &tasks[6];
     assert_eq!(
         (
             defaulted.aspect_ratio.as_str(),
@@ -364,6 +370,82 @@ async fn a_refused_prompt_fails_with_the_content_policy_message() {
         ),
         (Some("fail"), Some("500"))
     );
+}
+
+/// Polls until the task is done, whatever the envelope code of its answers.
+async fn poll_until_finished_answering(fake: &KieFake, task_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = record_info(fake, task_id).await;
+        let state = answer["data"]["state"].as_str().unwrap();
+        if state == "success" || state == "fail" {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "task never finished: {answer}");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+}
+
+#[tokio::test]
+async fn in_the_501_mode_a_failed_task_is_answered_with_code_501_and_its_data() {
+    let fake = KieFake::start(FakeKieConfig {
+        failed_task_code: 501,
+        ..quick()
+    })
+    .await
+    .unwrap();
+    let task_id = create_ok(&fake, &text("something [fail500]", "1:1", "1K")).await;
+    let done = poll_until_finished_answering(&fake, &task_id).await;
+    assert_eq!(done["code"], 501, "{done}");
+    assert_eq!(message(&done), "internal error");
+    assert_eq!(done["data"]["taskId"], task_id.as_str());
+    assert_eq!(
+        (
+            done["data"]["failCode"].as_str(),
+            done["data"]["failMsg"].as_str()
+        ),
+        (Some("500"), Some("internal error"))
+    );
+    let fine = create_ok(&fake, &text("a", "1:1", "1K")).await;
+    assert_eq!(
+        poll_until_done(&fake, &fine).await["code"],
+        200,
+        "successes stay 200"
+    );
+}
+
+#[tokio::test]
+async fn named_fail_codes_are_generation_failed_and_null_while_not_failed() {
+    let fake = KieFake::start(FakeKieConfig {
+        fail_codes: FailCodes::Named,
+        ..quick()
+    })
+    .await
+    .unwrap();
+    let failed = create_ok(&fake, &text("[refuse]", "1:1", "1K")).await;
+    let done = poll_until_done(&fake, &failed).await;
+    assert_eq!(done["data"]["failCode"], "GENERATION_FAILED");
+    assert_eq!(
+        done["data"]["failMsg"],
+        "Invalid prompt: prompt contains prohibited content"
+    );
+    let fine = create_ok(&fake, &text("a", "1:1", "1K")).await;
+    let done = poll_until_done(&fake, &fine).await;
+    assert!(done["data"]["failCode"].is_null(), "{done}");
+}
+
+#[tokio::test]
+async fn a_failure_callback_carries_code_501_with_the_task_data() {
+    let fake = KieFake::start(quick()).await.unwrap();
+    let (url, mut received) = receiver(200).await;
+    let mut body = text("[refuse]", "1:1", "1K");
+    body["callBackUrl"] = json!(url);
+    let task_id = create_ok(&fake, &body).await;
+    let (_, callback) = next(&mut received).await;
+    assert_eq!(callback["code"], 501, "{callback}");
+    assert_eq!(callback["data"]["taskId"], task_id.as_str());
+    assert_eq!(callback["data"]["state"], "fail");
+    assert_eq!(callback["data"]["failCode"], "422");
 }
 
 #[tokio::test]
@@ -667,4 +749,118 @@ async fn stalled_answers_come_only_after_the_stall_and_a_stalled_create_still_cr
         "success"
     );
     assert_eq!(fake.stats().stalled_answers, 2);
+}
+
+// ---- fidelity to kie's documented examples ----
+
+/// kie's Get Task Details example (<https://docs.kie.ai/market/common/get-task-detail>, read 2026-12-06 through
+/// the search tool's copy of the page), as published: a Market model's task, so its `model` is not ours.
+const DOCUMENTED_RECORD_INFO: &str = r#"{
+  "code": 200,
+  "message": "success",
+  "data": {
+    "taskId": "task_12345678",
+    "model": "grok-imagine/text-to-image",
+    "state": "success",
+    "param": "{\"model\":\"grok-imagine/text-to-image\",\"callBackUrl\":\"https://your-domain.com/api/callback\",\"input\":{\"prompt\":\"Cinematic portrait...\",\"aspect_ratio\":\"3:2\"}}",
+    "resultJson": "{\"resultUrls\":[\"https://example.com/generated-content.jpg\"]}",
+    "failCode": "",
+    "failMsg": "",
+    "completeTime": 1698765432000,
+    "createTime": 1698765400000,
+    "updateTime": 1698765432000
+  }
+}"#;
+
+/// kie's Common API examples (<https://docs.kie.ai/common-api>, "Get Download URL" and "Get Remaining Credits",
+/// read 2026-12-06).
+const DOCUMENTED_DOWNLOAD_URL: &str = r#"{"code": 200, "msg": "success", "data": "https://tempfile.1f6cxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxbd98"}"#;
+const DOCUMENTED_CREDIT: &str = r#"{"code": 200, "msg": "success", "data": 100}"#;
+
+/// The JSON type of a value, for comparing shapes.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The envelope as `jobs::kie` reads it: a numeric `code`, a message under `msg` or `message`.
+fn assert_envelope(answer: &Value) {
+    assert_eq!(kind(&answer["code"]), "number", "{answer}");
+    assert!(
+        answer["msg"].is_string() || answer["message"].is_string(),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn every_field_the_client_reads_is_in_kies_documented_examples_and_the_stand_in_answers_in_their_shape()
+ {
+    let documented: Value = serde_json::from_str(DOCUMENTED_RECORD_INFO).unwrap();
+    assert_envelope(&documented);
+    let data = &documented["data"];
+    // What jobs/src/kie.rs (TaskInfo::from_data) and api/src/webhooks.rs read.
+    for field in ["taskId", "state", "resultJson", "failCode", "failMsg"] {
+        assert!(data.get(field).is_some(), "{field} is not in kie's example");
+    }
+    // `resultJson` is a JSON string holding `resultUrls`.
+    assert!(!result_urls(data).is_empty());
+    // `costTime` is read when present; kie's example does not have it, so the client must not need it.
+    assert!(data.get("costTime").is_none());
+
+    // The stand-in's answer for a finished task has every documented field, with the same JSON type.
+    let fake = KieFake::start(quick()).await.unwrap();
+    let task_id = create_ok(&fake, &text("a lighthouse", "3:2", "1K")).await;
+    let answer = poll_until_done(&fake, &task_id).await;
+    assert_envelope(&answer);
+    for (field, value) in data.as_object().unwrap() {
+        assert_eq!(
+            kind(&answer["data"][field]),
+            kind(value),
+            "data.{field}: {answer}"
+        );
+    }
+    let param: Value = serde_json::from_str(answer["data"]["param"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        param["input"]["aspect_ratio"], "3:2",
+        "param echoes the request"
+    );
+    assert!(!result_urls(&answer["data"]).is_empty());
+
+    for (documented, path, body) in [
+        (
+            DOCUMENTED_DOWNLOAD_URL,
+            "/api/v1/common/download-url",
+            Some(json!({ "url": result_urls(&answer["data"])[0] })),
+        ),
+        (DOCUMENTED_CREDIT, "/api/v1/chat/credit", None),
+    ] {
+        let documented: Value = serde_json::from_str(documented).unwrap();
+        assert_envelope(&documented);
+        let client = reqwest::Client::new();
+        let request = match &body {
+            Some(body) => client.post(format!("{}{path}", fake.base_url())).json(body),
+            None => client.get(format!("{}{path}", fake.base_url())),
+        };
+        let answer: Value = request
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_envelope(&answer);
+        assert_eq!(answer["code"], 200, "{answer}");
+        assert_eq!(
+            kind(&answer["data"]),
+            kind(&documented["data"]),
+            "{path}: {answer}"
+        );
+    }
 }

@@ -156,6 +156,10 @@ async fn the_test_secrets_behave_as_cloudflare_documents() {
     )
     .await;
     assert_eq!(pass["success"], true, "{pass}");
+    // Cloudflare's example answer for its test secret names the hostname example.com; what action a test
+    // secret reports is not documented (the stand-in reports none).
+    assert_eq!(pass["hostname"], "example.com", "{pass}");
+    assert_eq!(pass["action"], "", "{pass}");
     // The always-passing secret passes the same token again: it spends nothing.
     let again = verify(
         &fake,

@@ -373,6 +373,9 @@ pub struct TurnstileConfig {
     pub verify_url: url::Url,
     /// `TURNSTILE_SCRIPT_URL` (default Cloudflare's api.js).
     pub script_url: url::Url,
+    /// `TURNSTILE_EXPECTED_HOSTNAME` (default: the host of `PUBLIC_BASE_URL`): the `hostname` siteverify must
+    /// report. Cloudflare's test secret keys report `example.com`, so a staging site using them sets that.
+    pub expected_hostname: Option<String>,
 }
 
 /// A credit pack or a monthly plan.
@@ -469,6 +472,10 @@ impl SiteConfig {
                     "TURNSTILE_SCRIPT_URL",
                     "https://challenges.cloudflare.com/turnstile/v0/api.js",
                 )?,
+                expected_hostname: source
+                    .get("TURNSTILE_EXPECTED_HOSTNAME")
+                    .map(|host| host.trim().to_ascii_lowercase())
+                    .filter(|host| !host.is_empty()),
             }),
             None => None,
         };

@@ -31,6 +31,10 @@ use crate::storage::Storage;
 
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 pub const CHUNK: usize = 64 * 1024;
+// R2 refuses an upload whose parts but the last differ in size. Parts are cut when they reach PART_SIZE, and
+// chunks arrive CHUNK bytes at a time (a shorter one only at the final flush), so every part but the last is
+// exactly PART_SIZE as long as CHUNK divides it.
+const _: () = assert!(PART_SIZE.is_multiple_of(CHUNK));
 pub const CHANNEL_CAPACITY: usize = 16;
 /// The most bundle bytes buffered at once: one part, a full channel, one chunk being written.
 pub const MEMORY_BOUND: usize = PART_SIZE + (CHANNEL_CAPACITY + 1) * CHUNK;

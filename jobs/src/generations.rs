@@ -54,10 +54,16 @@ pub fn validate(
     if !RESOLUTIONS.contains(&resolution) {
         return invalid("resolution", "must be 1K, 2K or 4K".into());
     }
-    if !combination_allowed(aspect_ratio, resolution) {
+    let with_references = references > 0;
+    if !combination_allowed(aspect_ratio, resolution, with_references) {
+        let when = if with_references {
+            " when reference images are attached"
+        } else {
+            ""
+        };
         return invalid(
             "resolution",
-            format!("{resolution} is not available with aspect ratio {aspect_ratio}"),
+            format!("{resolution} is not available with aspect ratio {aspect_ratio}{when}"),
         );
     }
     if references > MAX_REFERENCES {
@@ -69,12 +75,16 @@ pub fn validate(
     Ok(())
 }
 
-/// kie rejects 2K/4K with 5:4, 4:5, 3:1, 1:3, 9:21; 4K with 1:1; `auto` with anything but 1K.
-pub fn combination_allowed(aspect_ratio: &str, resolution: &str) -> bool {
+/// What kie accepts, per model: a generation with reference images goes to the image-to-image model, one without
+/// to text-to-image (`api::generations::create`). Text-to-image's page rejects only 2K/4K with 5:4, 4:5, 3:1,
+/// 1:3, 9:21. Image-to-image's page adds 4K with 1:1 and `auto` with anything but 1K; the five ratios are kept
+/// for it too, as its page was not confirmed to drop them (docs/contracts.md, kie.ai).
+pub fn combination_allowed(aspect_ratio: &str, resolution: &str, with_references: bool) -> bool {
     match resolution {
         "1K" => true,
-        _ if aspect_ratio == "auto" => false,
         _ if ["5:4", "4:5", "3:1", "1:3", "9:21"].contains(&aspect_ratio) => false,
+        _ if !with_references => true,
+        _ if aspect_ratio == "auto" => false,
         "4K" => aspect_ratio != "1:1",
         _ => true,
     }
@@ -345,14 +355,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn combinations_kie_rejects_are_refused() {
-        assert!(combination_allowed("auto", "1K"));
-        assert!(!combination_allowed("auto", "2K"));
-        assert!(!combination_allowed("5:4", "2K"));
-        assert!(!combination_allowed("9:21", "4K"));
-        assert!(!combination_allowed("1:1", "4K"));
-        assert!(combination_allowed("1:1", "2K"));
-        assert!(combination_allowed("16:9", "4K"));
+    fn each_model_refuses_only_the_combinations_its_own_page_forbids() {
+        for with_references in [false, true] {
+            assert!(combination_allowed("auto", "1K", with_references));
+            assert!(combination_allowed("9:21", "1K", with_references));
+            assert!(!combination_allowed("5:4", "2K", with_references));
+            assert!(!combination_allowed("9:21", "4K", with_references));
+            assert!(combination_allowed("1:1", "2K", with_references));
+            assert!(combination_allowed("16:9", "4K", with_references));
+        }
+        // Text to image: 4K at 1:1 and auto above 1K are allowed.
+        assert!(combination_allowed("1:1", "4K", false));
+        assert!(combination_allowed("auto", "2K", false));
+        assert!(combination_allowed("auto", "4K", false));
+        // Image to image: they are not.
+        assert!(!combination_allowed("1:1", "4K", true));
+        assert!(!combination_allowed("auto", "2K", true));
+        assert!(!combination_allowed("auto", "4K", true));
     }
 
     #[test]
@@ -377,9 +396,16 @@ mod tests {
             "resolution"
         );
         assert_eq!(
-            validate("a cat", "auto", "4K", 0).unwrap_err().field,
+            validate("a cat", "5:4", "4K", 0).unwrap_err().field,
             "resolution"
         );
+        let with_references = validate("a cat", "auto", "4K", 1).unwrap_err();
+        assert_eq!(with_references.field, "resolution");
+        assert!(
+            with_references.message.contains("reference images"),
+            "{with_references:?}"
+        );
+        assert!(validate("a cat", "auto", "4K", 0).is_ok());
         assert_eq!(
             validate("a cat", "1:1", "1K", 17).unwrap_err().field,
             "reference_upload_ids"

@@ -308,6 +308,9 @@ impl KieClient {
         let body = response.text().await?;
         let envelope: Result<Envelope, _> = serde_json::from_str(&body);
         match envelope {
+            // A task's state is read whatever the envelope says: kie lists `code: 501` ("generation failed") on
+            // recordInfo and sends it on failure callbacks, and a failed task's `data` is what tells why.
+            Ok(Envelope { data, .. }) if holds_task_state(&data) => Ok(data),
             Ok(Envelope {
                 code: Some(200),
                 data,
@@ -329,6 +332,11 @@ impl KieClient {
             _ => Err(KieError::Malformed(truncate(&body))),
         }
     }
+}
+
+/// `data` describes a task (recordInfo's or a callback's), not just an error.
+fn holds_task_state(data: &Value) -> bool {
+    data.get("taskId").or_else(|| data.get("task_id")).is_some() && data.get("state").is_some()
 }
 
 fn truncate(body: &str) -> String {

@@ -242,6 +242,7 @@ async fn dev_site(site: SocketAddr) -> anyhow::Result<DevSite> {
         secret_key: turnstile_config.secret.into(),
         verify_url: turnstile.siteverify_url().parse()?,
         script_url: turnstile.script_url().parse()?,
+        expected_hostname: None,
     });
     config.ga4_measurement_id = None;
     config.dev_pages = true;

@@ -39,7 +39,12 @@ pub struct TestAppBuilder {
     kie_budget: ((u32, Duration), u32),
     /// The kie client's request timeout.
     kie_timeout: Duration,
+    /// Adjusts the trial's Turnstile configuration once the stand-in's is in place.
+    turnstile: Option<ConfigureTurnstile>,
 }
+
+/// A test's adjustment of the trial's Turnstile configuration.
+type ConfigureTurnstile = Box<dyn FnOnce(&mut TurnstileConfig) + Send>;
 
 /// The Google stand-in's registered client in tests.
 pub const GOOGLE_CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
@@ -116,6 +121,16 @@ impl TestAppBuilder {
         self
     }
 
+    /// Adjusts the trial's bot check (e.g. one of Cloudflare's test secret keys, an expected hostname); the
+    /// siteverify and script URLs stay the stand-in's.
+    pub fn turnstile(
+        mut self,
+        configure: impl FnOnce(&mut TurnstileConfig) + Send + 'static,
+    ) -> Self {
+        self.turnstile = Some(Box::new(configure));
+        self
+    }
+
     /// Have the api accept unsigned callbacks (no HMAC key configured).
     pub fn without_callback_signatures(mut self) -> Self {
         self.verify_callback_signatures = false;
@@ -128,7 +143,7 @@ impl TestAppBuilder {
         self
     }
 
-    pub async fn spawn(self) -> TestApp {
+    pub async fn spawn(mut self) -> TestApp {
         let db = match &self.database_server {
             Some(admin_url) => TestDb::on_server(admin_url).await,
             None => TestDb::new().await,
@@ -176,6 +191,8 @@ impl TestAppBuilder {
         let turnstile =
             fakes::turnstile::TurnstileFake::start(fakes::turnstile::TurnstileFakeConfig {
                 hostname: "127.0.0.1".into(),
+                // What the site's widget asks for (`data-action`), so `issue_token` gives a trial token.
+                action: Some("trial".into()),
                 ..Default::default()
             })
             .await
@@ -194,7 +211,11 @@ impl TestAppBuilder {
                 .into(),
             verify_url: turnstile.siteverify_url().parse().unwrap(),
             script_url: turnstile.script_url().parse().unwrap(),
+            expected_hostname: None,
         });
+        if let (Some(configure), Some(config)) = (self.turnstile.take(), site.turnstile.as_mut()) {
+            configure(config);
+        }
         site.ga4_measurement_id = Some(GA4_ID.into());
         site.ga4_script_url = analytics.script_url().parse().unwrap();
         site.dev_pages = true;
@@ -427,6 +448,7 @@ impl TestApp {
             database_server: None,
             kie_budget: ((20, Duration::from_millis(10_500)), 10),
             kie_timeout: Duration::from_secs(10),
+            turnstile: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The no-signup trial: one free 1K generation per visitor per 24 hours.
 //!
 //! A Cloudflare Turnstile check (siteverify, with the client address and an idempotency key so an
-//! `internal-error` can be retried safely) comes first, so bots cannot burn fingerprints; then the fingerprint
+//! `internal-error` can be retried safely; the answer's `hostname` and `action` must be the site's) comes first, so bots cannot burn fingerprints; then the fingerprint
 //! (a keyed hash of IP address and user agent under a daily pepper: `jobs::trial`) is claimed. The generation
 //! belongs to the browser session; signing up moves it into the new account.
 
@@ -40,12 +40,25 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// The trial widget's `data-action`; siteverify reports it back and a token made for another action is refused.
+pub const TRIAL_ACTION: &str = "trial";
+
+/// Cloudflare's documented test secret keys (always pass, always fail, already spent). With them siteverify
+/// vouches for nothing: any token passes, and what `action` they report is not documented, so it is not
+/// compared; their fixed `hostname` (`example.com`) still is, against `TURNSTILE_EXPECTED_HOSTNAME`.
+const TEST_SECRETS: [&str; 3] = [
+    "1x0000000000000000000000000000000AA",
+    "2x0000000000000000000000000000000AA",
+    "3x0000000000000000000000000000000AA",
+];
+
 #[derive(Debug, Deserialize)]
 struct SiteverifyResponse {
     success: bool,
     #[serde(rename = "error-codes", default)]
     error_codes: Vec<String>,
     hostname: Option<String>,
+    action: Option<String>,
 }
 
 /// Asks siteverify about `token`. One retry with the same idempotency key on `internal-error`.
@@ -87,13 +100,23 @@ pub async fn verify(site: &SiteState, token: &str, ip: &str) -> Verdict {
             }
         };
         if body.success {
-            let expected = site.public_base_url.host_str().unwrap_or_default();
-            return match body.hostname.as_deref() {
-                Some(host) if host != expected && !expected.is_empty() => {
-                    Verdict::Refused(vec![format!("hostname-mismatch:{host}")])
-                }
-                _ => Verdict::Human,
-            };
+            let expected = turnstile
+                .expected_hostname
+                .as_deref()
+                .or(site.public_base_url.host_str())
+                .unwrap_or_default();
+            if let Some(host) = body.hostname.as_deref()
+                && !host.eq_ignore_ascii_case(expected)
+                && !expected.is_empty()
+            {
+                return Verdict::Refused(vec![format!("hostname-mismatch:{host}")]);
+            }
+            let test_secret = TEST_SECRETS.contains(&turnstile.secret_key.expose_secret());
+            let action = body.action.as_deref().unwrap_or_default();
+            if !test_secret && action != TRIAL_ACTION {
+                return Verdict::Refused(vec![format!("action-mismatch:{action}")]);
+            }
+            return Verdict::Human;
         }
         if body.error_codes.iter().any(|c| c == "internal-error") {
             continue;

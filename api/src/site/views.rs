@@ -155,15 +155,16 @@ fn aspect_ratio_select(selected: &str) -> Markup {
     }
 }
 
-/// The resolutions valid with each aspect ratio, for the script that hides the rest.
-fn allowed_matrix() -> String {
+/// The resolutions valid with each aspect ratio, for the script that hides the rest: without reference images
+/// (text to image) or with them (image to image), whose rules differ.
+fn allowed_matrix(with_references: bool) -> String {
     let pairs: Vec<String> = ASPECT_RATIOS
         .iter()
         .map(|ratio| {
             let allowed: Vec<&str> = RESOLUTIONS
                 .iter()
                 .copied()
-                .filter(|res| combination_allowed(ratio, res))
+                .filter(|res| combination_allowed(ratio, res, with_references))
                 .collect();
             format!("{ratio}={}", allowed.join("|"))
         })
@@ -182,7 +183,8 @@ pub fn generator(chrome: &Chrome, csrf: &str, balance: i64, form: &GeneratorForm
                 @if let Some(error) = &form.error {
                     p.error role="alert" id="form-error" { (error) }
                 }
-                form method="post" action="/generate" id="generator" data-allowed=(allowed_matrix()) {
+                form method="post" action="/generate" id="generator" data-allowed=(allowed_matrix(false))
+                    data-allowed-with-references=(allowed_matrix(true)) {
                     input type="hidden" name="csrf" value=(csrf);
                     // A resubmitted form (double click, back and submit) creates one generation, not two.
                     input type="hidden" name="idempotency_key" value=(Uuid::new_v4());
@@ -259,7 +261,7 @@ pub fn landing(
                         label for="trial-prompt" { "Prompt" }
                         textarea id="trial-prompt" name="prompt" rows="3" maxlength="20000" required { (form.prompt) }
                         (aspect_ratio_select(&form.aspect_ratio))
-                        div.cf-turnstile data-sitekey=(site_key) {}
+                        div.cf-turnstile data-sitekey=(site_key) data-action=(super::trial::TRIAL_ACTION) {}
                         script src=(script_url) async defer {}
                         button.primary type="submit" id="trial-generate" { "Generate my free image" }
                     }

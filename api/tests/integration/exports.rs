@@ -129,14 +129,11 @@ async fn the_bundle_matches_the_database_and_the_bucket_byte_for_byte() {
     app.finish().await;
 }
 
-#[tokio::test]
-async fn memory_stays_bounded_while_bundling_many_images() {
-    let app = TestApp::builder().without_worker().spawn().await;
-    let user = app.create_user(0).await;
-    // 40 images of 1 MiB of random bytes (incompressible), written straight to the bucket with their rows.
-    for _ in 0..40 {
-        let generation = Uuid::now_v7();
-        sqlx::query(
+/// A succeeded generation of `user` with one image of `size` random (incompressible) bytes, written straight to
+/// the bucket with its rows.
+async fn store_random_image(app: &TestApp, user: &TestUser, size: usize) {
+    let generation = Uuid::now_v7();
+    sqlx::query(
             "INSERT INTO generations (id, user_id, prompt, model, credits_reserved, trace_id, status, finished_at)
              VALUES ($1, $2, 'bulk', 'gpt-image-2-text-to-image', 0, 't', 'succeeded', now())",
         )
@@ -145,19 +142,52 @@ async fn memory_stays_bounded_while_bundling_many_images() {
         .execute(&app.pool)
         .await
         .unwrap();
-        let key = format!("users/{}/generations/{generation}/0.png", user.id);
-        let bytes: Vec<u8> = (0..1024 * 1024).map(|_| rand::random::<u8>()).collect();
-        app.storage.put(&key, bytes, "image/png").await.unwrap();
-        sqlx::query(
-            "INSERT INTO generated_images (id, generation_id, n, object_key, byte_size, content_type)
-             VALUES ($1, $2, 0, $3, 1048576, 'image/png')",
-        )
-        .bind(Uuid::now_v7())
-        .bind(generation)
-        .bind(&key)
-        .execute(&app.pool)
+    let key = format!("users/{}/generations/{generation}/0.png", user.id);
+    let bytes: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
+    app.storage.put(&key, bytes, "image/png").await.unwrap();
+    sqlx::query(
+        "INSERT INTO generated_images (id, generation_id, n, object_key, byte_size, content_type)
+         VALUES ($1, $2, 0, $3, $4, 'image/png')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(generation)
+    .bind(&key)
+    .bind(size as i64)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+/// R2 refuses a multipart upload whose parts but the last differ in size; the S3 stand-in enforces it.
+#[tokio::test]
+async fn a_bundle_spanning_several_parts_is_accepted_under_r2s_equal_part_rule() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let user = app.create_user(0).await;
+    for _ in 0..3 {
+        store_random_image(&app, &user, 6 * 1024 * 1024).await;
+    }
+    let key = exports::bundle_key(user.id, Uuid::now_v7());
+    let stats = exports::build_bundle(&app.pool, &app.storage, user.id, &key)
         .await
         .unwrap();
+    assert_eq!(
+        stats.parts, 3,
+        "two full parts and a shorter last one: {stats:?}"
+    );
+    assert_eq!(
+        app.storage.head(&key).await.unwrap().unwrap().byte_size as u64,
+        stats.bytes
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_while_bundling_many_images() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let user = app.create_user(0).await;
+    // 40 images of 1 MiB of random bytes (incompressible).
+    for _ in 0..40 {
+        store_random_image(&app, &user, 1024 * 1024).await;
     }
     let key = exports::bundle_key(user.id, Uuid::now_v7());
     let stats = exports::build_bundle(&app.pool, &app.storage, user.id, &key)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fakes::kie::CallbackMode;
+use fakes::kie::{CallbackMode, FailCodes};
 use jobs::config::GenerationConfig;
 use serde_json::{Value, json};
 use testkit::{TestApp, TestUser, images};
@@ -447,6 +447,92 @@ async fn a_500_class_upstream_failure_is_retried_once_with_a_new_task_then_refun
     app.finish().await;
 }
 
+/// Whether kie's recordInfo answers `code: 501` for a failed task is not documented (its code table lists 501,
+/// "generation failed", and failure callbacks carry it): the task's data is read either way.
+#[tokio::test]
+async fn a_failed_task_answered_with_code_501_is_retried_once_then_refunded_with_kies_reason() {
+    let app = TestApp::builder()
+        .kie(|k| k.failed_task_code = 501)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "[fail500] unlucky"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("internal error"),
+        "kie's failMsg reaches the user, not status_unavailable: {done}"
+    );
+    assert_eq!(app.kie.stats().tasks_created, 2, "retried once");
+
+    let (_, refused) = app
+        .create_generation(&user, json!({"prompt": "[refuse] something forbidden"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&refused)).await;
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("content policy"),
+        "{done}"
+    );
+    assert_eq!(app.kie.stats().tasks_created, 3, "a refusal is not retried");
+    assert_eq!(
+        ledger(&app, &user).await,
+        vec![
+            ("reserve".into(), -10),
+            ("refund".into(), 10),
+            ("reserve".into(), -10),
+            ("refund".into(), 10)
+        ]
+    );
+    app.finish().await;
+}
+
+/// Newer kie Market schemas name their fail codes (`"GENERATION_FAILED"`, `null` on success).
+#[tokio::test]
+async fn a_named_generation_failed_code_is_retried_once_and_a_refusal_under_it_never() {
+    let app = TestApp::builder()
+        .kie(|k| k.fail_codes = FailCodes::Named)
+        .spawn()
+        .await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "[fail500] unlucky"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&created)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(app.kie.stats().tasks_created, 2, "retried once");
+
+    let (_, refused) = app
+        .create_generation(&user, json!({"prompt": "[refuse] something forbidden"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&refused)).await;
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("content policy"),
+        "{done}"
+    );
+    assert_eq!(app.kie.stats().tasks_created, 3, "a refusal is not retried");
+
+    let (_, fine) = app
+        .create_generation(&user, json!({"prompt": "a calm sea"}))
+        .await;
+    let done = app.wait_until_finished(&user, &id_of(&fine)).await;
+    assert_eq!(
+        done["status"], "succeeded",
+        "a null failCode is no failure: {done}"
+    );
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn insufficient_credits_answer_402_with_the_balance_and_record_nothing() {
     let app = TestApp::spawn().await;
@@ -488,11 +574,11 @@ async fn invalid_requests_get_422_naming_the_field_and_spend_nothing() {
             "aspect_ratio",
         ),
         (
-            json!({"prompt": "ok", "aspect_ratio": "auto", "resolution": "2K"}),
+            json!({"prompt": "ok", "aspect_ratio": "5:4", "resolution": "2K"}),
             "resolution",
         ),
         (
-            json!({"prompt": "ok", "aspect_ratio": "1:1", "resolution": "4K"}),
+            json!({"prompt": "ok", "aspect_ratio": "1:1", "resolution": "4K", "reference_upload_ids": [uuid::Uuid::new_v4()]}),
             "resolution",
         ),
         (
@@ -512,6 +598,45 @@ async fn invalid_requests_get_422_naming_the_field_and_spend_nothing() {
         );
     }
     assert_eq!(app.balance(&user).await, 100);
+    app.finish().await;
+}
+
+/// kie's text-to-image page forbids only 2K/4K with 5:4, 4:5, 3:1, 1:3, 9:21; "no 4K at 1:1" and "auto only
+/// at 1K" are on the image-to-image page, which a generation with references uses.
+#[tokio::test]
+async fn four_k_at_1_1_and_auto_at_2k_are_made_without_references_and_refused_with_them() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(200).await;
+    for (aspect_ratio, resolution) in [("1:1", "4K"), ("auto", "2K")] {
+        let (status, created) = app
+            .create_generation(
+                &user,
+                json!({"prompt": "a square lighthouse", "aspect_ratio": aspect_ratio, "resolution": resolution}),
+            )
+            .await;
+        assert_eq!(status, 202, "{created}");
+        let done = app.wait_until_finished(&user, &id_of(&created)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let reference = app
+        .upload_reference(&user, images::png(8, 8), "image/png")
+        .await;
+    for (aspect_ratio, resolution) in [("1:1", "4K"), ("auto", "2K")] {
+        let (status, answer) = app
+            .create_generation(
+                &user,
+                json!({"prompt": "make it square", "aspect_ratio": aspect_ratio, "resolution": resolution,
+                       "reference_upload_ids": [reference]}),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (422, Some("resolution")),
+            "{answer}"
+        );
+    }
+    assert_eq!(app.kie.tasks().len(), 2);
+    assert_eq!(app.balance(&user).await, 200 - 40 - 20);
     app.finish().await;
 }
 

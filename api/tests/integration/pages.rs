@@ -94,6 +94,25 @@ async fn a_resubmitted_generator_form_creates_one_generation() {
 }
 
 #[tokio::test]
+async fn the_generator_offers_each_models_own_resolutions_with_and_without_references() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "rules@example.com").await;
+    let home = browser.visit("/").await;
+    assert!(
+        home.contains("data-allowed=\"auto=1K|2K|4K;1:1=1K|2K|4K;"),
+        "text to image: {}",
+        home.body
+    );
+    assert!(
+        home.contains("data-allowed-with-references=\"auto=1K;1:1=1K|2K;"),
+        "image to image: {}",
+        home.body
+    );
+    assert!(home.contains(";5:4=1K;"));
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_refused_generation_shows_the_form_again_with_the_reason_and_the_prompt_kept() {
     let app = TestApp::spawn().await;
     let browser = sign_in(&app, "cy@example.com").await;
@@ -122,13 +141,13 @@ async fn a_refused_generation_shows_the_form_again_with_the_reason_and_the_promp
             &[
                 ("csrf", &home.csrf()),
                 ("prompt", "x"),
-                ("aspect_ratio", "auto"),
+                ("aspect_ratio", "5:4"),
                 ("resolution", "2K"),
             ],
         )
         .await;
     assert_eq!(invalid.status, 422);
-    assert!(invalid.contains("2K is not available with aspect ratio auto"));
+    assert!(invalid.contains("2K is not available with aspect ratio 5:4"));
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
         .fetch_one(&app.pool)
         .await
@@ -445,6 +464,94 @@ async fn a_failed_bot_check_refuses_the_trial_and_uses_up_nothing() {
         .await;
     assert_eq!(again.status, 403);
     wait_finished(&app, generation_id(spent.location().unwrap())).await;
+    app.finish().await;
+}
+
+/// Cloudflare: "It is recommended to validate that the action matches an expected value." The widget asks for
+/// `data-action="trial"`; a token solved for another action is not a trial token.
+#[tokio::test]
+async fn a_bot_check_token_made_for_another_action_refuses_the_trial() {
+    let app = TestApp::spawn().await;
+    let browser = app.browser();
+    let landing = browser.visit("/").await;
+    assert!(
+        landing.contains("data-action=\"trial\""),
+        "{}",
+        landing.body
+    );
+    let refused = browser
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", "a cat"),
+                (
+                    "cf-turnstile-response",
+                    &app.turnstile.issue_token_for_action("login"),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.contains("bot check did not pass"));
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM trial_fingerprints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 0, "nothing used up");
+    app.finish().await;
+}
+
+/// Cloudflare's test secret keys answer with the hostname `example.com`: a staging site using them names it in
+/// `TURNSTILE_EXPECTED_HOSTNAME`, and its trial works.
+#[tokio::test]
+async fn with_cloudflares_test_secret_and_its_hostname_configured_the_trial_is_accepted() {
+    let app = TestApp::builder()
+        .turnstile(|turnstile| {
+            turnstile.secret_key = fakes::turnstile::TEST_SECRET_PASS.to_owned().into();
+            turnstile.expected_hostname = Some("example.com".into());
+        })
+        .spawn()
+        .await;
+    let browser = app.browser();
+    let landing = browser.visit("/").await;
+    let started = browser
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", "a staging cat"),
+                ("cf-turnstile-response", fakes::turnstile::DUMMY_TOKEN),
+            ],
+        )
+        .await;
+    assert_eq!(started.status, 303, "{}", started.body);
+    wait_finished(&app, generation_id(started.location().unwrap())).await;
+    app.finish().await;
+}
+
+/// Without the setting, the hostname must be the site's own: the test secret's `example.com` is refused.
+#[tokio::test]
+async fn a_bot_check_answer_for_another_hostname_refuses_the_trial() {
+    let app = TestApp::builder()
+        .turnstile(|turnstile| {
+            turnstile.secret_key = fakes::turnstile::TEST_SECRET_PASS.to_owned().into();
+        })
+        .spawn()
+        .await;
+    let browser = app.browser();
+    let landing = browser.visit("/").await;
+    let refused = browser
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", "a cat"),
+                ("cf-turnstile-response", fakes::turnstile::DUMMY_TOKEN),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
     app.finish().await;
 }
 

@@ -186,8 +186,8 @@ impl PollGeneration {
             // A success without URLs has been seen: look again shortly rather than failing.
             TaskState::Success => Ok(Outcome::Snooze(Duration::from_secs(2))),
             TaskState::Fail => {
-                let server_side = info.fail_code.starts_with('5');
-                if server_side && !generation.upstream_retried {
+                let failure = classify_failure(&info);
+                if failure == Failure::ServerSide && !generation.upstream_retried {
                     // A 500-class failure is retried once with a new task.
                     let mut tx = ctx.pool.begin().await?;
                     let reset = sqlx::query(
@@ -219,7 +219,7 @@ impl PollGeneration {
                     tracing::warn!(generation.id = %generation.id, fail_code = %info.fail_code, "upstream failed; retrying once with a new task");
                     return Ok(Outcome::Done);
                 }
-                let (code, reason) = explain_failure(&info);
+                let (code, reason) = explain_failure(&info, failure);
                 generations::fail_now(&ctx.pool, metrics, generation, code, &reason).await?;
                 Ok(Outcome::Done)
             }
@@ -234,14 +234,66 @@ impl PollGeneration {
     }
 }
 
-/// A failure code for the row and a reason in plain words for the user.
-fn explain_failure(info: &TaskInfo) -> (&'static str, String) {
+/// How a failed task is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The prompt or a reference image was refused: permanent, and the user is told plainly.
+    ContentPolicy,
+    /// kie or the model failed on its side: worth one new task.
+    ServerSide,
+    /// Anything else (validation, unknown numeric codes): permanent.
+    Other,
+}
+
+/// Reads `failCode` in both of kie's spellings. The Get Task Details page shows HTTP-like codes as strings
+/// (`"422"`, `"500"`); newer Market schemas show named codes (`"GENERATION_FAILED"`) and `null` on success, and
+/// list no others. A refusal is recognised by its message first, whatever the code, so it is never retried.
+/// Numeric codes: `422` is a refusal, `5xx` server-side, the rest permanent. Named codes: one that names a
+/// policy is a refusal, one that names the request (invalid, parameter, validation) is permanent, and any other
+/// (`GENERATION_FAILED`, an internal error, a timeout, a name not seen before) is read as server-side: the cost of
+/// that reading being wrong is one more upstream task, bounded by the retry-once rule, and the credits are
+/// refunded either way.
+fn classify_failure(info: &TaskInfo) -> Failure {
     let message = info.fail_message.to_lowercase();
-    if info.fail_code == "422"
-        || message.contains("prohibited")
-        || message.contains("policy")
-        || message.contains("safety")
+    if ["prohibited", "policy", "safety"]
+        .iter()
+        .any(|word| message.contains(word))
     {
+        return Failure::ContentPolicy;
+    }
+    let code = info.fail_code.trim();
+    if code.is_empty() {
+        return Failure::Other;
+    }
+    if code.bytes().all(|b| b.is_ascii_digit()) {
+        return match code {
+            "422" => Failure::ContentPolicy,
+            _ if code.starts_with('5') => Failure::ServerSide,
+            _ => Failure::Other,
+        };
+    }
+    let name = code.to_ascii_uppercase();
+    let names_any = |words: &[&str]| words.iter().any(|word| name.contains(word));
+    if names_any(&[
+        "POLICY",
+        "SAFETY",
+        "MODERATION",
+        "PROHIBITED",
+        "SENSITIVE",
+        "NSFW",
+        "CONTENT",
+    ]) {
+        Failure::ContentPolicy
+    } else if names_any(&["INVALID", "VALIDATION", "PARAM", "UNSUPPORTED"]) {
+        Failure::Other
+    } else {
+        Failure::ServerSide
+    }
+}
+
+/// A failure code for the row and a reason in plain words for the user.
+fn explain_failure(info: &TaskInfo, failure: Failure) -> (&'static str, String) {
+    if failure == Failure::ContentPolicy {
         (
             "content_policy",
             "The prompt or a reference image was refused by the content policy. Your credits were refunded; \
@@ -258,5 +310,67 @@ fn explain_failure(info: &TaskInfo) -> (&'static str, String) {
             "generation_failed",
             format!("The image could not be generated ({detail}). Your credits were refunded."),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kie::TaskState;
+
+    fn failed(code: &str, message: &str) -> TaskInfo {
+        TaskInfo {
+            task_id: "task_1".into(),
+            state: TaskState::Fail,
+            result_urls: vec![],
+            fail_code: code.into(),
+            fail_message: message.into(),
+            cost_time_ms: None,
+        }
+    }
+
+    #[test]
+    fn numeric_and_named_fail_codes_are_classified_alike() {
+        assert_eq!(
+            classify_failure(&failed("500", "internal error")),
+            Failure::ServerSide
+        );
+        assert_eq!(classify_failure(&failed("501", "")), Failure::ServerSide);
+        assert_eq!(
+            classify_failure(&failed("GENERATION_FAILED", "internal error")),
+            Failure::ServerSide
+        );
+        assert_eq!(
+            classify_failure(&failed("INTERNAL_ERROR", "")),
+            Failure::ServerSide
+        );
+        assert_eq!(
+            classify_failure(&failed("422", "bad")),
+            Failure::ContentPolicy
+        );
+        assert_eq!(
+            classify_failure(&failed("CONTENT_POLICY_VIOLATION", "")),
+            Failure::ContentPolicy
+        );
+        assert_eq!(
+            classify_failure(&failed("INVALID_PARAMETER", "")),
+            Failure::Other
+        );
+        assert_eq!(classify_failure(&failed("400", "")), Failure::Other);
+        assert_eq!(classify_failure(&failed("", "")), Failure::Other);
+    }
+
+    #[test]
+    fn a_refusal_is_recognised_by_its_message_whatever_the_code() {
+        for code in ["GENERATION_FAILED", "500", ""] {
+            assert_eq!(
+                classify_failure(&failed(
+                    code,
+                    "Invalid prompt: prompt contains prohibited content"
+                )),
+                Failure::ContentPolicy,
+                "{code}"
+            );
+        }
     }
 }

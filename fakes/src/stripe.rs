@@ -452,10 +452,6 @@ impl StripeFake {
         self.inner.lock().portal_unconfigured = !configured;
     }
 
-    pub fn refund_object(&self, id: &str) -> Option<Value> {
-        self.inner.lock().refunds.get(id).cloned()
-    }
-
     /// Every event created, oldest first, as listed by the API (`pending_webhooks` is current).
     pub fn events(&self) -> Vec<Value> {
         self.inner.lock().events.clone()
@@ -731,8 +727,6 @@ struct Shared {
     invoice_payments: HashMap<String, Value>,
     /// Invoice payment ids, oldest first.
     invoice_payment_order: Vec<String>,
-    /// The charge that paid each invoice (Stripe links them through the payment intent).
-    invoice_charges: HashMap<String, String>,
     disputes: HashMap<String, Value>,
     /// Whether the customer portal's settings were saved in the dashboard (see [`StripeFake::set_portal_configured`]).
     portal_unconfigured: bool,
@@ -2306,13 +2300,20 @@ impl Shared {
                 "status_transitions": {"canceled_at": null, "paid_at": paid_at},
             }),
         );
-        let charge_id = string(&charge["id"]);
-        self.invoice_charges.insert(invoice_id, charge_id.clone());
-        charge_id
+        string(&charge["id"])
     }
 
+    /// The charge that paid an invoice: its paid invoice payment names the payment intent the charge belongs to.
     fn invoice_charge(&self, invoice: &Value) -> Option<String> {
-        self.invoice_charges.get(invoice["id"].as_str()?).cloned()
+        let intent = self.invoice_payments.values().find_map(|payment| {
+            (payment["invoice"] == invoice["id"] && payment["status"] == "paid")
+                .then(|| payment["payment"]["payment_intent"].as_str())
+                .flatten()
+        })?;
+        self.charges
+            .values()
+            .find(|charge| charge["payment_intent"] == intent)
+            .map(|charge| string(&charge["id"]))
     }
 
     fn live_subscription(&self, id: &str) -> Result<Value, String> {

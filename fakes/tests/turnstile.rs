@@ -156,8 +156,10 @@ async fn the_test_secrets_behave_as_cloudflare_documents() {
     )
     .await;
     assert_eq!(pass["success"], true, "{pass}");
-    // Cloudflare's example answer for its test secret names the hostname example.com; what action a test
-    // secret reports is not documented (the stand-in reports none).
+    // Cloudflare's example answer for its test secret names the hostname example.com
+    // (developers.cloudflare.com/turnstile/troubleshooting/testing/ and
+    // developers.cloudflare.com/turnstile/get-started/server-side-validation/, read 2026-12-06); what action a
+    // test secret reports is not documented (the stand-in reports none; docs/contracts.md, Turnstile).
     assert_eq!(pass["hostname"], "example.com", "{pass}");
     assert_eq!(pass["action"], "", "{pass}");
     // The always-passing secret passes the same token again: it spends nothing.

@@ -684,31 +684,58 @@ async fn shutdown_hands_back_jobs_that_cannot_finish_within_the_grace_period() {
 
 #[tokio::test]
 async fn two_workers_share_a_queue_without_running_any_job_twice() {
-    let app = TestApp::builder().concurrency(20).spawn().await;
-    // A second worker process on the same database.
-    let second = app
-        .start_worker(&[("test_record", 20)], QueueConfig::default())
+    let app = TestApp::builder().without_worker().spawn().await;
+    // Two worker processes on the same database, 8 slots each (a waiting job holds one of the test pool's 30
+    // connections).
+    let first = app
+        .start_worker(&[("test_gated", 8)], QueueConfig::default())
         .await;
+    let second = app
+        .start_worker(&[("test_gated", 8)], QueueConfig::default())
+        .await;
+    let gate = Gate::closed(&app.pool).await;
     let jobs: Vec<_> = (0..500)
-        .map(|i| queue::NewJob::of(&record(&format!("shared-{i}")), EnqueueOptions::default()))
+        .map(|i| queue::NewJob::of(&gate.job(&format!("shared-{i}")), EnqueueOptions::default()))
         .collect();
     assert_eq!(queue::enqueue_many(&app.pool, jobs).await.unwrap(), 500);
+    // While the gate is shut each worker can have only 8 jobs started, so 16 started means both took part,
+    // however the claims raced.
+    eventually("both workers to fill their slots", || async {
+        let started: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM test_job_runs WHERE label LIKE 'shared-%:started'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        started == 16
+    })
+    .await;
+    let holders: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT lock_by) FROM apalis.jobs WHERE job_type = 'test_gated' AND status = 'Running'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(holders, 2, "both workers hold jobs of the one queue");
+    gate.open().await;
     app.drain().await;
+    first.stop().await;
     second.stop().await;
     let (runs, distinct): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT label) FROM test_job_runs WHERE label LIKE 'shared-%'",
+        "SELECT count(*), count(DISTINCT label) FROM test_job_runs
+          WHERE label LIKE 'shared-%' AND label NOT LIKE '%:started'",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!((runs, distinct), (500, 500));
-    let by_worker: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT lock_by) FROM apalis.jobs WHERE job_type = 'test_record'",
+    assert_eq!((runs, distinct), (500, 500), "every job ran exactly once");
+    let started: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM test_job_runs WHERE label LIKE 'shared-%:started'",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(by_worker, 2, "both workers took part");
+    assert_eq!(started, 500, "no job was started twice");
     app.finish().await;
 }
 

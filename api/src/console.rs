@@ -26,12 +26,28 @@ use crate::AppError;
 struct Console {
     pool: PgPool,
     token: Arc<SecretString>,
+    /// The forms' CSRF token: an HMAC of a fixed label under the operator token, so only a page served to the
+    /// operator can carry it, and it needs no session.
+    csrf: Arc<str>,
 }
+
+/// The CSRF token of the console whose operator token is `token`.
+fn csrf_token(token: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).expect("HMAC takes any key length");
+    mac.update(b"createimage2 ops console csrf v1");
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Largest form body the console reads (its forms carry one token).
+const FORM_LIMIT: usize = 4096;
 
 /// The console's router. Every route requires the operator token.
 pub fn router(pool: PgPool, token: SecretString) -> Router {
     let console = Console {
         pool,
+        csrf: csrf_token(token.expose_secret()).into(),
         token: Arc::new(token),
     };
     Router::new()
@@ -48,7 +64,32 @@ pub fn router(pool: PgPool, token: SecretString) -> Router {
             console.clone(),
             require_operator,
         ))
+        .layer(middleware::from_fn(security_headers))
         .with_state(console)
+}
+
+/// The site's protections for a page that must never be framed, sniffed or cached: the console's buttons act
+/// with the operator's cached credentials, so a page that framed it could make a click pause a queue.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 async fn require_operator(
@@ -64,17 +105,50 @@ async fn require_operator(
         );
         return response;
     }
-    // Browsers resend Basic credentials on cross-site requests: refuse state changes that are not same-origin.
-    if request.method() != axum::http::Method::GET {
-        let site = request
-            .headers()
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok());
-        if matches!(site, Some("cross-site" | "same-site")) {
-            return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
-        }
+    if request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD {
+        return next.run(request).await;
     }
-    next.run(request).await
+    // Browsers resend Basic credentials on cross-site requests: a state change must come from the console's own
+    // page. Fetch Metadata says so where the browser sends it; otherwise the Origin, when present, must be this
+    // host; and always, the form's token must be the console's.
+    if !same_origin(request.headers()) {
+        return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+    };
+    let presented = url::form_urlencoded::parse(&bytes)
+        .find(|(name, _)| name == "csrf")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    if !bool::from(presented.as_bytes().ct_eq(console.csrf.as_bytes())) {
+        return (
+            StatusCode::FORBIDDEN,
+            "missing or wrong form token; reload the page\n",
+        )
+            .into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+/// Whether a state-changing request comes from this host's own pages, as far as the browser tells.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (header("origin"), header("host")) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => url::Url::parse(origin).is_ok_and(|origin| {
+            let port = origin.port().map(|p| format!(":{p}")).unwrap_or_default();
+            origin
+                .host_str()
+                .is_some_and(|h| format!("{h}{port}").eq_ignore_ascii_case(host))
+        }),
+        (Some(_), None) => false,
+    }
 }
 
 fn presents_token(headers: &HeaderMap, token: &str) -> bool {
@@ -135,6 +209,7 @@ struct WorkerRow {
 }
 
 async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
+    let csrf = console.csrf.as_ref();
     let queues = ops::queue_stats(&console.pool).await?;
     let dead = ops::dead_jobs(&console.pool, None, 50).await?;
     let workers: Vec<WorkerRow> = sqlx::query_as(
@@ -167,9 +242,9 @@ async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
                         td.num { (format!("{:.1} s", q.oldest_waiting_age_seconds)) }
                         td {
                             @if q.paused {
-                                form method="post" action={ "/queues/" (q.queue) "/resume" } { button { "resume" } }
+                                form method="post" action={ "/queues/" (q.queue) "/resume" } { input type="hidden" name="csrf" value=(csrf); button { "resume" } }
                             } @else {
-                                form method="post" action={ "/queues/" (q.queue) "/pause" } { button { "pause" } }
+                                form method="post" action={ "/queues/" (q.queue) "/pause" } { input type="hidden" name="csrf" value=(csrf); button { "pause" } }
                             }
                         }
                     }
@@ -191,11 +266,11 @@ async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
                 tr { th { "upstream" } th { "state" } th { "" } }
                 @for (name, reason, since, _) in &upstreams {
                     tr { td { (name) } td.bad { "paused since " (since.format("%Y-%m-%d %H:%M:%S UTC")) ": " (reason) }
-                         td { form method="post" action={ "/upstreams/" (name) "/resume" } { button { "resume" } } } }
+                         td { form method="post" action={ "/upstreams/" (name) "/resume" } { input type="hidden" name="csrf" value=(csrf); button { "resume" } } } }
                 }
                 @if !kie_paused {
                     tr { td { "kie" } td { "submitting" }
-                         td { form method="post" action="/upstreams/kie/pause" { button { "pause" } } } }
+                         td { form method="post" action="/upstreams/kie/pause" { input type="hidden" name="csrf" value=(csrf); button { "pause" } } } }
                 }
             }
             h2 { "Dead jobs" }
@@ -209,9 +284,9 @@ async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
                         td { (job.done_at.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()) }
                         td { (job.last_error.as_deref().unwrap_or("")) }
                         td {
-                            form method="post" action={ "/jobs/" (job.id) "/retry" } { button { "retry" } }
+                            form method="post" action={ "/jobs/" (job.id) "/retry" } { input type="hidden" name="csrf" value=(csrf); button { "retry" } }
                             " "
-                            form method="post" action={ "/jobs/" (job.id) "/discard" } { button { "discard" } }
+                            form method="post" action={ "/jobs/" (job.id) "/discard" } { input type="hidden" name="csrf" value=(csrf); button { "discard" } }
                         }
                     }
                 }
@@ -224,6 +299,7 @@ async fn job_page(
     State(console): State<Console>,
     Path(id): Path<String>,
 ) -> Result<Markup, AppError> {
+    let csrf = console.csrf.as_ref();
     let job = ops::find_job(&console.pool, &id)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -242,11 +318,11 @@ async fn job_page(
             }
             h3 { "Payload" }
             pre { (job.payload) }
-            form method="post" action={ "/jobs/" (job.id) "/retry" } { button { "retry" } }
+            form method="post" action={ "/jobs/" (job.id) "/retry" } { input type="hidden" name="csrf" value=(csrf); button { "retry" } }
             " "
-            form method="post" action={ "/jobs/" (job.id) "/cancel" } { button { "cancel" } }
+            form method="post" action={ "/jobs/" (job.id) "/cancel" } { input type="hidden" name="csrf" value=(csrf); button { "cancel" } }
             " "
-            form method="post" action={ "/jobs/" (job.id) "/discard" } { button { "discard" } }
+            form method="post" action={ "/jobs/" (job.id) "/discard" } { input type="hidden" name="csrf" value=(csrf); button { "discard" } }
         },
     ))
 }

@@ -64,6 +64,7 @@ pub async fn sign_upload(
     user: Uuid,
     body: &NewUpload,
 ) -> Result<Value, AppError> {
+    crate::limits::take(&state.pool, crate::limits::Action::Upload, user).await?;
     let extension = match body.content_type.as_str() {
         "image/jpeg" => "jpg",
         "image/png" => "png",
@@ -147,6 +148,13 @@ pub async fn create_generation(
     if let Some(key) = idempotency_key
         && let Some(existing) = find_by_idempotency_key(&state, user, key).await?
     {
+        same_request(
+            &existing,
+            &prompt,
+            &aspect_ratio,
+            &resolution,
+            &body.reference_upload_ids,
+        )?;
         return Ok((StatusCode::ACCEPTED, Json(view(&state, &existing).await?)).into_response());
     }
     let generation = create(
@@ -159,6 +167,14 @@ pub async fn create_generation(
         idempotency_key,
     )
     .await?;
+    // A concurrent request with the same key may have won: its generation is only ours if it asked the same.
+    same_request(
+        &generation,
+        &prompt,
+        &aspect_ratio,
+        &resolution,
+        &body.reference_upload_ids,
+    )?;
     // Without an idempotency key the generation is new and has no images yet: nothing more to read.
     let view = match idempotency_key {
         None => view_with_images(&state, &generation, Vec::new()).await?,
@@ -167,17 +183,49 @@ pub async fn create_generation(
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
+/// An `Idempotency-Key` names one request: reused with different parameters it is refused (422, as Stripe
+/// does), never answered with the first request's generation as if it were this one.
+fn same_request(
+    existing: &Generation,
+    prompt: &str,
+    aspect_ratio: &str,
+    resolution: &str,
+    references: &[Uuid],
+) -> Result<(), AppError> {
+    let mut references = references.to_vec();
+    references.sort();
+    references.dedup();
+    let mut recorded = existing.reference_upload_ids.clone();
+    recorded.sort();
+    if existing.prompt == prompt
+        && existing.aspect_ratio == aspect_ratio
+        && existing.resolution == resolution
+        && recorded == references
+    {
+        Ok(())
+    } else {
+        Err(AppError::Invalid {
+            field: "Idempotency-Key",
+            message: "this key was already used for a request with different parameters; use a new key for a new request".into(),
+        })
+    }
+}
+
 /// Who a generation belongs to.
 #[derive(Debug, Clone)]
 pub enum Owner {
     User(Uuid),
-    /// A no-signup trial, tied to a browser session (by its id hash). Free, 1K, no references.
-    Trial(Vec<u8>),
+    /// A no-signup trial, tied to a browser session (by its id hash) and claimed under the visitor's
+    /// fingerprints in the transaction that records it. Free, 1K, no references.
+    Trial {
+        session: Vec<u8>,
+        fingerprints: jobs::trial::Fingerprints,
+    },
 }
 
-/// Records a generation: in one transaction take the member's rate token, reserve its cost, insert it, and
-/// enqueue its submit job — so a request commits (and waits for the disk) once, and a request refused on the
-/// way (rate, credits, a payment owing) leaves nothing behind, not even a used rate token. Input must have
+/// Records a generation: take the member's rate token (every request counts, refused or not), then in one
+/// transaction claim a trial's fingerprint, reserve its cost, insert it, and enqueue its submit job — so a
+/// request refused on the way (credits, a payment owing, a used trial) leaves nothing else behind. Input must have
 /// passed [`generations::validate`]. Without an idempotency key the generation returned is always a new
 /// one; with one, a repeat returns the generation the first request created.
 pub async fn create(
@@ -192,7 +240,7 @@ pub async fn create(
     let pipeline = pipeline(state)?;
     let (user, trial_session) = match &owner {
         Owner::User(user) => (Some(*user), None),
-        Owner::Trial(hash) => (None, Some(hash.clone())),
+        Owner::Trial { session, .. } => (None, Some(session.clone())),
     };
     let mut references = reference_upload_ids.to_vec();
     references.sort();
@@ -216,39 +264,46 @@ pub async fn create(
         jobs::kie::MODEL_IMAGE_TO_IMAGE
     };
     let trace_id = Uuid::new_v4().simple().to_string();
-    let mut tx = state.pool.begin().await?;
-    if let Some(user) = user {
-        if !references.is_empty() {
-            let owned: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2",
-            )
-            .bind(&references)
-            .bind(user)
-            .fetch_one(&mut *tx)
-            .await?;
-            if owned != references.len() as i64 {
-                tx.rollback().await?;
-                return Err(AppError::Invalid {
-                    field: "reference_upload_ids",
-                    message:
-                        "unknown upload id (upload each reference through /api/v1/uploads first)"
-                            .into(),
-                });
-            }
-        }
-        // Taken in this transaction: it holds the user's rate lock until commit (serializing only this
-        // user's own requests), and a refusal below rolls the token back with everything else.
-        if let Take::RetryAfter(wait) = rate_limit::take_in(
-            &mut tx,
+    // The rate token is taken in a transaction of its own, before anything else: every request counts, whatever
+    // its outcome, so a refused one (no credits, a bad reference) cannot be repeated without limit.
+    if let Some(user) = user
+        && let Take::RetryAfter(wait) = rate_limit::take(
+            &state.pool,
             &format!("generations:user:{user}"),
             pipeline.generation.per_user_per_minute,
             Duration::from_secs(60),
         )
         .await?
-        {
+    {
+        return Err(AppError::TooManyRequests {
+            retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        });
+    }
+    let mut tx = state.pool.begin().await?;
+    if let Owner::Trial { fingerprints, .. } = &owner
+        && !jobs::trial::claim_in(&mut tx, fingerprints).await?
+    {
+        tx.rollback().await?;
+        // The one trial a day is used: the trial page says so in its own words.
+        return Err(AppError::TooManyRequests {
+            retry_after_secs: 24 * 3600,
+        });
+    }
+    if let Some(user) = user
+        && !references.is_empty()
+    {
+        let owned: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM uploads WHERE id = ANY($1) AND user_id = $2")
+                .bind(&references)
+                .bind(user)
+                .fetch_one(&mut *tx)
+                .await?;
+        if owned != references.len() as i64 {
             tx.rollback().await?;
-            return Err(AppError::TooManyRequests {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            return Err(AppError::Invalid {
+                field: "reference_upload_ids",
+                message: "unknown upload id (upload each reference through /api/v1/uploads first)"
+                    .into(),
             });
         }
     }

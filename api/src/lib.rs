@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod exports;
 mod generations;
+mod limits;
 mod routes;
 pub mod site;
 mod views;

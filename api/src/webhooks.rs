@@ -1,7 +1,8 @@
 //! `POST /webhooks/kie/{generation}/{secret}`: kie.ai's callback. A hint only: it is recorded and the
 //! generation's poll job is made due now, in one transaction; the worker confirms with recordInfo before
-//! anything is settled. Answers within milliseconds; duplicates and callbacks for unknown or finished
-//! generations are harmless.
+//! anything is settled. Answers within milliseconds. An unknown generation answers like a wrong secret (401);
+//! a callback for a task that is not the generation's is refused; a replayed one is recognised and not stored
+//! again.
 
 use axum::{
     Json,
@@ -30,17 +31,19 @@ pub async fn kie_callback(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
-    let Some(generation) = generations::find(&state.pool, generation_id).await? else {
-        return Ok(Json(json!({ "ok": true, "ignored": "unknown generation" })));
-    };
-    let expected = generation
-        .callback_secret_hash
-        .as_deref()
-        .unwrap_or_default();
+    // An unknown generation and a wrong secret get the same answer, so the endpoint tells no one which
+    // generation ids exist.
+    let generation = generations::find(&state.pool, generation_id).await?;
     let presented = jobs::accounts::hash_secret(&secret);
-    if expected.is_empty() || !bool::from(presented.as_slice().ct_eq(expected)) {
+    let authentic = generation
+        .as_ref()
+        .and_then(|g| g.callback_secret_hash.as_deref())
+        .is_some_and(|expected| {
+            !expected.is_empty() && bool::from(presented.as_slice().ct_eq(expected))
+        });
+    let Some(generation) = generation.filter(|_| authentic) else {
         return Err(AppError::Unauthorized);
-    }
+    };
     let payload: Value = serde_json::from_slice(&body).map_err(|error| AppError::Invalid {
         field: "body",
         message: format!("not JSON: {error}"),
@@ -80,16 +83,37 @@ pub async fn kie_callback(
     let mut tx = state.pool.begin().await?;
     // Serialises with the submit job recording the task: whichever commits second sees the other's work (the
     // poll job to expedite here, or this callback there), so a fast upstream's callback is never lost.
-    sqlx::query("SELECT 1 FROM generations WHERE id = $1 FOR UPDATE")
-        .bind(generation_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO upstream_callbacks (generation_id, upstream_task_id, state) VALUES ($1, $2, $3)")
-        .bind(generation_id)
-        .bind(&task_id)
-        .bind(&state_reported)
-        .execute(&mut *tx)
-        .await?;
+    let recorded_task: Option<String> =
+        sqlx::query_scalar("SELECT upstream_task_id FROM generations WHERE id = $1 FOR UPDATE")
+            .bind(generation_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    // The task must be this generation's own: a callback signed for another task (a replay of someone else's,
+    // under a leaked URL) is refused. Before the submit job has recorded the task, the callback is only a hint
+    // that the worker confirms with recordInfo.
+    if recorded_task
+        .as_deref()
+        .is_some_and(|recorded| recorded != task_id)
+    {
+        tx.rollback().await?;
+        tracing::warn!(generation.id = %generation_id, upstream.task_id = %task_id, "kie callback for another task refused");
+        return Err(AppError::Unauthorized);
+    }
+    // A replay (the same task reporting the same state again) is recognised and not stored twice.
+    let stored = sqlx::query(
+        "INSERT INTO upstream_callbacks (generation_id, upstream_task_id, state) VALUES ($1, $2, $3)
+         ON CONFLICT (generation_id, upstream_task_id, (coalesce(state, ''))) DO NOTHING",
+    )
+    .bind(generation_id)
+    .bind(&task_id)
+    .bind(&state_reported)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if stored == 0 {
+        tx.rollback().await?;
+        return Ok(Json(json!({ "ok": true, "duplicate": true })));
+    }
     let expedited = if generation.is_finished() {
         false
     } else {

@@ -944,7 +944,7 @@ async fn deliver(shared: &Shared, url: &str, task_id: &str, body: &str, hmac_key
 }
 
 /// base64(HMAC-SHA256(key, taskId + "." + timestamp)), kie's webhook signature.
-fn webhook_signature(key: &str, task_id: &str, timestamp: u64) -> String {
+pub fn webhook_signature(key: &str, task_id: &str, timestamp: u64) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC accepts keys of any length");
     mac.update(format!("{task_id}.{timestamp}").as_bytes());

@@ -39,6 +39,7 @@ pub fn validate(
     if prompt.trim().is_empty() {
         return invalid("prompt", "the prompt is empty".into());
     }
+    crate::text::check("prompt", prompt, crate::text::Lines::Many)?;
     if chars > MAX_PROMPT_CHARS {
         return invalid(
             "prompt",

@@ -21,5 +21,6 @@ pub mod schedule;
 pub mod storage;
 pub mod stripe;
 pub mod telemetry;
+pub mod text;
 pub mod trial;
 pub mod upstream;

@@ -26,30 +26,92 @@ pub async fn take(pool: &PgPool, key: &str, limit: u32, window: Duration) -> sql
 }
 
 /// [`take`] inside the caller's transaction, so the take commits or rolls back with the state change it
-/// permits: a request refused later in that transaction (or failing) gives its event back. `conn` must be in
-/// a transaction (a `sqlx::Transaction`): the key's advisory lock is held until it ends, serializing takers
-/// of the same key for that long — keep the rest of the transaction short.
+/// permits. `conn` must be in a transaction (a `sqlx::Transaction`): the key's advisory lock is held until it
+/// ends, serializing takers of the same key for that long — keep the rest of the transaction short. A budget
+/// that protects against abuse must not roll back with a refusal: use [`take`] for those.
 pub async fn take_in(
     conn: &mut PgConnection,
     key: &str,
     limit: u32,
     window: Duration,
 ) -> sqlx::Result<Take> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 20261124))")
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
+    take_across(conn, &[key], limit, window).await
+}
+
+/// Takes from the budget of a person's identifier (a client's IP address, an e-mail address) without storing
+/// it: the key is `scope:` and an HMAC of the identifier under the day's pepper (`hash_peppers`, deleted after
+/// two days), so neither a row nor a log line gives the identifier back, even by brute force over a small
+/// space such as every IPv4 address. Events recorded under yesterday's pepper still count, so the budget does
+/// not reset at midnight. In a transaction of its own, like [`take`].
+pub async fn take_for_identifier(
+    pool: &PgPool,
+    scope: &str,
+    identifier: &str,
+    limit: u32,
+    window: Duration,
+) -> sqlx::Result<Take> {
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today.pred_opt().expect("dates have predecessors");
+    let current = identifier_key(
+        scope,
+        &crate::trial::pepper_for(pool, today).await?,
+        identifier,
+    );
+    let previous: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT secret FROM hash_peppers WHERE valid_on = $1")
+            .bind(yesterday)
+            .fetch_optional(pool)
+            .await?;
+    let mut keys = vec![current];
+    keys.extend(previous.map(|pepper| identifier_key(scope, &pepper, identifier)));
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut tx = pool.begin().await?;
+    let answer = take_across(&mut tx, &keys, limit, window).await?;
+    tx.commit().await?;
+    Ok(answer)
+}
+
+/// `scope:` and the first 16 bytes of HMAC-SHA256(pepper, scope ‖ "\n" ‖ identifier), in hex.
+pub fn identifier_key(scope: &str, pepper: &[u8], identifier: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(pepper).expect("HMAC takes any key length");
+    mac.update(scope.as_bytes());
+    mac.update(b"\n");
+    mac.update(identifier.as_bytes());
+    format!(
+        "{scope}:{}",
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    )
+}
+
+/// One budget counted across `keys` (the same budget's key under different peppers); a granted event is
+/// recorded under the first. Locks every key, in a fixed order, for the rest of the transaction.
+async fn take_across(
+    conn: &mut PgConnection,
+    keys: &[&str],
+    limit: u32,
+    window: Duration,
+) -> sqlx::Result<Take> {
+    let mut locks: Vec<&str> = keys.to_vec();
+    locks.sort_unstable();
+    for key in locks {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 20261124))")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let key = keys[0];
     let window_secs = window.as_secs_f64();
     // Forget events that left the window (keeps the table small), then count the rest.
-    sqlx::query("DELETE FROM rate_limit_events WHERE key = $1 AND at <= clock_timestamp() - make_interval(secs => $2)")
-        .bind(key)
+    sqlx::query("DELETE FROM rate_limit_events WHERE key = ANY($1) AND at <= clock_timestamp() - make_interval(secs => $2)")
+        .bind(keys)
         .bind(window_secs)
         .execute(&mut *conn)
         .await?;
     let (count, oldest_age): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM clock_timestamp() - min(at))::float8 FROM rate_limit_events WHERE key = $1",
+        "SELECT count(*), EXTRACT(EPOCH FROM clock_timestamp() - min(at))::float8 FROM rate_limit_events WHERE key = ANY($1)",
     )
-    .bind(key)
+    .bind(keys)
     .fetch_one(&mut *conn)
     .await?;
     if count < i64::from(limit) {

@@ -5,7 +5,7 @@
 
 use chrono::{NaiveDate, Utc};
 use hmac::{Hmac, Mac};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// Today's pepper (UTC), created on first use; any number of processes agree on one per day.
 pub async fn pepper_for(pool: &PgPool, day: NaiveDate) -> sqlx::Result<Vec<u8>> {
@@ -30,24 +30,42 @@ pub fn fingerprint(pepper: &[u8], ip: &str, user_agent: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Records a trial for this visitor unless one was recorded within 24 h. Returns whether this one is allowed.
-/// Checks today's and yesterday's pepper, so a visitor cannot start a second trial just after midnight.
-pub async fn claim_trial(pool: &PgPool, ip: &str, user_agent: &str) -> sqlx::Result<bool> {
-    let today = Utc::now().date_naive();
-    let yesterday = today.pred_opt().expect("dates have predecessors");
-    let current = fingerprint(&pepper_for(pool, today).await?, ip, user_agent);
-    let previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT secret FROM hash_peppers WHERE valid_on = $1")
-            .bind(yesterday)
-            .fetch_optional(pool)
-            .await?;
-    if let Some(previous) = previous {
-        let earlier = fingerprint(&previous, ip, user_agent);
+/// A visitor's fingerprints under today's pepper and (when it still exists) yesterday's. Computing them stores
+/// nothing but today's pepper; [`claim_in`] is what records a trial.
+#[derive(Debug, Clone)]
+pub struct Fingerprints {
+    current: [u8; 32],
+    previous: Option<[u8; 32]>,
+}
+
+impl Fingerprints {
+    pub async fn of(pool: &PgPool, ip: &str, user_agent: &str) -> sqlx::Result<Self> {
+        let today = Utc::now().date_naive();
+        let yesterday = today.pred_opt().expect("dates have predecessors");
+        let current = fingerprint(&pepper_for(pool, today).await?, ip, user_agent);
+        let previous: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT secret FROM hash_peppers WHERE valid_on = $1")
+                .bind(yesterday)
+                .fetch_optional(pool)
+                .await?;
+        Ok(Self {
+            current,
+            previous: previous.map(|pepper| fingerprint(&pepper, ip, user_agent)),
+        })
+    }
+}
+
+/// Records a trial for this visitor unless one was recorded within 24 h, in the caller's transaction (the one
+/// that records the trial's generation, so a trial refused or failing later is not used up). Returns whether
+/// this one is allowed. Checks yesterday's pepper too, so a visitor cannot start a second trial just after
+/// midnight.
+pub async fn claim_in(conn: &mut PgConnection, fingerprints: &Fingerprints) -> sqlx::Result<bool> {
+    if let Some(earlier) = &fingerprints.previous {
         let seen: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM trial_fingerprints WHERE fingerprint = $1 AND created_at > now() - interval '24 hours')",
         )
         .bind(earlier.as_slice())
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
         if seen {
             return Ok(false);
@@ -58,9 +76,18 @@ pub async fn claim_trial(pool: &PgPool, ip: &str, user_agent: &str) -> sqlx::Res
          ON CONFLICT (fingerprint) DO UPDATE SET created_at = now()
            WHERE trial_fingerprints.created_at <= now() - interval '24 hours'",
     )
-    .bind(current.as_slice())
-    .execute(pool)
+    .bind(fingerprints.current.as_slice())
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// [`claim_in`] in a transaction of its own.
+pub async fn claim_trial(pool: &PgPool, ip: &str, user_agent: &str) -> sqlx::Result<bool> {
+    let fingerprints = Fingerprints::of(pool, ip, user_agent).await?;
+    let mut tx = pool.begin().await?;
+    let allowed = claim_in(&mut tx, &fingerprints).await?;
+    tx.commit().await?;
+    Ok(allowed)
 }

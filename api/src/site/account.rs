@@ -20,6 +20,7 @@ use super::{
     session::{self, CsrfForm, Member},
     views::{self, AccountView},
 };
+use crate::limits::Action;
 use crate::{AppError, AppState, exports};
 
 /// The account page's single values, read in one query.
@@ -145,6 +146,10 @@ pub async fn update_profile(
             "The name can have at most 200 characters.".into(),
         ));
     }
+    if let Some(name) = name {
+        jobs::text::check("display_name", name, jobs::text::Lines::One)
+            .map_err(crate::AppError::from)?;
+    }
     sqlx::query("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1")
         .bind(member.user_id)
         .bind(name)
@@ -153,10 +158,25 @@ pub async fn update_profile(
     let new_email = form.email.trim().to_lowercase();
     let mut message = "Your profile was saved.".to_owned();
     if new_email != member.email {
-        if !new_email.contains('@') || new_email.len() > 320 || new_email.len() < 3 {
+        if !super::auth::plausible_email(&new_email) {
             return Err(PageError::BadRequest(
                 "That does not look like an e-mail address.".into(),
             ));
+        }
+        crate::limits::take(&state.pool, Action::EmailChange, member.user_id).await?;
+        message = format!(
+            "Saved. We sent a confirmation link to {new_email}; the new address is used once you open it."
+        );
+        // Over the address's own budget nothing is sent, and the answer is the same: no mail bombing.
+        if !crate::limits::take_mail_to(
+            &state.pool,
+            &new_email,
+            site.config.sign_in_per_address_per_hour,
+        )
+        .await?
+        {
+            member.visitor.flash(&message).await?;
+            return Ok(Redirect::to("/account").into_response());
         }
         let (token, hash) = accounts::new_link_token();
         let minutes = site.config.sign_in_link_ttl.as_secs() / 60;
@@ -191,9 +211,6 @@ pub async fn update_profile(
         )
         .await?;
         tx.commit().await?;
-        message = format!(
-            "Saved. We sent a confirmation link to {new_email}; the new address is used once you open it."
-        );
     }
     member.visitor.flash(&message).await?;
     Ok(Redirect::to("/account").into_response())
@@ -293,6 +310,8 @@ pub async fn create_api_key(
             "A key needs a name of 1 to 100 characters.".into(),
         ));
     }
+    jobs::text::check("name", name, jobs::text::Lines::One).map_err(crate::AppError::from)?;
+    crate::limits::take(&state.pool, Action::ApiKey, member.user_id).await?;
     let key = accounts::issue_api_key(&state.pool, member.user_id, name).await?;
     member
         .visitor

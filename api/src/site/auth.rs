@@ -19,12 +19,12 @@ use jobs::{
 };
 use maud::Markup;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{
     PageError, Peer, client_ip,
     google::Pending,
-    pages::{chrome, local_path},
+    pages::chrome,
+    redirect::local_path,
     session::{CsrfForm, Visitor},
     views,
 };
@@ -65,7 +65,7 @@ pub struct EmailForm {
     next: Option<String>,
 }
 
-fn plausible_email(email: &str) -> bool {
+pub(super) fn plausible_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
     };
@@ -75,11 +75,6 @@ fn plausible_email(email: &str) -> bool {
         && !domain.ends_with('.')
         && email.len() <= 320
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-/// A rate-limit key for a client address that does not store the address: a hash of it.
-fn client_key(ip: &str) -> String {
-    hex::encode(&Sha256::digest(format!("client:{ip}").as_bytes())[..12])
 }
 
 /// `POST /sign-in/email`: queues a link (identical response whether or not the address has an account).
@@ -114,9 +109,10 @@ pub async fn request_link(
     }
     let ip = client_ip(site, &headers, peer);
     let hour = Duration::from_secs(3600);
-    if let Take::RetryAfter(wait) = rate_limit::take(
+    if let Take::RetryAfter(wait) = rate_limit::take_for_identifier(
         &state.pool,
-        &format!("sign-in:{}", client_key(&ip)),
+        "sign-in",
+        &ip,
         site.config.sign_in_per_client_per_hour,
         hour,
     )
@@ -126,16 +122,14 @@ pub async fn request_link(
             retry_after_secs: wait.as_secs(),
         }));
     }
-    let address_key = hex::encode(&Sha256::digest(address.as_bytes())[..12]);
-    let allowed = rate_limit::take(
+    let allowed = crate::limits::take_mail_to(
         &state.pool,
-        &format!("sign-in-address:{address_key}"),
+        &address,
         site.config.sign_in_per_address_per_hour,
-        hour,
     )
     .await?;
     // Over the per-address limit nothing is sent, and the answer is the same: no mail bombing, no oracle.
-    if allowed == Take::Granted {
+    if allowed {
         let (token, hash) = accounts::new_link_token();
         let minutes = site.config.sign_in_link_ttl.as_secs() / 60;
         let mut tx = state.pool.begin().await?;

@@ -79,6 +79,7 @@ pub async fn checkout(
         } else {
             return Err(PageError::BadRequest("There is no such product.".into()));
         };
+    crate::limits::take(&state.pool, crate::limits::Action::Checkout, member.user_id).await?;
     let id = jobs::billing::record_intent(&state.pool, member.user_id, kind, Some(product)).await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
@@ -94,6 +95,7 @@ pub async fn portal(
             "Payments are not available right now.".into(),
         ));
     }
+    crate::limits::take(&state.pool, crate::limits::Action::Portal, member.user_id).await?;
     let id =
         jobs::billing::record_intent(&state.pool, member.user_id, IntentKind::Portal, None).await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())

@@ -14,6 +14,7 @@ mod auth;
 mod billing;
 mod google;
 mod pages;
+mod redirect;
 pub mod session;
 mod trial;
 mod views;

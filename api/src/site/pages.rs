@@ -100,16 +100,6 @@ pub async fn chrome(
     })
 }
 
-/// `next` values must stay on this site.
-pub fn local_path(next: Option<&str>) -> String {
-    match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
-            path.to_owned()
-        }
-        _ => "/".to_owned(),
-    }
-}
-
 /// `GET /`: the generator for members, the landing page with the trial for everyone else.
 pub async fn home(
     State(state): State<AppState>,
@@ -614,7 +604,7 @@ pub async fn consent(
             "Only essential cookies are used."
         })
         .await?;
-    Ok(Redirect::to(&local_path(form.next.as_deref())).into_response())
+    Ok(Redirect::to(&super::redirect::local_path(form.next.as_deref())).into_response())
 }
 
 /// `GET /dev/outbox` (dev only): what the system would have e-mailed.

@@ -203,30 +203,35 @@ pub async fn start(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !jobs::trial::claim_trial(&state.pool, &ip, user_agent).await? {
-        metric("refused_repeat");
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "You have already used today's free trial. Sign up to keep generating — new accounts start with free credits."
-                .into(),
-        )
-        .await;
-    }
+    let fingerprints = jobs::trial::Fingerprints::of(&state.pool, &ip, user_agent).await?;
     let session = visitor.ensure().await?;
-    let generation = generations::create(
+    let created = generations::create(
         &state,
-        generations::Owner::Trial(session.id_hash.clone()),
+        generations::Owner::Trial {
+            session: session.id_hash.clone(),
+            fingerprints,
+        },
         &form.prompt,
         &aspect_ratio,
         "1K",
         &[],
         None,
     )
-    .await
-    .map_err(|error| match error {
-        AppError::Internal(error) => PageError::from(error),
-        other => PageError::App(other),
-    })?;
+    .await;
+    let generation = match created {
+        Ok(generation) => generation,
+        Err(AppError::TooManyRequests { .. }) => {
+            metric("refused_repeat");
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "You have already used today's free trial. Sign up to keep generating — new accounts start with free credits."
+                    .into(),
+            )
+            .await;
+        }
+        Err(AppError::Internal(error)) => return Err(PageError::from(error)),
+        Err(other) => return Err(PageError::App(other)),
+    };
     metric("started");
     Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response())
 }

@@ -7,6 +7,23 @@ fn console_url(app: &TestApp, path: &str) -> String {
     format!("http://{}{}", app.console_addr, path)
 }
 
+/// The CSRF token the console's own page puts in its forms.
+async fn form_token(app: &TestApp) -> String {
+    let page = app
+        .client
+        .get(console_url(app, "/"))
+        .basic_auth("ops", Some(OPERATOR_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let field = "name=\"csrf\" value=\"";
+    let start = page.find(field).expect("a form with a token") + field.len();
+    page[start..start + 64].to_owned()
+}
+
 #[tokio::test]
 async fn the_console_requires_the_operator_token() {
     let app = TestApp::spawn().await;
@@ -93,6 +110,7 @@ async fn the_console_shows_a_dead_job_and_its_retry_button_runs_it_again() {
     let retried = no_redirects
         .post(console_url(&app, &format!("/jobs/{id}/retry")))
         .basic_auth("ops", Some(OPERATOR_TOKEN))
+        .form(&[("csrf", form_token(&app).await)])
         .send()
         .await
         .unwrap();
@@ -113,10 +131,12 @@ async fn the_console_shows_a_dead_job_and_its_retry_button_runs_it_again() {
 #[tokio::test]
 async fn pausing_a_queue_from_the_console_stops_claims_until_resumed() {
     let app = TestApp::spawn().await;
+    let token = form_token(&app).await;
     let post = |path: String| {
         app.client
             .post(console_url(&app, &path))
             .basic_auth("ops", Some(OPERATOR_TOKEN))
+            .form(&[("csrf", token.as_str())])
             .send()
     };
     assert!(
@@ -158,5 +178,69 @@ async fn pausing_a_queue_from_the_console_stops_claims_until_resumed() {
             .is_success()
     );
     assert!(!jobs::upstream::is_paused(&app.pool, "kie").await.unwrap());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_console_cannot_be_framed_sniffed_or_cached() {
+    let app = TestApp::spawn().await;
+    for path in ["/", "/jobs/no-such-job"] {
+        let response = app
+            .client
+            .get(console_url(&app, path))
+            .basic_auth("ops", Some(OPERATOR_TOKEN))
+            .send()
+            .await
+            .unwrap();
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        assert!(
+            header("content-security-policy").contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("cache-control"), "no-store", "{path}");
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_console_form_needs_its_token_and_a_foreign_origin_is_refused_without_fetch_metadata() {
+    let app = TestApp::spawn().await;
+    let token = form_token(&app).await;
+    let pause = |csrf: Option<&str>, origin: Option<&str>| {
+        let mut request = app
+            .client
+            .post(console_url(&app, "/queues/test_record/pause"))
+            .basic_auth("ops", Some(OPERATOR_TOKEN));
+        if let Some(csrf) = csrf {
+            request = request.form(&[("csrf", csrf)]);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let paused = || async {
+        ops::queue_stats(&app.pool)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.queue == "test_record" && s.paused)
+    };
+    // An old browser (no Sec-Fetch-Site) posting from another site, even with a token it somehow has.
+    let foreign = pause(Some(&token), Some("https://evil.example"))
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    let missing = pause(None, None).await.unwrap();
+    assert_eq!(missing.status(), 403, "no token");
+    let wrong = pause(Some(&"0".repeat(64)), None).await.unwrap();
+    assert_eq!(wrong.status(), 403, "a made-up token");
+    assert!(!paused().await, "nothing refused changed anything");
+    let own_origin = format!("http://{}", app.console_addr);
+    let accepted = pause(Some(&token), Some(&own_origin)).await.unwrap();
+    assert!(accepted.status().is_success(), "{}", accepted.status());
+    assert!(paused().await);
     app.finish().await;
 }

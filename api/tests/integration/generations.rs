@@ -226,7 +226,7 @@ async fn a_callback_that_arrives_between_polls_makes_the_next_check_immediate() 
 }
 
 #[tokio::test]
-async fn duplicated_callbacks_are_harmless() {
+async fn a_duplicated_callback_is_recorded_once_and_is_harmless() {
     let app = TestApp::builder()
         .kie(|k| k.callbacks = CallbackMode::Duplicated)
         .spawn()
@@ -242,7 +242,10 @@ async fn duplicated_callbacks_are_harmless() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(callbacks, 2);
+    assert_eq!(
+        callbacks, 1,
+        "kie delivered it twice; the copy is recognised"
+    );
     assert_eq!(
         ledger(&app, &user).await,
         vec![("reserve".into(), -10), ("settle".into(), 0)]
@@ -847,7 +850,8 @@ async fn a_post_refused_by_the_rate_limit_records_nothing() {
 }
 
 #[tokio::test]
-async fn a_post_refused_for_want_of_credits_leaves_the_rate_budget_untouched() {
+async fn a_post_refused_for_want_of_credits_still_spends_a_rate_token_so_refusals_cannot_be_hammered()
+ {
     let app = TestApp::builder()
         .generation_config(one_per_minute())
         .spawn()
@@ -857,27 +861,16 @@ async fn a_post_refused_for_want_of_credits_leaves_the_rate_budget_untouched() {
         .create_generation(&user, json!({"prompt": "too dear"}))
         .await;
     assert_eq!(status, 402, "{body}");
-    assert_eq!(recorded(&app, &user).await, (0, vec![], 0, 0));
-
-    // Topped up within the same minute, the user still has the one generation of the budget.
-    let mut tx = app.pool.begin().await.unwrap();
-    jobs::credits::apply(
-        &mut tx,
-        user.id,
-        jobs::credits::Kind::Grant,
-        100,
-        "test-top-up",
-        json!({}),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let (status, created) = app
-        .create_generation(&user, json!({"prompt": "now paid for"}))
+    assert_eq!(
+        recorded(&app, &user).await,
+        (0, vec![], 0, 1),
+        "nothing recorded but the rate event"
+    );
+    let (status, body) = app
+        .create_generation(&user, json!({"prompt": "too dear, again"}))
         .await;
-    assert_eq!(status, 202, "{created}");
-    app.wait_until_finished(&user, &id_of(&created)).await;
-    assert_eq!(app.balance(&user).await, 95);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(recorded(&app, &user).await, (0, vec![], 0, 1));
     app.finish().await;
 }
 
@@ -1134,7 +1127,8 @@ async fn an_account_level_error_pauses_submissions_without_failing_users_until_r
 }
 
 #[tokio::test]
-async fn callbacks_with_a_wrong_secret_or_signature_are_refused_and_unknown_ones_ignored() {
+async fn callbacks_with_a_wrong_secret_or_signature_or_for_an_unknown_generation_are_refused_alike()
+{
     let app = TestApp::builder().without_worker().spawn().await;
     let unknown = app
         .client
@@ -1143,7 +1137,12 @@ async fn callbacks_with_a_wrong_secret_or_signature_are_refused_and_unknown_ones
         .send()
         .await
         .unwrap();
-    assert_eq!(unknown.status(), 200);
+    assert_eq!(
+        unknown.status(),
+        401,
+        "the same answer as a wrong secret: which generations exist does not leak"
+    );
+    let unknown_body = unknown.text().await.unwrap();
     let user = app.create_user(100).await;
     let (_, created) = app.create_generation(&user, json!({"prompt": "p"})).await;
     let id = id_of(&created);
@@ -1163,6 +1162,7 @@ async fn callbacks_with_a_wrong_secret_or_signature_are_refused_and_unknown_ones
         .await
         .unwrap();
     assert_eq!(wrong_secret.status(), 401);
+    assert_eq!(wrong_secret.text().await.unwrap(), unknown_body);
     let unsigned = app
         .client
         .post(app.url(&format!("/webhooks/kie/{id}/{secret}")))
@@ -1311,5 +1311,124 @@ async fn the_automatic_probe_resumes_paused_submissions_once_kie_answers_again()
             .await
             .contains("createimage2_upstream_paused{upstream=\"kie\"} 0")
     );
+    app.finish().await;
+}
+
+/// Posts a kie callback for `generation` with its URL secret, signed as kie signs (the stand-in's signer).
+async fn signed_callback(
+    app: &TestApp,
+    generation: &str,
+    secret: &str,
+    task_id: &str,
+    state: &str,
+    timestamp: u64,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/webhooks/kie/{generation}/{secret}")))
+        .header("x-webhook-timestamp", timestamp.to_string())
+        .header(
+            "x-webhook-signature",
+            fakes::kie::webhook_signature(testkit::KIE_HMAC_KEY, task_id, timestamp),
+        )
+        .json(&json!({"code": 200, "data": {"taskId": task_id, "state": state}}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_callback_for_another_task_is_refused_and_a_replay_is_not_stored_again() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app.create_generation(&user, json!({"prompt": "p"})).await;
+    let id = id_of(&created);
+    let secret = "known-secret";
+    sqlx::query(
+        "UPDATE generations SET callback_secret_hash = $2, upstream_task_id = 'task_own' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .bind(jobs::accounts::hash_secret(secret))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+    // Validly signed by kie — but for a task that is not this generation's.
+    let foreign = signed_callback(&app, &id, secret, "task_someone_elses", "success", now).await;
+    assert_eq!(foreign.status(), 401);
+    let own = signed_callback(&app, &id, secret, "task_own", "success", now).await;
+    assert_eq!(own.status(), 200);
+    let replay = signed_callback(&app, &id, secret, "task_own", "success", now).await;
+    assert_eq!(
+        replay.status(),
+        200,
+        "kie's retries must not be told to retry again"
+    );
+    assert_eq!(
+        replay.json::<serde_json::Value>().await.unwrap()["duplicate"],
+        true
+    );
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT upstream_task_id, state FROM upstream_callbacks")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        [("task_own".to_owned(), Some("success".to_owned()))]
+    );
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_a_different_request_is_refused_naming_the_key() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let user = app.create_user(100).await;
+    let post = |body: serde_json::Value| {
+        app.client
+            .post(app.url("/api/v1/generations"))
+            .bearer_auth(&user.api_key)
+            .header("idempotency-key", "order-17")
+            .json(&body)
+            .send()
+    };
+    let first = post(json!({"prompt": "a red fox"})).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let charged = app.balance(&user).await;
+    assert!(charged < 100);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let repeat = post(json!({"prompt": "a red fox"})).await.unwrap();
+    assert_eq!(
+        repeat.status(),
+        202,
+        "the same request again is answered with the same generation"
+    );
+    assert_eq!(
+        repeat.json::<serde_json::Value>().await.unwrap()["id"],
+        first["id"]
+    );
+    for different in [
+        json!({"prompt": "a blue fox"}),
+        json!({"prompt": "a red fox "}),
+        json!({"prompt": "a red fox", "aspect_ratio": "1:1"}),
+    ] {
+        let refused = post(different.clone()).await.unwrap();
+        assert_eq!(refused.status(), 422, "{different}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["field"], "Idempotency-Key", "{body}");
+    }
+    let generations: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(generations, 1);
+    assert_eq!(app.balance(&user).await, charged, "charged once");
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     app.finish().await;
 }

@@ -8,6 +8,7 @@ mod generations;
 mod pages;
 mod policy;
 mod privacy;
+mod security;
 mod signin;
 mod site;
 mod support;

@@ -1,25 +1,8 @@
 //! The site's pages and forms: generator, status page, gallery, trial, account, consent, legal pages.
 
-use std::time::Duration;
-
 use testkit::{GA4_ID, TestApp, images};
 
-use crate::support::{generation_id, sign_in, sign_in_with};
-
-async fn wait_finished(app: &TestApp, id: uuid::Uuid) -> String {
-    for _ in 0..300 {
-        let status: String = sqlx::query_scalar("SELECT status FROM generations WHERE id = $1")
-            .bind(id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        if status == "succeeded" || status == "failed" {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("generation {id} did not finish")
-}
+use crate::support::{generation_id, sign_in, sign_in_with, wait_finished};
 
 #[tokio::test]
 async fn a_member_generates_an_image_watches_it_finish_and_downloads_it() {

@@ -41,3 +41,19 @@ pub async fn start_trial(app: &TestApp, browser: &Browser, prompt: &str) -> uuid
     assert_eq!(started.status, 303, "{}", started.body);
     generation_id(started.location().unwrap())
 }
+
+/// Waits until the generation has succeeded or failed; returns which.
+pub async fn wait_finished(app: &TestApp, id: uuid::Uuid) -> String {
+    for _ in 0..300 {
+        let status: String = sqlx::query_scalar("SELECT status FROM generations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if status == "succeeded" || status == "failed" {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("generation {id} did not finish")
+}

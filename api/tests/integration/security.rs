@@ -1,0 +1,304 @@
+//! What an attacker's afternoon tried, each class refused: open redirects, input the database cannot hold,
+//! unlimited actions, hashes that give a person's identifiers back.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde_json::json;
+use testkit::{Browser, TestApp};
+
+use crate::support::{sign_in, start_trial, wait_finished};
+
+/// `next` values that leave the site in a browser (or broke the header), as they appear in a query string.
+const OFFSITE: &[&str] = &[
+    "/%09/evil.example/",
+    "%2F%09%2Fevil.example",
+    "//evil.example/",
+    "/%5Cevil.example",
+    "/%2F/evil.example",
+    "https://evil.example/",
+    "/%0A/evil.example",
+    "/%0D%0ASet-Cookie:%20x=1",
+    "/%00",
+    "/%E2%80%83/evil.example",
+];
+
+#[tokio::test]
+async fn no_next_value_sends_a_visitor_off_the_site_or_breaks_the_page() {
+    let app = TestApp::spawn().await;
+    let visitor = app.browser();
+    let member = sign_in(&app, "next@example.com").await;
+    for next in OFFSITE {
+        // Signed in, `/sign-in?next=` goes straight to `next`.
+        let page = member.get(&format!("/sign-in?next={next}")).await;
+        assert_eq!(page.status, 303, "{next}: {}", page.body);
+        assert_eq!(page.location(), Some("/"), "{next}");
+        // Signed out, the forms carry it on: what they carry is the safe one.
+        for path in [
+            format!("/sign-in?next={next}"),
+            format!("/sign-in/link?token=unknown&next={next}"),
+        ] {
+            let page = visitor.get(&path).await;
+            assert!(page.status.as_u16() < 500, "{path}: {}", page.status);
+            assert!(!page.contains("evil.example"), "{path}");
+        }
+        let google = visitor.get(&format!("/auth/google?next={next}")).await;
+        assert!(google.status.as_u16() < 500, "{next}: {}", google.status);
+        let home = visitor.visit("/").await;
+        let decoded: String = url::form_urlencoded::parse(format!("n={next}").as_bytes())
+            .next()
+            .unwrap()
+            .1
+            .into_owned();
+        let consent = visitor
+            .post(
+                "/consent",
+                &[
+                    ("csrf", &home.csrf()),
+                    ("analytics", "denied"),
+                    ("next", &decoded),
+                ],
+            )
+            .await;
+        assert_eq!(consent.status, 303, "{next}: {}", consent.body);
+        assert_eq!(consent.location(), Some("/"), "{next}");
+    }
+    // And a path on the site is kept.
+    let page = member.get("/sign-in?next=/gallery%3Fbefore%3Dx").await;
+    assert_eq!(page.location(), Some("/gallery?before=x"));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_any_text_field_is_refused_naming_the_field_and_uses_up_nothing() {
+    let app = TestApp::spawn().await;
+    // The API.
+    let user = app.create_user(100).await;
+    let (status, body) = app
+        .create_generation(&user, json!({"prompt": "a\u{0}cat"}))
+        .await;
+    assert_eq!((status, &body["field"]), (422, &json!("prompt")), "{body}");
+    assert_eq!(app.balance(&user).await, 100);
+
+    // The generator.
+    let member = sign_in(&app, "nul@example.com").await;
+    let home = member.visit("/").await;
+    let page = member
+        .post("/generate", &[("csrf", &home.csrf()), ("prompt", "a\0cat")])
+        .await;
+    assert_eq!(page.status, 422, "{}", page.body);
+    assert!(page.contains("U+0000"), "the page says what is wrong");
+
+    // The profile and API keys.
+    let account = member.visit("/account").await;
+    let page = member
+        .post(
+            "/account/profile",
+            &[
+                ("csrf", &account.csrf()),
+                ("display_name", "Ada\0"),
+                ("email", "nul@example.com"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, 422, "{}", page.body);
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT display_name FROM users WHERE email = 'nul@example.com'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(name, None);
+    let page = member
+        .post(
+            "/account/api-keys",
+            &[("csrf", &account.csrf()), ("name", "ci\0")],
+        )
+        .await;
+    assert_eq!(page.status, 422, "{}", page.body);
+    let stranger = app.browser();
+    let form = stranger.visit("/sign-in").await;
+    let page = stranger
+        .post(
+            "/sign-in/email",
+            &[("csrf", &form.csrf()), ("email", "a\0@example.com")],
+        )
+        .await;
+    assert!(page.status.as_u16() < 500, "{}", page.status);
+
+    // The trial: refused before the fingerprint is claimed, so the visitor's one trial is still there.
+    let visitor = app.browser();
+    let landing = visitor.visit("/").await;
+    let refused = visitor
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", "a\0cat"),
+                ("cf-turnstile-response", &app.turnstile.issue_token()),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM trial_fingerprints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 0);
+    let id = start_trial(&app, &visitor, "a cat").await;
+    wait_finished(&app, id).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn address_changes_are_limited_per_member_and_per_inbox() {
+    let app = TestApp::spawn().await;
+    let member = sign_in(&app, "changer@example.com").await;
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let account = member.visit("/account").await;
+        let page = member
+            .post(
+                "/account/profile",
+                &[
+                    ("csrf", &account.csrf()),
+                    ("display_name", ""),
+                    ("email", &format!("new{n}@example.com")),
+                ],
+            )
+            .await;
+        statuses.push(page.status.as_u16());
+    }
+    assert_eq!(statuses, [303, 303, 303, 303, 303, 429]);
+
+    // Six members aim at one victim: the inbox gets the address's budget (5 an hour), sign-in links included.
+    for n in 0..6 {
+        let attacker = sign_in(&app, &format!("attacker{n}@example.com")).await;
+        let account = attacker.visit("/account").await;
+        let page = attacker
+            .post(
+                "/account/profile",
+                &[
+                    ("csrf", &account.csrf()),
+                    ("display_name", ""),
+                    ("email", "victim@example.com"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            page.status, 303,
+            "the answer does not tell the budget is spent"
+        );
+    }
+    let mailed = jobs::email::sent_to(&app.pool, "victim@example.com")
+        .await
+        .unwrap();
+    assert_eq!(mailed.len(), 5);
+    // The outbox is what this test reads; its deliveries are throttled into the future.
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+/// Every value in every table of the app's database, as text, and the hex runs (16 or more hex digits: hashes,
+/// keys, `bytea`) found in them.
+async fn hex_runs(app: &TestApp) -> HashSet<String> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables
+          WHERE table_schema IN ('public', 'apalis') AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut runs = HashSet::new();
+    for table in tables {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT row_to_json(t)::text FROM {table} t"
+        )))
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        for row in rows {
+            let mut run = String::new();
+            for c in row.chars().chain(std::iter::once(' ')) {
+                if c.is_ascii_hexdigit() {
+                    run.push(c.to_ascii_lowercase());
+                } else {
+                    if run.len() >= 16 {
+                        runs.insert(std::mem::take(&mut run));
+                    }
+                    run.clear();
+                }
+            }
+        }
+    }
+    runs
+}
+
+/// One deployment of the service, visited by one person (client address, browser, e-mail address): they ask for
+/// a sign-in link and start the trial. Returns what the database holds afterwards.
+async fn traces_of(ip: &'static str, user_agent: &'static str, email: &str) -> HashSet<String> {
+    let app = TestApp::builder()
+        .site(|site| {
+            site.client_ip_header = Some("x-client-ip".into());
+            site.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        })
+        .spawn()
+        .await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-client-ip", ip.parse().unwrap());
+    headers.insert("user-agent", user_agent.parse().unwrap());
+    let browser = Browser::with_headers(&app.url(""), headers);
+    let form = browser.visit("/sign-in").await;
+    let sent = browser
+        .post(
+            "/sign-in/email",
+            &[("csrf", &form.csrf()), ("email", email)],
+        )
+        .await;
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let id = start_trial(&app, &browser, "a lighthouse").await;
+    wait_finished(&app, id).await;
+    let runs = hex_runs(&app).await;
+    // No raw identifier anywhere, in any column.
+    let everything: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT string_agg(row_to_json(t)::text, ' ') FROM sessions t
+         UNION ALL SELECT string_agg(row_to_json(t)::text, ' ') FROM rate_limit_events t
+         UNION ALL SELECT string_agg(row_to_json(t)::text, ' ') FROM trial_fingerprints t",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .flatten()
+    .collect();
+    assert!(
+        everything.iter().all(|text| !text.contains(ip)),
+        "the IP address is stored"
+    );
+    app.finish().await;
+    runs
+}
+
+/// A value two independent deployments both store for the same person, and do not store for another person, is
+/// computed from that person's identifiers without any secret of the deployment: whoever reads it can test
+/// guesses against it (every IPv4 address takes seconds). A keyed hash under a deployment's own pepper differs
+/// between deployments, so only unkeyed derivations survive this comparison.
+#[tokio::test]
+async fn every_stored_trace_of_a_persons_address_browser_or_email_is_keyed_by_a_secret() {
+    let person = ("203.0.113.9", "Firefox/140.0", "person@example.com");
+    let other = ("198.51.100.4", "Chrome/150.0", "other@example.com");
+    let first = traces_of(person.0, person.1, person.2).await;
+    let second = traces_of(person.0, person.1, person.2).await;
+    let third = traces_of(other.0, other.1, other.2).await;
+    let derivable: BTreeSet<&String> = first
+        .intersection(&second)
+        .filter(|run| !third.contains(*run))
+        .collect();
+    assert!(
+        derivable.is_empty(),
+        "stored values computable from the person's identifiers without a secret: {derivable:?}"
+    );
+    // The comparison sees what it is meant to: the same person's identifiers leave hashes in each deployment.
+    assert!(first.len() > 3 && second.len() > 3);
+}

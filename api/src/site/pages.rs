@@ -194,7 +194,10 @@ pub async fn generate(
                 &form.reference_upload_ids,
                 form.idempotency_key
                     .as_deref()
-                    .filter(|k| !k.is_empty() && k.len() <= 255),
+                    // The page's own key (a UUID); anything else is not one and is ignored.
+                    .filter(|k| {
+                        !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+                    }),
             )
             .await
         }

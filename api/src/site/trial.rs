@@ -40,6 +40,9 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// Trial attempts one client address may make in an hour (a trial is one a day; the rest is retries).
+const TRIAL_ATTEMPTS_PER_HOUR: u32 = 20;
+
 /// The trial widget's `data-action`; siteverify reports it back and a token made for another action is refused.
 pub const TRIAL_ACTION: &str = "trial";
 
@@ -179,6 +182,27 @@ pub async fn start(
             .with_label_values(&[outcome])
             .inc();
     };
+    // Each attempt costs a siteverify call and a fingerprint: a client address gets TRIAL_ATTEMPTS_PER_HOUR,
+    // whatever their outcome (keyed by an HMAC of the address, like every identifier-keyed budget).
+    if let jobs::rate_limit::Take::RetryAfter(wait) = jobs::rate_limit::take_for_identifier(
+        &state.pool,
+        "trial",
+        &ip,
+        TRIAL_ATTEMPTS_PER_HOUR,
+        std::time::Duration::from_secs(3600),
+    )
+    .await?
+    {
+        metric("rate_limited");
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many attempts from your network. Please try again in {} minutes.",
+                wait.as_secs().div_ceil(60)
+            ),
+        )
+        .await;
+    }
     match verify(&site, &form.turnstile, &ip).await {
         Verdict::Human => {}
         Verdict::Refused(codes) => {

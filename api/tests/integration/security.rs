@@ -302,3 +302,225 @@ async fn every_stored_trace_of_a_persons_address_browser_or_email_is_keyed_by_a_
     // The comparison sees what it is meant to: the same person's identifiers leave hashes in each deployment.
     assert!(first.len() > 3 && second.len() > 3);
 }
+
+/// Values an attacker types into every field: a NUL, an escaped NUL, terminal and bidi controls, a very long
+/// string, path traversal, SQL and markup.
+fn hostile_values() -> Vec<String> {
+    vec![
+        "\0".into(),
+        "%00".into(),
+        "\u{1b}[31m".into(),
+        "\u{202e}txt.exe".into(),
+        "x".repeat(20_000),
+        "../../etc/passwd".into(),
+        "' OR 1=1 --".into(),
+        "<script>alert(1)</script>".into(),
+        "\u{fffe}".into(),
+    ]
+}
+
+#[tokio::test]
+async fn no_hostile_input_in_any_field_gets_a_500() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(1_000).await;
+    let member = sign_in(&app, "hostile@example.com").await;
+    let mut failures = Vec::new();
+    let mut check = |what: String, status: u16| {
+        if status >= 500 {
+            failures.push(format!("{status} {what}"));
+        }
+    };
+    for value in hostile_values() {
+        let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let short: String = value.chars().take(20).collect();
+        // Paths and query strings, on the site and the API.
+        for path in [
+            format!("/gallery?before={encoded}"),
+            format!("/generations/{encoded}"),
+            format!("/generations/{encoded}/download"),
+            format!("/billing/intents/{encoded}"),
+            format!("/sign-in/link?token={encoded}&next={encoded}"),
+            format!("/account/email/confirm?token={encoded}"),
+            format!("/auth/google/callback?state={encoded}&code={encoded}"),
+            format!("/sign-in?next={encoded}&error={encoded}"),
+            format!("/?{encoded}"),
+        ] {
+            let page = member.get(&path).await;
+            check(
+                format!("GET {}", path.chars().take(60).collect::<String>()),
+                page.status.as_u16(),
+            );
+        }
+        for path in [
+            format!("/api/v1/generations?cursor={encoded}"),
+            format!("/api/v1/generations/{encoded}"),
+            format!("/api/v1/generations/{encoded}/events"),
+            format!("/api/v1/exports/{encoded}"),
+        ] {
+            let response = app.get_with_key(&path, &user.api_key).await;
+            check(
+                format!("GET {}", path.chars().take(60).collect::<String>()),
+                response.status().as_u16(),
+            );
+        }
+        // Every field of the JSON API.
+        for body in [
+            json!({"prompt": value}),
+            json!({"prompt": "p", "aspect_ratio": value}),
+            json!({"prompt": "p", "resolution": value}),
+            json!({"prompt": "p", "reference_upload_ids": [value]}),
+        ] {
+            let response = app.post_json("/api/v1/generations", &user, &body).await;
+            check(
+                format!("POST /api/v1/generations {short:?}"),
+                response.status().as_u16(),
+            );
+        }
+        let response = app
+            .post_json(
+                "/api/v1/uploads",
+                &user,
+                &json!({"content_type": value, "byte_size": 10}),
+            )
+            .await;
+        check(
+            format!("POST /api/v1/uploads {short:?}"),
+            response.status().as_u16(),
+        );
+        if let Ok(header) = reqwest::header::HeaderValue::from_str(&value) {
+            let response = app
+                .client
+                .post(app.url("/api/v1/generations"))
+                .bearer_auth(&user.api_key)
+                .header("idempotency-key", header)
+                .json(&json!({"prompt": "p"}))
+                .send()
+                .await
+                .unwrap();
+            check(
+                format!("Idempotency-Key {short:?}"),
+                response.status().as_u16(),
+            );
+        }
+        let response = app
+            .client
+            .delete(app.url("/api/v1/account"))
+            .bearer_auth(&user.api_key)
+            .json(&json!({"confirm": value}))
+            .send()
+            .await
+            .unwrap();
+        check(
+            format!("DELETE /api/v1/account {short:?}"),
+            response.status().as_u16(),
+        );
+        // Webhooks.
+        let response = app
+            .client
+            .post(app.url(&format!("/webhooks/kie/{}/{encoded}", uuid::Uuid::new_v4())))
+            .body(value.clone())
+            .send()
+            .await
+            .unwrap();
+        check(
+            format!("kie callback {short:?}"),
+            response.status().as_u16(),
+        );
+        let response = app
+            .client
+            .post(app.url("/webhooks/stripe"))
+            .header("stripe-signature", format!("t=1,v1={encoded}"))
+            .body(value.clone())
+            .send()
+            .await
+            .unwrap();
+        check(
+            format!("stripe webhook {short:?}"),
+            response.status().as_u16(),
+        );
+        // Every field of every form, the others plausible.
+        let forms: &[(&str, &[(&str, &str)])] = &[
+            (
+                "/generate",
+                &[
+                    ("prompt", "p"),
+                    ("aspect_ratio", "auto"),
+                    ("resolution", "1K"),
+                    ("idempotency_key", "k"),
+                ],
+            ),
+            (
+                "/account/profile",
+                &[("display_name", "Ada"), ("email", "hostile@example.com")],
+            ),
+            ("/account/api-keys", &[("name", "ci")]),
+            ("/billing/checkout", &[("product", "pack_100")]),
+            ("/consent", &[("analytics", "denied"), ("next", "/")]),
+            (
+                "/sign-in/email",
+                &[("email", "x@example.com"), ("next", "/")],
+            ),
+            (
+                "/account/delete",
+                &[("confirm_email", "nobody@example.com")],
+            ),
+        ];
+        for (path, fields) in forms {
+            for hostile_field in 0..fields.len() {
+                let home = member.visit("/account").await;
+                let csrf = home.csrf();
+                let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf)];
+                for (n, (name, plausible)) in fields.iter().enumerate() {
+                    form.push((
+                        name,
+                        if n == hostile_field {
+                            &value
+                        } else {
+                            plausible
+                        },
+                    ));
+                }
+                let page = member.post(path, &form).await;
+                check(
+                    format!("POST {path} {}={short:?}", fields[hostile_field].0),
+                    page.status.as_u16(),
+                );
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "answered 5xx:\n{}",
+        failures.join("\n")
+    );
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn trial_attempts_are_limited_per_client_whatever_their_outcome() {
+    let app = TestApp::spawn().await;
+    let mut statuses = Vec::new();
+    for _ in 0..21 {
+        let visitor = app.browser();
+        let landing = visitor.visit("/").await;
+        let page = visitor
+            .post(
+                "/trial",
+                &[
+                    ("csrf", &landing.csrf()),
+                    ("prompt", "a cat"),
+                    ("cf-turnstile-response", "forged"),
+                ],
+            )
+            .await;
+        statuses.push(page.status.as_u16());
+    }
+    assert_eq!(&statuses[..20], [403; 20], "each refused by the bot check");
+    assert_eq!(statuses[20], 429, "the 21st in an hour is not even checked");
+    assert_eq!(app.turnstile.calls(), 20, "no siteverify call for it");
+    app.finish().await;
+}

@@ -141,28 +141,36 @@ pub async fn update_profile(
         .as_deref()
         .map(str::trim)
         .filter(|n| !n.is_empty());
+    let invalid = |field, message: &str| {
+        PageError::from(AppError::Invalid {
+            field,
+            message: message.into(),
+        })
+    };
     if name.is_some_and(|n| n.chars().count() > 200) {
-        return Err(PageError::BadRequest(
-            "The name can have at most 200 characters.".into(),
+        return Err(invalid(
+            "display_name",
+            "the name can have at most 200 characters",
         ));
     }
     if let Some(name) = name {
-        jobs::text::check("display_name", name, jobs::text::Lines::One)
-            .map_err(crate::AppError::from)?;
+        jobs::text::check("display_name", name, jobs::text::Lines::One).map_err(AppError::from)?;
+    }
+    let new_email = form.email.trim().to_lowercase();
+    // Both fields are checked before either is saved: a refused form changes nothing.
+    if new_email != member.email && !super::auth::plausible_email(&new_email) {
+        return Err(invalid(
+            "email",
+            "that does not look like an e-mail address",
+        ));
     }
     sqlx::query("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1")
         .bind(member.user_id)
         .bind(name)
         .execute(&state.pool)
         .await?;
-    let new_email = form.email.trim().to_lowercase();
     let mut message = "Your profile was saved.".to_owned();
     if new_email != member.email {
-        if !super::auth::plausible_email(&new_email) {
-            return Err(PageError::BadRequest(
-                "That does not look like an e-mail address.".into(),
-            ));
-        }
         crate::limits::take(&state.pool, Action::EmailChange, member.user_id).await?;
         message = format!(
             "Saved. We sent a confirmation link to {new_email}; the new address is used once you open it."
@@ -306,11 +314,13 @@ pub async fn create_api_key(
 ) -> Result<Response, PageError> {
     let name = form.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(PageError::BadRequest(
-            "A key needs a name of 1 to 100 characters.".into(),
-        ));
+        return Err(AppError::Invalid {
+            field: "name",
+            message: "a key needs a name of 1 to 100 characters".into(),
+        }
+        .into());
     }
-    jobs::text::check("name", name, jobs::text::Lines::One).map_err(crate::AppError::from)?;
+    jobs::text::check("name", name, jobs::text::Lines::One).map_err(AppError::from)?;
     crate::limits::take(&state.pool, Action::ApiKey, member.user_id).await?;
     let key = accounts::issue_api_key(&state.pool, member.user_id, name).await?;
     member

@@ -524,3 +524,82 @@ async fn trial_attempts_are_limited_per_client_whatever_their_outcome() {
     assert_eq!(app.turnstile.calls(), 20, "no siteverify call for it");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_trial_whose_generation_cannot_be_recorded_is_not_used_up() {
+    let app = TestApp::spawn().await;
+    // The database refuses the trial's generation row, after the bot check and the fingerprint.
+    for statement in [
+        "CREATE FUNCTION test_refuse_generation() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$",
+        "CREATE TRIGGER test_refuse_generation BEFORE INSERT ON generations
+            FOR EACH ROW EXECUTE FUNCTION test_refuse_generation()",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+    let visitor = app.browser();
+    let landing = visitor.visit("/").await;
+    let failed = visitor
+        .post(
+            "/trial",
+            &[
+                ("csrf", &landing.csrf()),
+                ("prompt", "a cat"),
+                ("cf-turnstile-response", &app.turnstile.issue_token()),
+            ],
+        )
+        .await;
+    assert_eq!(failed.status, 500);
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM trial_fingerprints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed, 0,
+        "the fingerprint rolled back with the generation"
+    );
+    sqlx::query("DROP TRIGGER test_refuse_generation ON generations")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let id = start_trial(&app, &visitor, "a cat").await;
+    assert_eq!(wait_finished(&app, id).await, "succeeded");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn issuing_api_keys_and_signing_uploads_have_budgets_that_refusals_spend_too() {
+    let app = TestApp::spawn().await;
+    let member = sign_in(&app, "keys@example.com").await;
+    let mut statuses = Vec::new();
+    for n in 0..21 {
+        let account = member.visit("/account").await;
+        let page = member
+            .post(
+                "/account/api-keys",
+                &[("csrf", &account.csrf()), ("name", &format!("key {n}"))],
+            )
+            .await;
+        statuses.push(page.status.as_u16());
+    }
+    assert_eq!(&statuses[..20], [303; 20]);
+    assert_eq!(statuses[20], 429, "the 21st key in an hour");
+
+    let user = app.create_user(0).await;
+    let mut last = 0;
+    for n in 0..301 {
+        // Refused uploads (a type the service does not take) count like accepted ones.
+        let content_type = if n % 2 == 0 { "image/png" } else { "text/html" };
+        let response = app
+            .post_json(
+                "/api/v1/uploads",
+                &user,
+                &json!({"content_type": content_type, "byte_size": 10}),
+            )
+            .await;
+        last = response.status().as_u16();
+        assert!(n == 300 || last != 429, "refused early, at {n}");
+    }
+    assert_eq!(last, 429, "the 301st upload in an hour");
+    app.finish().await;
+}

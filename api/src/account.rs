@@ -20,7 +20,7 @@ pub struct DeleteAccountRequest {
 pub async fn delete_account(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Json(body): Json<DeleteAccountRequest>,
+    crate::error::ApiJson(body): crate::error::ApiJson<DeleteAccountRequest>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     if body.confirm.as_deref().map(str::trim) != Some(DELETE_CONFIRMATION) {
         return Err(AppError::Invalid {

@@ -22,6 +22,10 @@ pub enum AppError {
         field: &'static str,
         message: String,
     },
+    /// A JSON body that does not parse or does not fit the request's type, naming where (`prompt`,
+    /// `reference_upload_ids[0]`, or `body` when the document as a whole is broken).
+    #[error("{field}: {message}")]
+    InvalidBody { field: String, message: String },
     /// Not enough credits.
     #[error("this needs {cost} credits; the balance is {balance}")]
     PaymentRequired { balance: i64, cost: i64 },
@@ -48,7 +52,7 @@ impl AppError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Invalid { .. } | Self::InvalidBody { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -70,6 +74,10 @@ impl IntoResponse for AppError {
                 json!({"error": "not_found", "message": "not found"}),
             ),
             Self::Invalid { field, message } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "invalid", "field": field, "message": message}),
+            ),
+            Self::InvalidBody { field, message } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"error": "invalid", "field": field, "message": message}),
             ),
@@ -111,4 +119,48 @@ impl From<jobs::generations::Invalid> for AppError {
             message: invalid.message,
         }
     }
+}
+
+/// `Json<T>` whose refusals are the API's own: a body that is not JSON, or JSON that does not fit `T` (a wrong
+/// type, a lone surrogate in a string, a missing field), is a 422 naming the field as every other invalid input
+/// is; other refusals (no JSON content type, an unreadable body) keep axum's status.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        use axum::extract::rejection::JsonRejection;
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(
+                rejection @ (JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_)),
+            ) => {
+                let (field, message) = located(&rejection)
+                    .unwrap_or_else(|| ("body".to_owned(), rejection.body_text()));
+                Err(AppError::InvalidBody { field, message }.into_response())
+            }
+            Err(other) => Err(other.into_response()),
+        }
+    }
+}
+
+/// Where in the document deserializing stopped, and why (serde_path_to_error's path and error, which axum keeps
+/// as the rejection's source).
+fn located(rejection: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+    let mut source = Some(rejection);
+    while let Some(error) = source {
+        if let Some(located) = error.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>()
+        {
+            let path = located.path().to_string();
+            let field = if path == "." { "body".to_owned() } else { path };
+            return Some((field, located.inner().to_string()));
+        }
+        source = error.source();
+    }
+    None
 }

@@ -49,7 +49,7 @@ pub struct NewUpload {
 pub async fn create_upload(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Json(body): Json<NewUpload>,
+    crate::error::ApiJson(body): crate::error::ApiJson<NewUpload>,
 ) -> Result<Response, AppError> {
     Ok((
         StatusCode::CREATED,
@@ -121,7 +121,7 @@ pub async fn create_generation(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     headers: HeaderMap,
-    Json(body): Json<NewGeneration>,
+    crate::error::ApiJson(body): crate::error::ApiJson<NewGeneration>,
 ) -> Result<Response, AppError> {
     let prompt = body.prompt.unwrap_or_default();
     let aspect_ratio = body.aspect_ratio.unwrap_or_else(|| "auto".into());

@@ -242,7 +242,7 @@ pub async fn create_upload(
     member: Member,
     headers: HeaderMap,
     method: Method,
-    Json(body): Json<generations::NewUpload>,
+    crate::error::ApiJson(body): crate::error::ApiJson<generations::NewUpload>,
 ) -> Result<Response, AppError> {
     session::check_header(&member.visitor, &headers, &method)
         .await

@@ -603,3 +603,38 @@ async fn issuing_api_keys_and_signing_uploads_have_budgets_that_refusals_spend_t
     assert_eq!(last, 429, "the 301st upload in an hour");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_json_body_that_does_not_fit_is_refused_with_422_naming_the_field() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let user = app.create_user(100).await;
+    let post = |raw: &'static str| {
+        app.client
+            .post(app.url("/api/v1/generations"))
+            .bearer_auth(&user.api_key)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+    };
+    for (raw, field) in [
+        // An unpaired surrogate cannot be text in Postgres or anywhere else.
+        (r#"{"prompt": "a\ud800cat"}"#, Some("prompt")),
+        (r#"{"prompt": 7}"#, Some("prompt")),
+        (
+            r#"{"prompt": "p", "reference_upload_ids": ["x"]}"#,
+            Some("reference_upload_ids[0]"),
+        ),
+        (r#"{"prompt": "#, None),
+    ] {
+        let response = post(raw).await.unwrap();
+        assert_eq!(response.status(), 422, "{raw}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid", "{raw}: {body}");
+        match field {
+            Some(field) => assert_eq!(body["field"], field, "{raw}: {body}"),
+            None => assert!(body["field"].is_string(), "{raw}: {body}"),
+        }
+    }
+    assert_eq!(app.balance(&user).await, 100);
+    app.finish().await;
+}

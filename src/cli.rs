@@ -1,7 +1,5 @@
 //! Subcommands: `api`, `worker`, `scheduler`, `migrate`, `dev`, and the operator commands under `jobs`.
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jobs::{
@@ -47,16 +45,17 @@ pub enum Command {
     /// Run the whole stack in one process on local defaults: Postgres (DATABASE_URL, else 127.0.0.1:5432,
     /// else a private throwaway cluster), an in-process S3 server, the stand-ins, api + all workers +
     /// scheduler. Prints the site URL, the metrics URL and a demo API key. Ctrl-C drains and exits.
+    #[cfg(feature = "dev")]
     Dev {
         /// Site and JSON API address.
         #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// /metrics, /healthz and /readyz address.
         #[arg(long, default_value = "127.0.0.1:9090")]
-        metrics_listen: SocketAddr,
+        metrics_listen: std::net::SocketAddr,
         /// The ops console's address (its password is printed, or OPERATOR_TOKEN).
         #[arg(long, default_value = "127.0.0.1:9091")]
-        console_listen: SocketAddr,
+        console_listen: std::net::SocketAddr,
     },
     /// Operator commands on the job queue.
     Jobs {
@@ -187,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        #[cfg(feature = "dev")]
         Command::Dev {
             listen,
             metrics_listen,

@@ -1,4 +1,4 @@
-//! The kie.ai client (facts: `../shared/docs/kie-api.md`). Production talks to `KIE_BASE_URL`; tests and `dev`
+//! The kie.ai client (facts: `docs/kie-api.md`). Production talks to `KIE_BASE_URL`; tests and `dev`
 //! point it at the stand-in in `fakes/`, so this client is what the tests exercise.
 //!
 //! kie answers on two layers, the HTTP status and the JSON `code`; both are read, and every failure is

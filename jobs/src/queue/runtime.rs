@@ -1,7 +1,7 @@
 //! The worker runtime: claims jobs from `apalis.jobs`, runs them, records outcomes, hands back what it cannot
 //! finish. One [`Runner`] per queue a process serves, each with its own concurrency.
 //!
-//! Guard rails (see `../shared/docs/apalis-postgres.md` and ARCHITECTURE.md):
+//! Guard rails (see `docs/apalis-postgres.md` and ARCHITECTURE.md):
 //! - claims are batched to the number of free slots (`FOR UPDATE SKIP LOCKED`), completions of successful jobs
 //!   are batched into one `UPDATE … WHERE id = ANY($1)` per flush;
 //! - a timeout and panic capture wrap every attempt *inside* the runner, so no attempt leaves its row `Running`;

@@ -1,4 +1,4 @@
-//! Each guard rail of the queue layer (see ../shared/docs/apalis-postgres.md), shown against real Postgres.
+//! Each guard rail of the queue layer (see docs/apalis-postgres.md), shown against real Postgres.
 
 use std::time::Duration;
 

@@ -168,13 +168,15 @@ pub async fn create_generation(
     )
     .await?;
     // A concurrent request with the same key may have won: its generation is only ours if it asked the same.
-    same_request(
-        &generation,
-        &prompt,
-        &aspect_ratio,
-        &resolution,
-        &body.reference_upload_ids,
-    )?;
+    if idempotency_key.is_some() {
+        same_request(
+            &generation,
+            &prompt,
+            &aspect_ratio,
+            &resolution,
+            &body.reference_upload_ids,
+        )?;
+    }
     // Without an idempotency key the generation is new and has no images yet: nothing more to read.
     let view = match idempotency_key {
         None => view_with_images(&state, &generation, Vec::new()).await?,
@@ -195,12 +197,11 @@ fn same_request(
     let mut references = references.to_vec();
     references.sort();
     references.dedup();
-    let mut recorded = existing.reference_upload_ids.clone();
-    recorded.sort();
+    // `create` stores the references sorted and deduplicated, so the request's are compared in that form.
     if existing.prompt == prompt
         && existing.aspect_ratio == aspect_ratio
         && existing.resolution == resolution
-        && recorded == references
+        && existing.reference_upload_ids == references
     {
         Ok(())
     } else {

@@ -50,19 +50,8 @@ pub async fn take_for_identifier(
     limit: u32,
     window: Duration,
 ) -> sqlx::Result<Take> {
-    let today = chrono::Utc::now().date_naive();
-    let yesterday = today.pred_opt().expect("dates have predecessors");
-    let current = identifier_key(
-        scope,
-        &crate::trial::pepper_for(pool, today).await?,
-        identifier,
-    );
-    let previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT secret FROM hash_peppers WHERE valid_on = $1")
-            .bind(yesterday)
-            .fetch_optional(pool)
-            .await?;
-    let mut keys = vec![current];
+    let (current, previous) = crate::trial::current_peppers(pool).await?;
+    let mut keys = vec![identifier_key(scope, &current, identifier)];
     keys.extend(previous.map(|pepper| identifier_key(scope, &pepper, identifier)));
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut tx = pool.begin().await?;

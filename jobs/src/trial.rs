@@ -21,6 +21,19 @@ pub async fn pepper_for(pool: &PgPool, day: NaiveDate) -> sqlx::Result<Vec<u8>> 
         .await
 }
 
+/// Today's pepper and, while it still exists, yesterday's: whatever is keyed under the day's pepper is looked up
+/// under both, so nothing keyed resets at midnight (trial fingerprints, `rate_limit::take_for_identifier`).
+pub async fn current_peppers(pool: &PgPool) -> sqlx::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let today = Utc::now().date_naive();
+    let yesterday = today.pred_opt().expect("dates have predecessors");
+    let current = pepper_for(pool, today).await?;
+    let previous = sqlx::query_scalar("SELECT secret FROM hash_peppers WHERE valid_on = $1")
+        .bind(yesterday)
+        .fetch_optional(pool)
+        .await?;
+    Ok((current, previous))
+}
+
 /// HMAC-SHA256(pepper, ip ‖ "\n" ‖ user agent). Only this leaves the request.
 pub fn fingerprint(pepper: &[u8], ip: &str, user_agent: &str) -> [u8; 32] {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(pepper).expect("HMAC takes any key length");
@@ -40,16 +53,9 @@ pub struct Fingerprints {
 
 impl Fingerprints {
     pub async fn of(pool: &PgPool, ip: &str, user_agent: &str) -> sqlx::Result<Self> {
-        let today = Utc::now().date_naive();
-        let yesterday = today.pred_opt().expect("dates have predecessors");
-        let current = fingerprint(&pepper_for(pool, today).await?, ip, user_agent);
-        let previous: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT secret FROM hash_peppers WHERE valid_on = $1")
-                .bind(yesterday)
-                .fetch_optional(pool)
-                .await?;
+        let (current, previous) = current_peppers(pool).await?;
         Ok(Self {
-            current,
+            current: fingerprint(&current, ip, user_agent),
             previous: previous.map(|pepper| fingerprint(&pepper, ip, user_agent)),
         })
     }

@@ -738,6 +738,15 @@ impl TestApp {
 
     /// Stops api and worker (draining), then fails if jobs were left unrun, running or dead beyond those
     /// declared with [`expect_dead`](Self::expect_dead).
+    /// Deletes every job row: for a test that deliberately leaves work unrun (jobs behind a stopped worker,
+    /// deliveries throttled into the future), which [`finish`](Self::finish) would otherwise report.
+    pub async fn discard_unrun_jobs(&self) {
+        sqlx::query("DELETE FROM apalis.jobs")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
     pub async fn finish(mut self) {
         self.settle_due_jobs().await;
         self.stop().await;

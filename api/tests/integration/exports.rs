@@ -217,10 +217,7 @@ async fn a_second_request_while_one_is_being_prepared_is_refused() {
     assert_eq!(request_export(&app, &user).await.0, 202);
     let (status, body) = request_export(&app, &user).await;
     assert_eq!(status, 409, "{body}");
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 

@@ -1180,10 +1180,7 @@ async fn callbacks_with_a_wrong_secret_or_signature_or_for_an_unknown_generation
         .await
         .unwrap();
     assert_eq!(callbacks, 0);
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 
@@ -1376,10 +1373,7 @@ async fn a_signed_callback_for_another_task_is_refused_and_a_replay_is_not_store
         stored,
         [("task_own".to_owned(), Some("success".to_owned()))]
     );
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 
@@ -1426,9 +1420,6 @@ async fn an_idempotency_key_reused_with_a_different_request_is_refused_naming_th
         .unwrap();
     assert_eq!(generations, 1);
     assert_eq!(app.balance(&user).await, charged, "charged once");
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }

@@ -247,10 +247,7 @@ async fn a_deletion_interrupted_midway_completes_when_the_job_runs_again() {
         ["completed_at", "id", "reason", "requested_at"],
         "only that a deletion happened"
     );
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 

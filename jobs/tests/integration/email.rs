@@ -131,10 +131,7 @@ async fn smtp_delivery_sends_a_multipart_message_with_the_text_and_html_bodies()
         data.contains("text/plain") && data.contains("text/html"),
         "{data}"
     );
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 
@@ -152,10 +149,7 @@ async fn a_4xx_answer_is_transient_and_a_5xx_answer_is_permanent() {
         email::deliver(&smtp_config(rejecting), &row).await,
         Err(DeliveryError::Permanent(_))
     ));
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 
@@ -180,10 +174,7 @@ async fn the_file_transport_writes_an_eml_file_with_both_parts() {
     assert!(
         eml.contains("text/plain") && eml.contains("text/html") && eml.contains("file@example.com")
     );
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 

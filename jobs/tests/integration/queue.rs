@@ -418,10 +418,7 @@ async fn pruning_forgets_silent_workers_unless_they_hold_an_unfinished_job() {
             .await
             .unwrap();
     assert_eq!(finished_by.as_deref(), Some("silent-done"));
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 
@@ -453,10 +450,7 @@ async fn a_job_running_far_past_its_timeout_is_reaped_even_if_its_worker_heartbe
     .unwrap();
     assert_eq!(reaped, 1);
     assert_eq!(app.job_status("stuck").await, "Pending");
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 
@@ -675,10 +669,7 @@ async fn shutdown_hands_back_jobs_that_cannot_finish_within_the_grace_period() {
         ("Pending", 0, None),
         "handed back, attempt not counted"
     );
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }
 
@@ -873,10 +864,7 @@ async fn queue_gauges_match_a_known_queue_state_and_job_metrics_are_recorded() {
         .unwrap();
     let age: f64 = age_line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((90.0..100.0).contains(&age), "{age_line}");
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.discard_unrun_jobs().await;
     app.expect_dead(0);
     app.finish().await;
 }

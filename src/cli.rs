@@ -4,9 +4,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jobs::{
     config::{Config, DatabaseConfig, Env, LogFormat},
-    queue::ops,
     telemetry,
 };
+use queue::ops;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]

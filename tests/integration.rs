@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobs::{kinds::PruneFinishedJobs, queue};
+use jobs::kinds::PruneFinishedJobs;
 use testkit::TestDb;
 
 fn binary() -> Command {

@@ -14,7 +14,7 @@ use axum::{
     routing::{get, post},
 };
 use base64::Engine as _;
-use jobs::queue::ops;
+use queue::ops;
 use maud::{DOCTYPE, Markup, html};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;

@@ -9,9 +9,10 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
+use queue::Job as _;
+
 use jobs::{
     kinds::BuildExport,
-    queue::{EnqueueOptions, enqueue_with},
     rate_limit::{self, Take},
 };
 use serde_json::{Value, json};
@@ -74,11 +75,8 @@ pub async fn start(state: &AppState, user: Uuid) -> Result<Uuid, AppError> {
             "an export is already being prepared".into(),
         ));
     }
-    enqueue_with(
-        &mut *tx,
-        &BuildExport { export_id: id },
-        EnqueueOptions::key(format!("build_export:{id}")),
-    )
+    BuildExport { export_id: id }
+    .enqueue(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(id)

@@ -15,11 +15,12 @@ use axum::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
+use queue::Job as _;
+
 use jobs::{
     credits::{self, Applied, Kind},
     generations::{self, Generation},
     kinds::{DeleteGeneration, SubmitGeneration, submit_generation::MAX_REFERENCE_BYTES},
-    queue::{EnqueueOptions, enqueue_with},
     rate_limit::{self, Take},
 };
 use serde::Deserialize;
@@ -375,11 +376,8 @@ pub async fn create(
             }
         }
     }
-    enqueue_with(
-        &mut *tx,
-        &SubmitGeneration { generation_id: id },
-        EnqueueOptions::key(SubmitGeneration::key(id)),
-    )
+    SubmitGeneration::first(id)
+    .enqueue(&mut *tx)
     .await?;
     tx.commit().await?;
     state
@@ -595,11 +593,8 @@ pub async fn remove(state: &AppState, generation: &Generation) -> Result<(), App
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    enqueue_with(
-        &mut *tx,
-        &DeleteGeneration { generation_id: id },
-        EnqueueOptions::key(format!("delete:{id}")),
-    )
+    DeleteGeneration { generation_id: id }
+    .enqueue(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())

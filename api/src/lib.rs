@@ -20,10 +20,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use jobs::{
     config::{Config, GenerationConfig},
-    queue::WorkerHealth,
     storage::Storage,
     telemetry::{self, Metrics, OpsProbe},
 };
+use queue::WorkerHealth;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::net::TcpListener;

@@ -13,8 +13,8 @@ use axum::{
 use jobs::{
     generations,
     kinds::PollGeneration,
-    queue::{Job as _, expedite},
 };
+use queue::{Job as _, expedite};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;

@@ -6,6 +6,7 @@
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor};
+use queue::Job as _;
 use uuid::Uuid;
 
 /// Creates a user (and their credit account, empty). The e-mail is stored lower-cased.
@@ -148,14 +149,11 @@ pub async fn request_deletion(
         .bind(reason.as_str())
         .execute(&mut *tx)
         .await?;
-    crate::queue::enqueue_with(
-        &mut *tx,
-        &crate::kinds::DeleteAccount {
-            user_id,
-            deletion_id,
-        },
-        crate::queue::EnqueueOptions::key(format!("delete_account:{user_id}")),
-    )
+    crate::kinds::DeleteAccount {
+        user_id,
+        deletion_id,
+    }
+    .enqueue(&mut *tx)
     .await?;
     Ok(Some(deletion_id))
 }

@@ -16,12 +16,13 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use queue::Job as _;
+
 use crate::{
     config::Product,
     credits::{self, Applied, Kind},
     email::{self, Outgoing},
     kinds::{OpenCheckout, ProcessStripeEvent},
-    queue::{EnqueueOptions, enqueue_with},
     stripe::{API_VERSION, StripeClient, StripeError},
 };
 
@@ -107,13 +108,10 @@ pub async fn record_event(pool: &PgPool, event: &Value) -> anyhow::Result<bool> 
     .await?
     .rows_affected();
     if inserted == 1 {
-        enqueue_with(
-            &mut *tx,
-            &ProcessStripeEvent {
-                event_id: id.to_owned(),
-            },
-            EnqueueOptions::key(format!("stripe_event:{id}")),
-        )
+        ProcessStripeEvent {
+            event_id: id.to_owned(),
+        }
+        .enqueue(&mut *tx)
         .await?;
     }
     tx.commit().await?;
@@ -1111,11 +1109,8 @@ pub async fn record_intent(
     .bind(product.map(|p| p.credits))
     .execute(&mut *tx)
     .await?;
-    enqueue_with(
-        &mut *tx,
-        &OpenCheckout { intent_id: id },
-        EnqueueOptions::key(format!("open_checkout:{id}")),
-    )
+    OpenCheckout { intent_id: id }
+    .enqueue(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(id)

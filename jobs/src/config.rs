@@ -6,6 +6,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
 
+pub use queue::QueueConfig;
 use secrecy::SecretString;
 
 /// A configuration error: always names the variable at fault.
@@ -127,59 +128,53 @@ impl StorageConfig {
     }
 }
 
-/// Settings of the queue layer shared by every worker process.
-#[derive(Debug, Clone)]
-pub struct QueueConfig {
-    /// `QUEUE_POLL_INTERVAL_MS` (default 1000): fallback poll when no notification arrives; bounds how late a
-    /// delayed or retried job starts.
-    pub poll_interval: Duration,
-    /// `QUEUE_HEARTBEAT_SECONDS` (default 5): how often a worker refreshes `apalis.workers.last_seen`.
-    pub heartbeat_interval: Duration,
-    /// `QUEUE_DEAD_WORKER_SECONDS` (default 60): a worker silent this long is dead; its jobs are handed back.
-    pub dead_worker_after: Duration,
-    /// `QUEUE_SHUTDOWN_GRACE_SECONDS` (default 30): on SIGTERM, in-flight jobs get this long to finish before
-    /// they are handed back to the queue.
-    pub shutdown_grace: Duration,
-    /// `QUEUE_CLAIM_AHEAD_MAX_ATTEMPT_MS` (default 20): a runner claims a batch beyond its free slots (under a
-    /// backlog) only while its queue's attempts average at most this long: a claimed-ahead job then waits for a
-    /// slot about as long as a peer would need to claim it, so no replica sits idle beside a buffer.
-    pub claim_ahead_max_attempt: Duration,
-    /// `JOB_RETENTION_HOURS` (default 168): finished (done, cancelled) job rows are pruned after this age.
-    pub finished_job_retention: Duration,
-    /// `DEAD_JOB_RETENTION_HOURS` (default 720): dead job rows are kept this long for operators.
-    pub dead_job_retention: Duration,
-}
-
-impl QueueConfig {
-    pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
-        Ok(Self {
-            poll_interval: Duration::from_millis(parsed_or(
-                source,
-                "QUEUE_POLL_INTERVAL_MS",
-                1000,
-            )?),
-            heartbeat_interval: seconds_or(source, "QUEUE_HEARTBEAT_SECONDS", 5)?,
-            dead_worker_after: seconds_or(source, "QUEUE_DEAD_WORKER_SECONDS", 60)?,
-            shutdown_grace: seconds_or(source, "QUEUE_SHUTDOWN_GRACE_SECONDS", 30)?,
-            claim_ahead_max_attempt: Duration::from_millis(parsed_or(
-                source,
-                "QUEUE_CLAIM_AHEAD_MAX_ATTEMPT_MS",
-                20,
-            )?),
-            finished_job_retention: Duration::from_secs(
-                3600 * parsed_or(source, "JOB_RETENTION_HOURS", 168)?,
-            ),
-            dead_job_retention: Duration::from_secs(
-                3600 * parsed_or(source, "DEAD_JOB_RETENTION_HOURS", 720)?,
-            ),
-        })
-    }
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        Self::from_source(&HashMap::new()).expect("defaults are valid")
-    }
+/// The queue runtime's settings, read from the environment. Each variable's default is the runtime's own
+/// ([`QueueConfig::default`]):
+/// - `QUEUE_POLL_INTERVAL_MS` (1000): fallback poll when no notification arrives;
+/// - `QUEUE_HEARTBEAT_SECONDS` (5): how often a worker refreshes its heartbeat;
+/// - `QUEUE_DEAD_WORKER_SECONDS` (60): a worker silent this long is dead; its jobs are handed back;
+/// - `QUEUE_SHUTDOWN_GRACE_SECONDS` (30): on SIGTERM, started jobs get this long before they are handed back;
+/// - `QUEUE_CLAIM_AHEAD_MAX_ATTEMPT_MS` (20): claim ahead of free slots only while attempts are this short;
+/// - `JOB_RETENTION_HOURS` (168): finished (done, cancelled) job rows are pruned after this age;
+/// - `DEAD_JOB_RETENTION_HOURS` (720): dead job rows are kept this long for operators.
+pub fn queue_config<S: Source>(source: &S) -> Result<QueueConfig, ConfigError> {
+    let defaults = QueueConfig::default();
+    let millis = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(parsed_or(
+            source,
+            name,
+            default.as_millis() as u64,
+        )?))
+    };
+    let hours = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(
+            3600 * parsed_or(source, name, default.as_secs() / 3600)?,
+        ))
+    };
+    Ok(QueueConfig {
+        poll_interval: millis("QUEUE_POLL_INTERVAL_MS", defaults.poll_interval)?,
+        heartbeat_interval: seconds_or(
+            source,
+            "QUEUE_HEARTBEAT_SECONDS",
+            defaults.heartbeat_interval.as_secs(),
+        )?,
+        dead_worker_after: seconds_or(
+            source,
+            "QUEUE_DEAD_WORKER_SECONDS",
+            defaults.dead_worker_after.as_secs(),
+        )?,
+        shutdown_grace: seconds_or(
+            source,
+            "QUEUE_SHUTDOWN_GRACE_SECONDS",
+            defaults.shutdown_grace.as_secs(),
+        )?,
+        claim_ahead_max_attempt: millis(
+            "QUEUE_CLAIM_AHEAD_MAX_ATTEMPT_MS",
+            defaults.claim_ahead_max_attempt,
+        )?,
+        finished_job_retention: hours("JOB_RETENTION_HOURS", defaults.finished_job_retention)?,
+        dead_job_retention: hours("DEAD_JOB_RETENTION_HOURS", defaults.dead_job_retention)?,
+    })
 }
 
 /// Log output.
@@ -572,7 +567,7 @@ impl Config {
         Ok(Self {
             database: DatabaseConfig::from_source(source)?,
             storage: StorageConfig::from_source(source)?,
-            queue: QueueConfig::from_source(source)?,
+            queue: queue_config(source)?,
             http: HttpConfig::from_source(source)?,
             kie: KieConfig::from_source(source)?,
             generation: GenerationConfig::from_source(source)?,

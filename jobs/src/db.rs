@@ -1,8 +1,11 @@
 //! Connecting to Postgres and bringing its schema up to date.
 //!
-//! Two migration sets run, in order: apalis-postgres' own (schema `apalis`, history in
-//! `apalis._sqlx_migrations`), then the application's in `migrations/` (history in `public._sqlx_migrations`).
-//! Both are forward-only and safe to run from several processes at once (sqlx takes an advisory lock).
+//! Three migration sets run, in order: apalis-postgres' own (schema `apalis`, history in
+//! `apalis._sqlx_migrations`), the application's in `migrations/` (history in `public._sqlx_migrations`), then
+//! the queue crate's (`queue/migrations/`, history in `apalis._queue_migrations`). The queue's come last
+//! because they are idempotent copies of what the application's migrations 4, 5, 9 and 10 created before the
+//! queue was a crate of its own: here they change nothing, on a database of the queue alone they build it.
+//! All are forward-only and safe to run from several processes at once (sqlx takes an advisory lock).
 
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options.application_name("createimage2")))
 }
 
-/// Applies apalis-postgres' migrations, then the application's.
+/// Applies apalis-postgres' migrations, the application's, then the queue's.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     use anyhow::Context as _;
     apalis_postgres::PostgresStorage::<()>::setup(pool)
@@ -37,6 +40,9 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("applying the application's migrations")?;
+    queue::schema::migrate(pool)
+        .await
+        .context("applying the queue's migrations")?;
     Ok(())
 }
 

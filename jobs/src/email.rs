@@ -15,10 +15,11 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use queue::Job as _;
+
 use crate::{
     config::{ConfigError, Env, Source},
     kinds::SendEmail,
-    queue::{EnqueueOptions, enqueue_with},
 };
 
 /// An e-mail to queue.
@@ -51,11 +52,8 @@ pub async fn queue(conn: &mut PgConnection, email: Outgoing<'_>) -> sqlx::Result
     .fetch_optional(&mut *conn)
     .await?;
     let Some(id) = id else { return Ok(false) };
-    enqueue_with(
-        &mut *conn,
-        &SendEmail { email_id: id },
-        EnqueueOptions::key(format!("send_email:{id}")),
-    )
+    SendEmail { email_id: id }
+    .enqueue(&mut *conn)
     .await?;
     Ok(true)
 }

@@ -1,8 +1,9 @@
 //! Job definitions and the domain they act on, shared by every role (api, worker, scheduler).
 //!
 //! Invariant: this crate knows nothing of axum or maud; it is the layer both the web tier and the workers
-//! stand on. Entry points: [`config::Config`], [`db::migrate`], [`queue`] (the queue layer),
-//! [`kinds::registry`] (every job kind), [`schedule`] (periodic work), [`telemetry`].
+//! stand on. Entry points: [`config::Config`], [`db::migrate`], [`kinds::registry`] (every job kind, run by
+//! the `queue` crate with [`services::Services`] as their context), [`schedule`] (periodic work),
+//! [`telemetry`].
 
 pub mod accounts;
 pub mod billing;
@@ -15,9 +16,9 @@ pub mod generations;
 pub mod kie;
 pub mod kinds;
 pub mod policy;
-pub mod queue;
 pub mod rate_limit;
 pub mod schedule;
+pub mod services;
 pub mod storage;
 pub mod stripe;
 pub mod telemetry;

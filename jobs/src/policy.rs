@@ -5,9 +5,10 @@
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 
+use queue::Job as _;
+
 use crate::{
     kinds::SendPolicyNotices,
-    queue::{EnqueueOptions, enqueue_with},
 };
 
 /// The notice period the policy promises.
@@ -58,13 +59,10 @@ pub async fn publish(
     if inserted == 0 {
         return Err(PublishError::Exists(version.to_owned()));
     }
-    enqueue_with(
-        &mut *tx,
-        &SendPolicyNotices {
-            version: version.to_owned(),
-        },
-        EnqueueOptions::key(format!("policy_notices:{version}")),
-    )
+    SendPolicyNotices {
+        version: version.to_owned(),
+    }
+    .enqueue(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())

@@ -8,12 +8,13 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use sqlx::PgExecutor;
 
+use queue::{EnqueueOptions, Enqueued, NewJob, enqueue_new};
+
 use crate::{
     kinds::{
         ExpireExports, ExpireTrialFingerprints, ProbeUpstreams, PruneFinishedJobs,
         PurgeExpiredRecords, ReconcileStripeEvents, RotateHashPepper,
     },
-    queue::{EnqueueOptions, Enqueued, NewJob, enqueue::enqueue_new},
 };
 
 /// One periodic job.

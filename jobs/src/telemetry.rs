@@ -1,8 +1,9 @@
 //! Metrics, logs, and the small ops listener (`/metrics`, `/healthz`, `/readyz`) every role serves.
 //!
 //! Metrics live in a per-process [`Metrics`] (its own `prometheus::Registry`, so tests can run several apps
-//! in one process). Gauges read from the database (queue depth and age) are computed in one place,
-//! [`Metrics::refresh_queue_gauges`], by one grouped query, and only by the role that owns them (see
+//! in one process); the queue runtime's series ([`queue::QueueMetrics`]) are registered on the same registry
+//! under the `createimage2` namespace. Gauges read from the database (queue depth and age) are refreshed in one
+//! place, [`Metrics::refresh_queue_gauges`], by one grouped query, and only by the role that owns them (see
 //! ARCHITECTURE.md): scraping N workers does not multiply them.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
@@ -20,11 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LogFormat;
 
-/// Latency buckets for jobs and waits: 1 ms to 10 min.
-const JOB_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0, 600.0,
-];
+// Latency buckets for jobs, waits and upstream calls: 1 ms to 10 min.
+use queue::metrics::JOB_BUCKETS;
 /// Latency buckets for HTTP requests: 0.5 ms to 10 s.
 const HTTP_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -44,16 +42,8 @@ impl std::ops::Deref for Metrics {
 /// Every metric the code emits. `dashboards/README.md` lists them with their meaning.
 pub struct MetricSet {
     pub registry: Registry,
-    pub job_wait_seconds: HistogramVec,
-    pub job_duration_seconds: HistogramVec,
-    pub jobs_completed_total: IntCounterVec,
-    pub jobs_retried_total: IntCounterVec,
-    pub jobs_snoozed_total: IntCounterVec,
-    pub jobs_dead_total: IntCounterVec,
-    pub workers_alive: IntGaugeVec,
-    pub jobs: IntGaugeVec,
-    pub jobs_stuck: IntGaugeVec,
-    pub job_oldest_waiting_age_seconds: prometheus::GaugeVec,
+    /// The queue runtime's series and the queue gauges (`createimage2_job*`, `createimage2_workers_alive`).
+    pub queue: queue::QueueMetrics,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub upstream_requests_total: IntCounterVec,
@@ -99,80 +89,8 @@ impl Metrics {
             )
         };
         let metrics = MetricSet {
-            job_wait_seconds: job_histogram(
-                "createimage2_job_wait_seconds",
-                "Time from a job's run_at to the start of its attempt.",
-                &["queue"],
-            ),
-            job_duration_seconds: job_histogram(
-                "createimage2_job_duration_seconds",
-                "Duration of one job attempt, by outcome (done, snoozed, failed).",
-                &["queue", "outcome"],
-            ),
-            jobs_completed_total: counter(
-                "createimage2_jobs_completed_total",
-                "Jobs finished successfully.",
-                &["queue"],
-            ),
-            jobs_retried_total: counter(
-                "createimage2_jobs_retried_total",
-                "Failed attempts that were scheduled to retry.",
-                &["queue"],
-            ),
-            jobs_snoozed_total: counter(
-                "createimage2_jobs_snoozed_total",
-                "Attempts that asked to run again later (e.g. polling).",
-                &["queue"],
-            ),
-            jobs_dead_total: counter(
-                "createimage2_jobs_dead_total",
-                "Jobs that failed permanently or ran out of attempts.",
-                &["queue"],
-            ),
-            workers_alive: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "createimage2_workers_alive",
-                        "Queue runners alive in this process.",
-                    ),
-                    &["queue"],
-                )
-                .unwrap(),
-            ),
-            jobs: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "createimage2_jobs",
-                        "Jobs by queue and state (waiting, scheduled, running, dead).",
-                    ),
-                    &["queue", "state"],
-                )
-                .unwrap(),
-            ),
-            jobs_stuck: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "createimage2_jobs_stuck",
-                        "Jobs running on a worker that stopped heartbeating (the reaper hands them back).",
-                    ),
-                    &["queue"],
-                )
-                .unwrap(),
-            ),
-            job_oldest_waiting_age_seconds: register(
-                r,
-                prometheus::GaugeVec::new(
-                    Opts::new(
-                        "createimage2_job_oldest_waiting_age_seconds",
-                        "How long the oldest due, unclaimed job of a queue has waited.",
-                    ),
-                    &["queue"],
-                )
-                .unwrap(),
-            ),
+            queue: queue::QueueMetrics::register(r, "createimage2")
+                .expect("queue metric names are unique"),
             http_requests_total: counter(
                 "http_requests_total",
                 "HTTP requests by method, route template and status.",
@@ -294,40 +212,14 @@ impl Metrics {
         Self(Arc::new(metrics))
     }
 
-    /// Reads queue depth by state and the oldest waiting age from the database (one grouped query) into the
-    /// gauges. Queues that emptied are reset to zero rather than left at their last value.
+    /// Reads queue depth by state and the oldest waiting age from the database into the gauges (see
+    /// [`queue::QueueMetrics::refresh_queue_gauges`]).
     pub async fn refresh_queue_gauges(
         &self,
         pool: &PgPool,
         known_queues: &[&str],
     ) -> sqlx::Result<()> {
-        let stats = crate::queue::ops::queue_stats(pool).await?;
-        self.jobs.reset();
-        self.jobs_stuck.reset();
-        self.job_oldest_waiting_age_seconds.reset();
-        for queue in known_queues {
-            for state in ["waiting", "scheduled", "running", "dead"] {
-                self.jobs.with_label_values(&[queue, state]).set(0);
-            }
-            self.job_oldest_waiting_age_seconds
-                .with_label_values(&[queue])
-                .set(0.0);
-            self.jobs_stuck.with_label_values(&[queue]).set(0);
-        }
-        for s in stats {
-            let q = s.queue.as_str();
-            self.jobs.with_label_values(&[q, "waiting"]).set(s.waiting);
-            self.jobs
-                .with_label_values(&[q, "scheduled"])
-                .set(s.scheduled);
-            self.jobs.with_label_values(&[q, "running"]).set(s.running);
-            self.jobs.with_label_values(&[q, "dead"]).set(s.dead);
-            self.jobs_stuck.with_label_values(&[q]).set(s.stuck);
-            self.job_oldest_waiting_age_seconds
-                .with_label_values(&[q])
-                .set(s.oldest_waiting_age_seconds);
-        }
-        Ok(())
+        self.queue.refresh_queue_gauges(pool, known_queues).await
     }
 
     /// Counts and times one call to an external service (`createimage2_upstream_*`).

@@ -407,7 +407,7 @@ const V7_LIKE: &str = "(lpad(to_hex((extract(epoch from clock_timestamp()) * 100
 
 /// The SQL of `api/src/generations.rs::create`'s transaction for a request without references (so without
 /// the uploads ownership count), statement for statement: the per-user rate token (`jobs::rate_limit::take_in`), the generations insert (answered
-/// with `RETURNING *`), the shortfall check, `jobs::credits::apply` (reserve) and `jobs::queue::enqueue_with`
+/// with `RETURNING *`), the shortfall check, `jobs::credits::apply` (reserve) and `queue::enqueue_with`
 /// (`enqueue_new`'s insert into `apalis.jobs`, firing its insert-notify trigger). Keep in step with them.
 fn transaction_script(users: usize) -> String {
     format!(

@@ -6,7 +6,7 @@ mod api_load;
 mod chaos;
 mod pages;
 mod pipeline;
-mod queue;
+mod queue_load;
 mod report;
 mod stack;
 
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Scenario {
     /// The queue layer with no-op jobs: bulk enqueue, burn-down of a backlog, idle insert→start latency.
-    Queue(queue::Args),
+    Queue(queue_load::Args),
     /// Whole generations through api + worker + the kie.ai and S3 stand-ins: throughput, intent→stored and
     /// the pipeline's overhead, kie's 20-per-10 s limit held, memory with hundreds polling.
     Pipeline(pipeline::Args),
@@ -39,7 +39,7 @@ enum Scenario {
     Pages(pages::Args),
     /// One no-op worker process for `queue`'s burn-down by several processes.
     #[command(hide = true)]
-    QueueWorker(queue::WorkerArgs),
+    QueueWorker(queue_load::WorkerArgs),
     /// Runs the `createimage2` command line in this process: how `chaos` starts its worker processes.
     #[command(hide = true)]
     Createimage2 {
@@ -54,12 +54,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.scenario {
-        Scenario::Queue(args) => runtime.block_on(queue::run(args)),
+        Scenario::Queue(args) => runtime.block_on(queue_load::run(args)),
         Scenario::Pipeline(args) => runtime.block_on(pipeline::run(args)),
         Scenario::Api(args) => runtime.block_on(api_load::run(args)),
         Scenario::Chaos(args) => runtime.block_on(chaos::run(args)),
         Scenario::Pages(args) => runtime.block_on(pages::run(args)),
-        Scenario::QueueWorker(args) => runtime.block_on(queue::serve(args)),
+        Scenario::QueueWorker(args) => runtime.block_on(queue_load::serve(args)),
         Scenario::Createimage2 { args } => {
             let cli = createimage2::cli::Cli::parse_from(
                 std::iter::once("createimage2".to_owned()).chain(args),

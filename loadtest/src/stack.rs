@@ -12,7 +12,7 @@ use jobs::{
     config::{DatabaseConfig, GenerationConfig, KieConfig, QueueConfig, StorageConfig},
     credits,
     kie::KieClient,
-    queue::{Pipeline, Services},
+    services::{Pipeline, Services},
     storage::Storage,
     telemetry::{self, Metrics},
 };
@@ -33,13 +33,13 @@ pub struct Database {
 impl Database {
     pub async fn create() -> anyhow::Result<Self> {
         let name = format!("loadtest_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&crate::queue::admin_url())
+        let mut admin = PgConnection::connect(&crate::queue_load::admin_url())
             .await
             .context("connecting to Postgres")?;
         admin
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await?;
-        let mut url = url::Url::parse(&crate::queue::admin_url())?;
+        let mut url = url::Url::parse(&crate::queue_load::admin_url())?;
         url.set_path(&format!("/{name}"));
         let database = Self {
             name,
@@ -64,7 +64,7 @@ impl Database {
     }
 
     pub async fn drop(self) -> anyhow::Result<()> {
-        let mut admin = PgConnection::connect(&crate::queue::admin_url()).await?;
+        let mut admin = PgConnection::connect(&crate::queue_load::admin_url()).await?;
         admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -11,10 +11,10 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use jobs::{
     config::Config,
-    queue::Enqueued,
     schedule::Schedule,
     telemetry::{self, Metrics, OpsProbe},
 };
+use queue::Enqueued;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

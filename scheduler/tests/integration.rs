@@ -5,10 +5,10 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use jobs::{
     kinds::PruneFinishedJobs,
-    queue::{EnqueueOptions, NewJob},
     schedule::Schedule,
     telemetry::Metrics,
 };
+use queue::{EnqueueOptions, NewJob};
 use scheduler::Scheduler;
 use testkit::TestDb;
 use tokio_util::sync::CancellationToken;

@@ -9,7 +9,7 @@ use jobs::{
     config::{DatabaseConfig, GenerationConfig, KieConfig, LogFormat, QueueConfig, StorageConfig},
     credits,
     kie::KieClient,
-    queue::{Pipeline, Services},
+    services::{Pipeline, Services},
     storage::Storage,
     telemetry::{self, Metrics},
 };

@@ -9,13 +9,11 @@ use jobs::{
         TurnstileConfig,
     },
     kie::KieClient,
-    queue::{
-        self, EnqueueOptions, Enqueued, Job, Pipeline, QueuePlan, Registry, Services, WorkerHealth,
-        ops,
-    },
+    services::{Pipeline, Services},
     storage::Storage,
     telemetry::{self, Metrics},
 };
+use queue::{EnqueueOptions, Enqueued, Job, QueuePlan, WorkerHealth, ops};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -26,7 +24,7 @@ use crate::{TestDb, test_jobs};
 
 /// Options for a [`TestApp`].
 pub struct TestAppBuilder {
-    registry: Registry,
+    registry: worker::Registry,
     queue_config: QueueConfig,
     concurrency: usize,
     start_worker: bool,
@@ -398,7 +396,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub storage: Storage,
     pub metrics: Metrics,
-    pub registry: Registry,
+    pub registry: worker::Registry,
     /// The services the worker runs with (pipeline clients included), for starting more workers.
     pub services: Arc<Services>,
     /// The kie.ai stand-in.
@@ -586,7 +584,7 @@ impl TestApp {
     /// Starts another worker's runners on this database (its own worker ids, as a second process would have),
     /// serving `queues` as (name, concurrency), with the app's pipeline clients and `config`.
     pub async fn start_worker(&self, queues: &[(&str, usize)], config: QueueConfig) -> ExtraWorker {
-        let mut services = Services::new(config, self.metrics.clone());
+        let mut services = Services::new(config.clone(), self.metrics.clone());
         services.pipeline = self.services.pipeline.clone();
         let plans = queues
             .iter()
@@ -596,13 +594,14 @@ impl TestApp {
             })
             .collect();
         let stop = CancellationToken::new();
-        let running = queue::start(
+        let running = queue::Worker::new(
             self.pool.clone(),
-            &self.registry,
+            self.registry.clone(),
             Arc::new(services),
-            plans,
-            stop.clone(),
         )
+        .config(config)
+        .metrics(self.metrics.queue.clone())
+        .start(plans, stop.clone())
         .await
         .expect("the extra worker starts");
         ExtraWorker { running, stop }

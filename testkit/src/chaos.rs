@@ -367,7 +367,7 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
                 } else if last_reconcile.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
                     // What the scheduler does every 15 minutes: recover webhooks that never arrived.
                     app.stripe.wait_for_deliveries().await;
-                    if jobs::queue::enqueue(&app.pool, &jobs::kinds::ReconcileStripeEvents {})
+                    if queue::enqueue(&app.pool, &jobs::kinds::ReconcileStripeEvents {})
                         .await
                         .is_ok()
                     {

@@ -42,7 +42,7 @@ pub async fn blocked_on_lock(pool: &sqlx::PgPool, needle: &str) -> bool {
 /// after this wakes it. (Before, the insert can fall between a runner's first claim and its LISTEN, and then
 /// waits for the poll.)
 pub async fn worker_listening(pool: &sqlx::PgPool) -> bool {
-    let statement = format!("LISTEN \"{}\"", jobs::queue::runtime::INSERT_CHANNEL);
+    let statement = format!("LISTEN \"{}\"", queue::runtime::INSERT_CHANNEL);
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                          WHERE datname = current_database() AND state = 'idle' AND strpos(query, $1) = 1)",

@@ -8,12 +8,16 @@ use std::{collections::HashMap, sync::Arc};
 use anyhow::Context as _;
 use jobs::{
     config::Config,
-    queue::{self, QueuePlan, Registry, Services, WorkerHealth},
+    services::{Pipeline, Services},
     telemetry::{self, Metrics, OpsProbe},
 };
+use queue::{QueuePlan, WorkerHealth};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The job kinds a worker can run, all taking this application's [`Services`].
+pub type Registry = queue::Registry<Arc<Services>>;
 
 /// Default concurrency of a queue when `--concurrency` does not name it.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -68,8 +72,8 @@ pub fn plans(
 }
 
 /// The generation pipeline's clients, from configuration.
-pub fn pipeline(config: &Config, metrics: Metrics) -> jobs::queue::Pipeline {
-    jobs::queue::Pipeline {
+pub fn pipeline(config: &Config, metrics: Metrics) -> Pipeline {
+    Pipeline {
         storage: jobs::storage::Storage::new(&config.storage).with_metrics(metrics.clone()),
         kie: jobs::kie::KieClient::new(&config.kie, metrics.clone()),
         kie_config: config.kie.clone(),
@@ -139,14 +143,11 @@ impl Worker {
     /// Starts the runners and returns their health handle together with a future that drains them once
     /// `shutdown` fires.
     pub async fn start(self, shutdown: CancellationToken) -> anyhow::Result<StartedWorker> {
-        let running = queue::start(
-            self.pool.clone(),
-            &self.registry,
-            self.services.clone(),
-            self.plans,
-            shutdown.clone(),
-        )
-        .await?;
+        let running = queue::Worker::new(self.pool.clone(), self.registry, self.services.clone())
+            .config(self.services.queue.clone())
+            .metrics(self.services.metrics.queue.clone())
+            .start(self.plans, shutdown.clone())
+            .await?;
         let health = running.health.clone();
         let ops_stop = CancellationToken::new();
         if let Some(listener) = self.ops_listener {

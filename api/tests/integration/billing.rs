@@ -2,7 +2,7 @@
 //! refunds and disputes. Every credit effect must happen exactly once.
 
 use fakes::stripe::{DISPUTE_CARD, DeliveryFaults, DisputeClose, INQUIRY_CARD};
-use jobs::queue::{EnqueueOptions, enqueue_with};
+use queue::{EnqueueOptions, enqueue_with};
 use testkit::{Browser, STRIPE_WEBHOOK_SECRET, TestApp};
 
 use crate::support::sign_in;
@@ -703,7 +703,7 @@ async fn the_waiting_page_hears_the_checkout_url_as_a_server_sent_event() {
     let app = TestApp::spawn().await;
     let browser = sign_in(&app, "kai@example.com").await;
     // Hold the job back until the page is listening.
-    jobs::queue::ops::pause_queue(&app.pool, "open_checkout", "test")
+    queue::ops::pause_queue(&app.pool, "open_checkout", "test")
         .await
         .unwrap();
     let pricing = browser.visit("/pricing").await;
@@ -723,7 +723,7 @@ async fn the_waiting_page_hears_the_checkout_url_as_a_server_sent_event() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    jobs::queue::ops::resume_queue(&app.pool, "open_checkout")
+    queue::ops::resume_queue(&app.pool, "open_checkout")
         .await
         .unwrap();
     let body = tokio::time::timeout(std::time::Duration::from_secs(20), stream.text())

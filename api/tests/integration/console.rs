@@ -1,6 +1,6 @@
 //! The ops console on its admin listener.
 
-use jobs::queue::{Enqueued, ops};
+use queue::{Enqueued, ops};
 use testkit::{OPERATOR_TOKEN, TestApp, test_jobs::AlwaysFails};
 
 fn console_url(app: &TestApp, path: &str) -> String {

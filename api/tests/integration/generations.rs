@@ -1298,7 +1298,7 @@ async fn the_automatic_probe_resumes_paused_submissions_once_kie_answers_again()
         .unwrap();
     app.enqueue_with(
         &jobs::kinds::ProbeUpstreams {},
-        jobs::queue::EnqueueOptions::key("second probe"),
+        queue::EnqueueOptions::key("second probe"),
     )
     .await;
     app.drain().await;

@@ -1,10 +1,8 @@
 //! Privacy-policy changes: published ≥ 30 days ahead, every registered user e-mailed once per version.
 
 use chrono::{Duration, Utc};
-use jobs::{
-    kinds::SendPolicyNotices,
-    queue::{Job, JobContext},
-};
+use jobs::{kinds::SendPolicyNotices, services::JobContext};
+use queue::Job;
 use testkit::TestApp;
 
 async fn notices(app: &TestApp, version: &str) -> Vec<(String, bool)> {
@@ -61,7 +59,7 @@ async fn every_registered_user_is_notified_once_even_when_the_job_runs_again_aft
     };
     let ctx = JobContext {
         pool: app.pool.clone(),
-        services: app.services.clone(),
+        app: app.services.clone(),
         job_id: "manual".into(),
         attempt: 1,
         max_attempts: 5,

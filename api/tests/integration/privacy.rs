@@ -5,8 +5,9 @@ use std::sync::Arc;
 use jobs::{
     accounts::{self, DeletionReason},
     kinds::{DeleteAccount, ExpireTrialFingerprints, PurgeExpiredRecords, RotateHashPepper},
-    queue::{Job, JobContext, Services},
+    services::{JobContext, Services},
 };
+use queue::Job;
 use serde_json::json;
 use testkit::{TestApp, TestUser, images};
 use uuid::Uuid;
@@ -211,7 +212,7 @@ async fn a_deletion_interrupted_midway_completes_when_the_job_runs_again() {
     );
     let ctx = |services: Arc<Services>| JobContext {
         pool: app.pool.clone(),
-        services,
+        app: services,
         job_id: "manual".into(),
         attempt: 1,
         max_attempts: 5,

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
     email, exports,
-    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -20,6 +22,7 @@ pub struct BuildExport {
 
 impl Job for BuildExport {
     const NAME: &'static str = "build_export";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 6,
         base: Duration::from_secs(30),
@@ -27,8 +30,13 @@ impl Job for BuildExport {
         timeout: Duration::from_secs(1800),
     };
 
+    /// One build per export request.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("build_export:{}", self.export_id))
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let pipeline = ctx.services.pipeline()?;
+        let pipeline = ctx.app.pipeline()?;
         let row: Option<(uuid::Uuid, String, String)> = sqlx::query_as(
             "SELECT e.user_id, e.status, u.email FROM export_requests e JOIN users u ON u.id = e.user_id WHERE e.id = $1",
         )

@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::queue::{Job, JobContext, JobError, Outcome, RetryPolicy};
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteAccount {
@@ -27,6 +29,7 @@ pub struct DeleteAccount {
 
 impl Job for DeleteAccount {
     const NAME: &'static str = "delete_account";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 20,
         base: Duration::from_secs(10),
@@ -34,8 +37,13 @@ impl Job for DeleteAccount {
         timeout: Duration::from_secs(600),
     };
 
+    /// One deletion per account, however often it is asked for.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("delete_account:{}", self.user_id))
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let pipeline = ctx.services.pipeline()?;
+        let pipeline = ctx.app.pipeline()?;
         // 1. Bucket objects.
         for prefix in [
             format!("users/{}/", self.user_id),

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::queue::{Job, JobContext, JobError, Outcome, RetryPolicy};
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteGeneration {
@@ -18,6 +20,7 @@ pub struct DeleteGeneration {
 
 impl Job for DeleteGeneration {
     const NAME: &'static str = "delete_generation";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 10,
         base: Duration::from_secs(5),
@@ -25,8 +28,13 @@ impl Job for DeleteGeneration {
         timeout: Duration::from_secs(120),
     };
 
+    /// One deletion per generation.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("delete:{}", self.generation_id))
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let storage = &ctx.services.pipeline()?.storage;
+        let storage = &ctx.app.pipeline()?.storage;
         let keys: Vec<String> =
             sqlx::query_scalar("SELECT object_key FROM generated_images WHERE generation_id = $1")
                 .bind(self.generation_id)

@@ -4,16 +4,19 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::queue::{Job, JobContext, JobError, Outcome};
+use queue::{Job, JobError, Outcome};
+
+use crate::services::JobContext;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExpireExports {}
 
 impl Job for ExpireExports {
     const NAME: &'static str = "expire_exports";
+    type Context = std::sync::Arc<crate::services::Services>;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let storage = &ctx.services.pipeline()?.storage;
+        let storage = &ctx.app.pipeline()?.storage;
         let due: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT id, object_key FROM export_requests WHERE status = 'ready' AND expires_at < now() LIMIT 1000",
         )

@@ -4,13 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{Job, JobContext, JobError, Outcome};
+use queue::{Job, JobError, Outcome};
+
+use crate::services::JobContext;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExpireTrialFingerprints {}
 
 impl Job for ExpireTrialFingerprints {
     const NAME: &'static str = "expire_trial_fingerprints";
+    type Context = std::sync::Arc<crate::services::Services>;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let deleted = sqlx::query(

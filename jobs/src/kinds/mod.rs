@@ -1,8 +1,8 @@
 //! Every job kind, one per file, and the one list that registers them.
 //!
-//! Each file holds one payload struct implementing [`Job`](crate::queue::Job) with a stable `NAME` (the
-//! persisted queue name: never rename it) and a doc comment saying why it exists and why running it twice is
-//! safe.
+//! Each file holds one payload struct implementing [`queue::Job`] with a stable `NAME` (the persisted queue
+//! name: never rename it), its context ([`Services`]), the unique key of the work it does when there is one, and
+//! a doc comment saying why it exists and why running it twice is safe.
 
 pub mod build_export;
 pub mod delete_account;
@@ -22,7 +22,11 @@ pub mod send_policy_notices;
 pub mod store_generation;
 pub mod submit_generation;
 
-use crate::queue::Registry;
+use std::sync::Arc;
+
+use queue::Registry;
+
+use crate::services::Services;
 
 pub use build_export::BuildExport;
 pub use delete_account::DeleteAccount;
@@ -43,7 +47,7 @@ pub use store_generation::StoreGeneration;
 pub use submit_generation::SubmitGeneration;
 
 /// The registration list: every job kind the workers run.
-pub fn registry() -> Registry {
+pub fn registry() -> Registry<Arc<Services>> {
     Registry::new()
         .register::<SubmitGeneration>()
         .register::<PollGeneration>()

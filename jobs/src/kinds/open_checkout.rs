@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
-    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
     stripe::{CheckoutRequest, StripeClient, StripeError},
 };
 
@@ -34,6 +36,7 @@ struct Intent {
 
 impl Job for OpenCheckout {
     const NAME: &'static str = "open_checkout";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 8,
         base: Duration::from_millis(500),
@@ -41,8 +44,13 @@ impl Job for OpenCheckout {
         timeout: Duration::from_secs(60),
     };
 
+    /// One Checkout Session per intent.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("open_checkout:{}", self.intent_id))
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let pipeline = ctx.services.pipeline()?;
+        let pipeline = ctx.app.pipeline()?;
         let intent: Option<Intent> = sqlx::query_as(
             "SELECT i.user_id, i.kind, i.product_id, i.stripe_price_id, i.credits, i.status, u.email
                FROM checkout_intents i JOIN users u ON u.id = i.user_id WHERE i.id = $1",

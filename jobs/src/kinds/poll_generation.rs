@@ -16,20 +16,26 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{store_generation::StoreGeneration, submit_generation::SubmitGeneration};
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
     generations::{self, Generation},
     kie::{ErrorClass, TaskInfo, TaskState},
-    queue::{EnqueueOptions, Job, JobContext, JobError, Outcome, RetryPolicy, enqueue_with},
     rate_limit::{self, Take},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PollGeneration {
     pub generation_id: Uuid,
+    /// The upstream task this job polls (its key; the job reads the generation's current task). Empty in
+    /// payloads written before the field existed, whose rows carry their key already.
+    #[serde(default)]
+    pub task_id: String,
 }
 
 impl PollGeneration {
-    /// One poll job per upstream task.
+    /// The key of the poll job of one upstream task: a callback finds the job by it to run it at once.
     pub fn key(generation_id: Uuid, task_id: &str) -> String {
         format!("poll:{generation_id}:{task_id}")
     }
@@ -51,12 +57,18 @@ impl PollGeneration {
 
 impl Job for PollGeneration {
     const NAME: &'static str = "poll_generation";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 12,
         base: Duration::from_secs(2),
         cap: Duration::from_secs(60),
         timeout: Duration::from_secs(45),
     };
+
+    /// One poll job per upstream task.
+    fn unique_key(&self) -> Option<String> {
+        Some(Self::key(self.generation_id, &self.task_id))
+    }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let Some(generation) = generations::find(&ctx.pool, self.generation_id).await? else {
@@ -70,8 +82,8 @@ impl Job for PollGeneration {
 
 impl PollGeneration {
     async fn handle(self, ctx: JobContext, generation: Generation) -> Result<Outcome, JobError> {
-        let pipeline = ctx.services.pipeline()?;
-        let metrics = &ctx.services.metrics;
+        let pipeline = ctx.app.pipeline()?;
+        let metrics = &ctx.app.metrics;
         let Some(task_id) = generation.upstream_task_id.clone() else {
             return Ok(Outcome::Done);
         };
@@ -150,7 +162,7 @@ impl PollGeneration {
         task_id: &str,
         info: TaskInfo,
     ) -> Result<Outcome, JobError> {
-        let metrics = &ctx.services.metrics;
+        let metrics = &ctx.app.metrics;
         let since_submitted = generation
             .submitted_at
             .and_then(|at| (Utc::now() - at).to_std().ok())
@@ -171,13 +183,11 @@ impl PollGeneration {
                 if moved == 1 {
                     generations::transition(&mut tx, generation.id, &["generating"], "storing")
                         .await?;
-                    enqueue_with(
-                        &mut *tx,
-                        &StoreGeneration {
-                            generation_id: generation.id,
-                        },
-                        EnqueueOptions::key(format!("store:{}:{task_id}", generation.id)),
-                    )
+                    StoreGeneration {
+                        generation_id: generation.id,
+                        task_id: task_id.to_owned(),
+                    }
+                    .enqueue(&mut *tx)
                     .await?;
                 }
                 tx.commit().await?;
@@ -203,16 +213,11 @@ impl PollGeneration {
                     if reset == 1 {
                         generations::transition(&mut tx, generation.id, &["generating"], "queued")
                             .await?;
-                        enqueue_with(
-                            &mut *tx,
-                            &SubmitGeneration {
-                                generation_id: generation.id,
-                            },
-                            EnqueueOptions::key(format!(
-                                "{}:retry",
-                                SubmitGeneration::key(generation.id)
-                            )),
-                        )
+                        SubmitGeneration {
+                            generation_id: generation.id,
+                            retry: true,
+                        }
+                        .enqueue(&mut *tx)
                         .await?;
                     }
                     tx.commit().await?;

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
-    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
     upstream,
 };
 
@@ -19,6 +21,7 @@ pub struct ProbeUpstreams {}
 
 impl Job for ProbeUpstreams {
     const NAME: &'static str = "probe_upstreams";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 2,
         timeout: Duration::from_secs(30),
@@ -26,7 +29,7 @@ impl Job for ProbeUpstreams {
     };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let metrics = &ctx.services.metrics;
+        let metrics = &ctx.app.metrics;
         let paused = upstream::paused(&ctx.pool).await?;
         // Keep the gauge true in this process also after an operator resumed an upstream elsewhere.
         if !paused.iter().any(|(name, ..)| name == upstream::KIE) {
@@ -41,7 +44,7 @@ impl Job for ProbeUpstreams {
                 continue;
             }
             // The credit endpoint answers 401 for a bad key; a positive balance means tasks can be created.
-            match ctx.services.pipeline()?.kie.credit().await {
+            match ctx.app.pipeline()?.kie.credit().await {
                 Ok(balance) if balance > 0.0 => {
                     upstream::resume(&ctx.pool, &name).await?;
                     metrics.upstream_paused.with_label_values(&[&name]).set(0);

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
     billing::{self, ProcessError},
-    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,6 +23,7 @@ pub struct ProcessStripeEvent {
 
 impl Job for ProcessStripeEvent {
     const NAME: &'static str = "process_stripe_event";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 25,
         base: Duration::from_secs(1),
@@ -28,9 +31,14 @@ impl Job for ProcessStripeEvent {
         timeout: Duration::from_secs(60),
     };
 
+    /// One job per Stripe event, however often Stripe delivers it.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("stripe_event:{}", self.event_id))
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let stripe = ctx
-            .services
+            .app
             .pipeline
             .as_ref()
             .and_then(|p| p.stripe.as_ref());
@@ -48,7 +56,7 @@ impl Job for ProcessStripeEvent {
             Err(ProcessError::UnreadableVersion { kind, version }) => {
                 // Not retried: the same bytes will not read differently. The event stays unprocessed (its
                 // outcome says why) for a deploy that reads the version; the metric pages someone.
-                ctx.services
+                ctx.app
                     .metrics
                     .stripe_events_refused_total
                     .with_label_values(&[&kind, &version])

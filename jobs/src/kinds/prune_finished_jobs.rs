@@ -5,20 +5,23 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{Job, JobContext, JobError, Outcome, RetryPolicy, ops};
+use queue::{Job, JobError, Outcome, RetryPolicy, ops};
+
+use crate::services::JobContext;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PruneFinishedJobs {}
 
 impl Job for PruneFinishedJobs {
     const NAME: &'static str = "prune_finished_jobs";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 3,
         ..RetryPolicy::DEFAULT
     };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let config = &ctx.services.queue;
+        let config = &ctx.app.queue;
         let deleted = ops::prune_finished(
             &ctx.pool,
             config.finished_job_retention,

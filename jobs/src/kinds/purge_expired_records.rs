@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 
+use queue::{Job, JobError, Outcome};
+
+use crate::services::JobContext;
 use crate::{
     kinds::DeleteGeneration,
-    queue::{EnqueueOptions, Job, JobContext, JobError, Outcome, enqueue_with},
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -66,6 +68,7 @@ pub const RETENTION_RULES: &[(&str, &str)] = &[
 
 impl Job for PurgeExpiredRecords {
     const NAME: &'static str = "purge_expired_records";
+    type Context = std::sync::Arc<crate::services::Services>;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         for (what, statement) in RETENTION_RULES {
@@ -88,11 +91,8 @@ impl Job for PurgeExpiredRecords {
         .fetch_all(&mut *tx)
         .await?;
         for id in &orphaned {
-            enqueue_with(
-                &mut *tx,
-                &DeleteGeneration { generation_id: *id },
-                EnqueueOptions::key(format!("delete:{id}")),
-            )
+            DeleteGeneration { generation_id: *id }
+            .enqueue(&mut *tx)
             .await?;
         }
         tx.commit().await?;

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
     billing,
-    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
 };
 
 /// How far back reconciliation looks.
@@ -22,6 +24,7 @@ pub struct ReconcileStripeEvents {}
 
 impl Job for ReconcileStripeEvents {
     const NAME: &'static str = "reconcile_stripe_events";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 3,
         base: Duration::from_secs(30),
@@ -31,7 +34,7 @@ impl Job for ReconcileStripeEvents {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let Some(stripe) = ctx
-            .services
+            .app
             .pipeline
             .as_ref()
             .and_then(|p| p.stripe.as_ref())

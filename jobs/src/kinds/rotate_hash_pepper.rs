@@ -5,13 +5,16 @@
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{Job, JobContext, JobError, Outcome};
+use queue::{Job, JobError, Outcome};
+
+use crate::services::JobContext;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RotateHashPepper {}
 
 impl Job for RotateHashPepper {
     const NAME: &'static str = "rotate_hash_pepper";
+    type Context = std::sync::Arc<crate::services::Services>;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         crate::trial::pepper_for(&ctx.pool, Utc::now().date_naive()).await?;

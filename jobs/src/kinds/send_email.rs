@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
     email::{self, DeliveryError},
-    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
     rate_limit::{self, Take},
 };
 
@@ -22,12 +24,18 @@ pub struct SendEmail {
 
 impl Job for SendEmail {
     const NAME: &'static str = "send_email";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 8,
         base: Duration::from_secs(30),
         cap: Duration::from_secs(3600),
         timeout: Duration::from_secs(60),
     };
+
+    /// One delivery job per outbox row.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("send_email:{}", self.email_id))
+    }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let Some(row) = email::find(&ctx.pool, self.email_id).await? else {
@@ -55,7 +63,7 @@ impl Job for SendEmail {
             Err(DeliveryError::Transient(_)) => "transient_error",
             Err(DeliveryError::Permanent(_)) => "permanent_error",
         };
-        ctx.services
+        ctx.app
             .metrics
             .observe_upstream("smtp", "send", outcome, started);
         let error = result.as_ref().err().map(ToString::to_string);

@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::queue::{Job, JobContext, JobError, Outcome, RetryPolicy};
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 
 /// Users per batch (one transaction each).
 pub const BATCH: i64 = 500;
@@ -23,11 +25,17 @@ pub struct SendPolicyNotices {
 
 impl Job for SendPolicyNotices {
     const NAME: &'static str = "send_policy_notices";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 20,
         timeout: Duration::from_secs(300),
         ..RetryPolicy::DEFAULT
     };
+
+    /// One mailing per policy version.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("policy_notices:{}", self.version))
+    }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let Some(policy) = sqlx::query_as::<_, crate::policy::PolicyVersion>(
@@ -43,7 +51,7 @@ impl Job for SendPolicyNotices {
             )));
         };
         let policy_url = ctx
-            .services
+            .app
             .pipeline()?
             .public_base_url
             .join("/privacy-policy")

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use queue::{Job, JobError, Outcome, RetryPolicy};
+
+use crate::services::JobContext;
 use crate::{
     generations::{self, Ending, Generation},
     kie::ErrorClass,
-    queue::{Job, JobContext, JobError, Outcome, RetryPolicy},
 };
 
 /// The largest result image accepted.
@@ -26,16 +28,26 @@ pub const MAX_IMAGE_BYTES: usize = 40 * 1024 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreGeneration {
     pub generation_id: Uuid,
+    /// The upstream task whose results are stored (its key; empty in payloads written before the field
+    /// existed, whose rows carry their key already).
+    #[serde(default)]
+    pub task_id: String,
 }
 
 impl Job for StoreGeneration {
     const NAME: &'static str = "store_generation";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 6,
         base: Duration::from_secs(2),
         cap: Duration::from_secs(60),
         timeout: Duration::from_secs(180),
     };
+
+    /// One store per upstream task's results.
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("store:{}:{}", self.generation_id, self.task_id))
+    }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let Some(generation) = generations::find(&ctx.pool, self.generation_id).await? else {
@@ -49,7 +61,7 @@ impl Job for StoreGeneration {
 
 impl StoreGeneration {
     async fn handle(self, ctx: JobContext, generation: Generation) -> Result<Outcome, JobError> {
-        let metrics = &ctx.services.metrics;
+        let metrics = &ctx.app.metrics;
         if generation.is_finished()
             || generation.deleted_at.is_some()
             || generation.status != "storing"
@@ -108,7 +120,7 @@ async fn store_one(
     url: &str,
 ) -> Result<(), StoreError> {
     let pipeline = ctx
-        .services
+        .app
         .pipeline()
         .map_err(|e| StoreError::Retryable(anyhow::anyhow!("{e}")))?;
     let n = i32::try_from(n).expect("at most a handful of images");

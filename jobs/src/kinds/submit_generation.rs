@@ -18,11 +18,13 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::poll_generation::PollGeneration;
+use queue::{EnqueueOptions, Job, JobError, Outcome, RetryPolicy, enqueue_with};
+
+use crate::services::JobContext;
 use crate::{
     accounts::hash_secret,
     generations::{self, Generation},
     kie::{CreateTask, ErrorClass, MODEL_IMAGE_TO_IMAGE, MODEL_TEXT_TO_IMAGE, TaskInput},
-    queue::{EnqueueOptions, Job, JobContext, JobError, Outcome, RetryPolicy, enqueue_with},
     rate_limit::{self, Take},
     upstream,
 };
@@ -37,23 +39,40 @@ pub const MAX_REFERENCE_BYTES: i64 = 10 * 1024 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitGeneration {
     pub generation_id: Uuid,
+    /// The one resubmission after kie.ai failed the first task server-side (absent in the first submit's
+    /// payload, so payloads written before this field decode as first submits).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 impl SubmitGeneration {
-    /// The idempotency key of the first submit of a generation.
-    pub fn key(generation_id: Uuid) -> String {
-        format!("submit:{generation_id}")
+    /// The first submit of a generation.
+    pub fn first(generation_id: Uuid) -> Self {
+        Self {
+            generation_id,
+            retry: false,
+        }
     }
 }
 
 impl Job for SubmitGeneration {
     const NAME: &'static str = "submit_generation";
+    type Context = std::sync::Arc<crate::services::Services>;
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 8,
         base: Duration::from_secs(2),
         cap: Duration::from_secs(60),
         timeout: Duration::from_secs(90),
     };
+
+    /// One first submit per generation, and one resubmission.
+    fn unique_key(&self) -> Option<String> {
+        Some(if self.retry {
+            format!("submit:{}:retry", self.generation_id)
+        } else {
+            format!("submit:{}", self.generation_id)
+        })
+    }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let Some(generation) = generations::find(&ctx.pool, self.generation_id).await? else {
@@ -67,8 +86,8 @@ impl Job for SubmitGeneration {
 
 impl SubmitGeneration {
     async fn handle(self, ctx: JobContext, generation: Generation) -> Result<Outcome, JobError> {
-        let pipeline = ctx.services.pipeline()?;
-        let metrics = &ctx.services.metrics;
+        let pipeline = ctx.app.pipeline()?;
+        let metrics = &ctx.app.metrics;
         if generation.is_finished() || generation.deleted_at.is_some() {
             return Ok(Outcome::Done);
         }
@@ -234,7 +253,7 @@ async fn record_task(
     generation: &Generation,
     task_id: &str,
 ) -> Result<(), JobError> {
-    let deadline = ctx.services.pipeline()?.generation.deadline;
+    let deadline = ctx.app.pipeline()?.generation.deadline;
     let mut tx = ctx.pool.begin().await?;
     let stored = sqlx::query(
         "UPDATE generations SET upstream_task_id = $2, submitted_at = now(),
@@ -265,20 +284,16 @@ async fn record_task(
         .bind(task_id)
         .fetch_one(&mut *tx)
         .await?;
-        let key = PollGeneration::key(generation.id, task_id);
-        let options = if called_back {
-            EnqueueOptions::key(key)
-        } else {
-            EnqueueOptions::delayed(PollGeneration::first_delay()).with_key(key)
+        let poll = PollGeneration {
+            generation_id: generation.id,
+            task_id: task_id.to_owned(),
         };
-        enqueue_with(
-            &mut *tx,
-            &PollGeneration {
-                generation_id: generation.id,
-            },
-            options,
-        )
-        .await?;
+        let options = if called_back {
+            EnqueueOptions::default()
+        } else {
+            EnqueueOptions::delayed(PollGeneration::first_delay())
+        };
+        enqueue_with(&mut *tx, &poll, options).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -289,13 +304,11 @@ async fn ensure_polling(
     generation: &Generation,
     task_id: &str,
 ) -> Result<(), JobError> {
-    enqueue_with(
-        &ctx.pool,
-        &PollGeneration {
-            generation_id: generation.id,
-        },
-        EnqueueOptions::key(PollGeneration::key(generation.id, task_id)),
-    )
+    PollGeneration {
+        generation_id: generation.id,
+        task_id: task_id.to_owned(),
+    }
+    .enqueue(&ctx.pool)
     .await?;
     Ok(())
 }
@@ -323,7 +336,7 @@ async fn reference_urls(
     ctx: &JobContext,
     generation: &Generation,
 ) -> Result<Result<Vec<String>, String>, JobError> {
-    let storage = &ctx.services.pipeline()?.storage;
+    let storage = &ctx.app.pipeline()?.storage;
     let mut urls = Vec::with_capacity(generation.reference_upload_ids.len());
     for (n, upload_id) in generation.reference_upload_ids.iter().enumerate() {
         let key: Option<String> = sqlx::query_scalar(

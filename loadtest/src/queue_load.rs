@@ -11,14 +11,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use jobs::{
-    config::{DatabaseConfig, QueueConfig},
-    queue::{
-        self, EnqueueOptions, Job, JobContext, JobError, NewJob, Outcome, QueuePlan, Registry,
-        Services,
-    },
-    telemetry::Metrics,
-};
+use jobs::config::DatabaseConfig;
+use queue::{EnqueueOptions, Job, JobContext, JobError, NewJob, Outcome, QueuePlan, Registry};
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::mpsc;
@@ -65,8 +59,9 @@ struct Noop {
 
 impl Job for Noop {
     const NAME: &'static str = "loadtest_noop";
+    type Context = ();
 
-    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+    async fn run(self, _ctx: JobContext<()>) -> Result<Outcome, JobError> {
         if let (Some(sequence), Some(starts)) = (self.timed, STARTS.get()) {
             let _ = starts.send((sequence, Instant::now()));
         }
@@ -422,16 +417,14 @@ async fn start_noop_worker(
     concurrency: usize,
 ) -> anyhow::Result<(queue::RunningWorker, CancellationToken)> {
     let registry = Registry::new().register::<Noop>();
-    let services = std::sync::Arc::new(Services::new(
-        QueueConfig::default(),
-        Metrics::new("loadtest"),
-    ));
     let stop = CancellationToken::new();
     let plans = vec![QueuePlan {
         queue: Noop::NAME.into(),
         concurrency,
     }];
-    let worker = queue::start(pool.clone(), &registry, services, plans, stop.clone()).await?;
+    let worker = queue::Worker::new(pool.clone(), registry, ())
+        .start(plans, stop.clone())
+        .await?;
     Ok((worker, stop))
 }
 

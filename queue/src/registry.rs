@@ -7,30 +7,39 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::job::{Job, JobContext, JobError, Outcome, RetryPolicy};
+use crate::job::{Job, JobContext, JobError, Outcome, RetryPolicy};
 
-type HandlerFn =
-    dyn Fn(Vec<u8>, JobContext) -> BoxFuture<'static, Result<Outcome, JobError>> + Send + Sync;
+type HandlerFn<C> =
+    dyn Fn(Vec<u8>, JobContext<C>) -> BoxFuture<'static, Result<Outcome, JobError>> + Send + Sync;
 
 /// One registered job kind.
-#[derive(Clone)]
-pub struct Handler {
+pub struct Handler<C> {
     pub queue: &'static str,
     pub policy: RetryPolicy,
-    run: Arc<HandlerFn>,
+    run: Arc<HandlerFn<C>>,
 }
 
-impl Handler {
+impl<C> Clone for Handler<C> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue,
+            policy: self.policy,
+            run: self.run.clone(),
+        }
+    }
+}
+
+impl<C> Handler<C> {
     pub fn call(
         &self,
         payload: Vec<u8>,
-        ctx: JobContext,
+        ctx: JobContext<C>,
     ) -> BoxFuture<'static, Result<Outcome, JobError>> {
         (self.run)(payload, ctx)
     }
 }
 
-impl std::fmt::Debug for Handler {
+impl<C> std::fmt::Debug for Handler<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handler")
             .field("queue", &self.queue)
@@ -39,20 +48,41 @@ impl std::fmt::Debug for Handler {
     }
 }
 
-/// The job kinds a process knows, by queue name.
-#[derive(Clone, Debug, Default)]
-pub struct Registry {
-    handlers: BTreeMap<&'static str, Handler>,
+/// The job kinds a process knows, by queue name, all taking the application context `C`.
+pub struct Registry<C> {
+    handlers: BTreeMap<&'static str, Handler<C>>,
 }
 
-impl Registry {
+impl<C> Clone for Registry<C> {
+    fn clone(&self) -> Self {
+        Self {
+            handlers: self.handlers.clone(),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Registry<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.handlers.values()).finish()
+    }
+}
+
+impl<C> Default for Registry<C> {
+    fn default() -> Self {
+        Self {
+            handlers: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> Registry<C> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds a job kind. Panics on a duplicate name: two kinds sharing a queue would read each other's payloads.
-    pub fn register<J: Job>(mut self) -> Self {
-        let run: Arc<HandlerFn> = Arc::new(|payload: Vec<u8>, ctx: JobContext| {
+    pub fn register<J: Job<Context = C>>(mut self) -> Self {
+        let run: Arc<HandlerFn<C>> = Arc::new(|payload: Vec<u8>, ctx: JobContext<C>| {
             async move {
                 let job: J = serde_json::from_slice(&payload).map_err(|error| {
                     JobError::permanent(anyhow::anyhow!(
@@ -76,7 +106,7 @@ impl Registry {
         self
     }
 
-    pub fn get(&self, queue: &str) -> Option<&Handler> {
+    pub fn get(&self, queue: &str) -> Option<&Handler<C>> {
         self.handlers.get(queue)
     }
 

@@ -1,22 +1,16 @@
-//! What a job is: a payload with a stable name, a retry policy, and an async body.
+//! What a job is: a payload with a stable name, a retry policy, a unique key and an async body.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
-use crate::{
-    config::{GenerationConfig, KieConfig, QueueConfig},
-    kie::KieClient,
-    storage::Storage,
-    telemetry::Metrics,
-};
+use crate::enqueue::{self, EnqueueOptions, Enqueued};
 
 /// A kind of background work. Each kind is its own queue, named by [`Job::NAME`].
 ///
-/// Implementations live one per file under `jobs/src/kinds/` and are listed once in
-/// [`crate::kinds::registry`]. Delivery is at-least-once: `run` must be safe to call twice with the same
-/// payload (each job's doc comment says why it is).
+/// Delivery is at-least-once: `run` must be safe to call twice with the same payload (an implementation's doc
+/// comment should say why it is).
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The persisted queue name (`apalis.jobs.job_type`). Stable forever: renaming it orphans queued jobs.
     const NAME: &'static str;
@@ -24,9 +18,36 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Attempts, backoff and timeout for this kind.
     const POLICY: RetryPolicy = RetryPolicy::DEFAULT;
 
+    /// What the application hands every attempt: its clients and settings ([`JobContext::app`]). Every kind
+    /// in one [`Registry`](crate::Registry) shares one context type.
+    type Context: Clone + Send + Sync + 'static;
+
     /// Does the work. `Ok(Outcome::Done)` finishes the job; `Ok(Outcome::Snooze(d))` asks to run again after
     /// `d` without counting an attempt; an error is retried with backoff or, if permanent, kills the job.
-    fn run(self, ctx: JobContext) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+    fn run(
+        self,
+        ctx: JobContext<Self::Context>,
+    ) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+
+    /// The key that makes this job unique among its kind while its row is kept: a second enqueue with the same
+    /// key writes nothing and reports [`Enqueued::AlreadyQueued`]. `None` (the default): every enqueue is a
+    /// new job. A kind whose work must happen once per thing (a payment, a generation) names that thing here,
+    /// so no caller can forget the key.
+    fn unique_key(&self) -> Option<String> {
+        None
+    }
+
+    /// Enqueues this job to run as soon as a worker is free, with the connection (or transaction) given: it
+    /// exists exactly when the caller's transaction commits.
+    fn enqueue<'e>(
+        &self,
+        conn: impl PgExecutor<'e>,
+    ) -> impl Future<Output = sqlx::Result<Enqueued>> + Send
+    where
+        Self: Sized,
+    {
+        enqueue::enqueue_with(conn, self, EnqueueOptions::default())
+    }
 }
 
 /// How often and how patiently a job kind is retried.
@@ -101,11 +122,12 @@ impl<E: Into<anyhow::Error>> From<E> for JobError {
     }
 }
 
-/// Everything a job body may use. Cheap to clone.
-#[derive(Clone)]
-pub struct JobContext {
+/// Everything an attempt may use. Cheap to clone when `C` is.
+#[derive(Clone, Debug)]
+pub struct JobContext<C> {
     pub pool: PgPool,
-    pub services: Arc<Services>,
+    /// The application's context ([`Job::Context`]).
+    pub app: C,
     /// The row id of the job being run.
     pub job_id: String,
     /// This attempt's number, from 1.
@@ -114,56 +136,11 @@ pub struct JobContext {
     pub max_attempts: i32,
 }
 
-impl JobContext {
+impl<C> JobContext<C> {
     /// Whether a retryable failure now would make the job dead: jobs that own a user-visible outcome (a
     /// reservation to refund) settle it themselves on their last attempt instead of dying silently.
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts
-    }
-}
-
-/// Long-lived clients and settings shared by every job in a process.
-pub struct Services {
-    pub queue: QueueConfig,
-    pub metrics: Metrics,
-    /// The generation pipeline's clients; absent in processes (and tests) that run no pipeline job.
-    pub pipeline: Option<Pipeline>,
-}
-
-/// Clients and settings of the generation pipeline.
-#[derive(Clone)]
-pub struct Pipeline {
-    pub storage: Storage,
-    pub kie: KieClient,
-    pub kie_config: KieConfig,
-    pub generation: GenerationConfig,
-    /// Base of the callback URLs handed to kie.ai (and of links in e-mails).
-    pub public_base_url: url::Url,
-    /// Stripe, when configured (`STRIPE_SECRET_KEY`).
-    pub stripe: Option<crate::stripe::StripeClient>,
-}
-
-impl Services {
-    pub fn new(queue: QueueConfig, metrics: Metrics) -> Self {
-        Self {
-            queue,
-            metrics,
-            pipeline: None,
-        }
-    }
-
-    pub fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
-        self.pipeline = Some(pipeline);
-        self
-    }
-
-    /// The pipeline, or a retryable error in a process configured without it.
-    pub fn pipeline(&self) -> Result<&Pipeline, JobError> {
-        self.pipeline.as_ref().ok_or_else(|| {
-            JobError::Retryable(anyhow::anyhow!(
-                "this worker runs without the generation pipeline"
-            ))
-        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! Putting jobs on a queue, inside the caller's transaction.
 //!
-//! `enqueue(&mut *tx, &job)` writes one row to `apalis.jobs` with the same connection as the caller's state
-//! change, so both commit or neither does. An idempotency key turns a duplicate into
+//! `job.enqueue(&mut *tx)` (or [`enqueue_with`] for a delay or a priority) writes one row to `apalis.jobs` with the
+//! same connection as the caller's state change, so both commit or neither does. The kind's
+//! [`Job::unique_key`] (or an explicit [`EnqueueOptions::idempotency_key`]) turns a duplicate into
 //! [`Enqueued::AlreadyQueued`] through `ON CONFLICT DO NOTHING` — never an error that would abort the caller's
 //! transaction (apalis' own push raises a unique violation there).
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use super::job::Job;
+use crate::job::Job;
 
 /// Identifies one job row.
 pub type JobId = String;
@@ -36,7 +37,10 @@ impl Enqueued {
 pub struct EnqueueOptions {
     /// Do not start before this instant.
     pub run_at: Option<DateTime<Utc>>,
-    /// Deduplicates per job kind, for as long as the row is kept (see `JOB_RETENTION_HOURS`).
+    /// Deduplicates per job kind, for as long as the row is kept ([`QueueConfig::finished_job_retention`]).
+    /// When absent, the kind's [`Job::unique_key`] is used.
+    ///
+    /// [`QueueConfig::finished_job_retention`]: crate::QueueConfig::finished_job_retention
     pub idempotency_key: Option<String>,
     /// Higher runs first among due jobs of the same queue.
     pub priority: i32,
@@ -73,7 +77,11 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    pub fn of<J: Job>(job: &J, options: EnqueueOptions) -> Self {
+    /// `job` with `options`; the kind's [`Job::unique_key`] applies unless `options` names a key.
+    pub fn of<J: Job>(job: &J, mut options: EnqueueOptions) -> Self {
+        if options.idempotency_key.is_none() {
+            options.idempotency_key = job.unique_key();
+        }
         Self {
             queue: J::NAME,
             // Serializing a plain data struct to JSON cannot fail.
@@ -89,12 +97,12 @@ pub(crate) fn new_job_id() -> JobId {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Enqueues `job` to run as soon as a worker is free.
+/// Enqueues `job` to run as soon as a worker is free (the same as `job.enqueue(conn)`).
 pub async fn enqueue<'e, J: Job>(conn: impl PgExecutor<'e>, job: &J) -> sqlx::Result<Enqueued> {
     enqueue_with(conn, job, EnqueueOptions::default()).await
 }
 
-/// Enqueues `job` with options (delay, idempotency key, priority).
+/// Enqueues `job` with options (delay, priority, a key other than the kind's own).
 pub async fn enqueue_with<'e, J: Job>(
     conn: impl PgExecutor<'e>,
     job: &J,
@@ -179,7 +187,7 @@ pub async fn expedite(
     .rows_affected();
     if moved > 0 {
         sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
-            .bind(super::runtime::INSERT_CHANNEL)
+            .bind(crate::runtime::INSERT_CHANNEL)
             .bind(queue)
             .execute(&mut *conn)
             .await?;

@@ -183,7 +183,7 @@ pub async fn resume_queue(pool: &PgPool, queue: &str) -> sqlx::Result<()> {
         .await?;
     // Wake idle workers of that queue now rather than at their next poll.
     sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
-        .bind(super::runtime::INSERT_CHANNEL)
+        .bind(crate::runtime::INSERT_CHANNEL)
         .bind(queue)
         .execute(pool)
         .await

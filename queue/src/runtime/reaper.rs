@@ -1,0 +1,131 @@
+//! Worker registration and heartbeats in `apalis.workers`, the hand-back of a draining worker's unfinished
+//! jobs, and the reaper that hands back what dead workers and stuck attempts left.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::QueueConfig;
+
+/// Returns this worker's unfinished jobs to `Pending` (the interrupted attempt does not count).
+pub(super) async fn hand_back(pool: &PgPool, worker_id: &str) -> sqlx::Result<u64> {
+    sqlx::query(
+        "UPDATE apalis.jobs
+            SET status = 'Pending', run_at = now(), attempts = GREATEST(attempts - 1, 0), lock_by = NULL, lock_at = NULL
+          WHERE lock_by = $1 AND status IN ('Queued', 'Running')",
+    )
+    .bind(worker_id)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+pub(super) async fn register_workers(pool: &PgPool, workers: &[(String, String)]) -> sqlx::Result<()> {
+    let (ids, queues): (Vec<String>, Vec<String>) = workers.iter().cloned().unzip();
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         SELECT id, queue, 'createimage2', '', now() FROM unnest($1::text[], $2::text[]) AS t(id, queue)
+         ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+    )
+    .bind(ids)
+    .bind(queues)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+pub(super) async fn heartbeat(
+    pool: PgPool,
+    workers: Vec<(String, String)>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        // Every database call of a background task gives way to `stop`: with the database gone, each would
+        // otherwise hold the worker's exit for the pool's acquire timeout.
+        match stop
+            .run_until_cancelled(register_workers(&pool, &workers))
+            .await
+        {
+            None => return,
+            Some(Err(error)) => tracing::warn!(error = %error, "worker heartbeat failed"),
+            Some(Ok(())) => {}
+        }
+    }
+}
+
+/// Hands back jobs whose worker stopped heartbeating, and attempts running far past their timeout (a runner
+/// that died mid-attempt). A job out of attempts is dead instead, with the reason kept.
+pub(super) async fn reap(
+    pool: PgPool,
+    queues: Vec<(String, Duration)>,
+    config: QueueConfig,
+    stop: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(config.heartbeat_interval.max(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        for (queue, timeout) in &queues {
+            // Allow the in-runner timeout to fire and its outcome to be written first. `lock_at` is the claim,
+            // and a job claimed ahead may wait in the local buffer for one attempt's length before it starts.
+            let stuck_after = *timeout * 2 + Duration::from_secs(30);
+            let reaped = reap_queue(&pool, queue, config.dead_worker_after, stuck_after);
+            match stop.run_until_cancelled(reaped).await {
+                None => return,
+                Some(Ok(0)) => {}
+                Some(Ok(count)) => {
+                    tracing::warn!(job.queue = %queue, count, "reaped abandoned jobs")
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(job.queue = %queue, error = %error, "reaping failed")
+                }
+            }
+        }
+    }
+}
+
+/// One reaper pass over a queue. Public for tests and the ops command.
+pub async fn reap_queue(
+    pool: &PgPool,
+    queue: &str,
+    dead_worker_after: Duration,
+    stuck_after: Duration,
+) -> sqlx::Result<u64> {
+    sqlx::query(
+        "WITH abandoned AS (
+             SELECT j.id FROM apalis.jobs j
+               LEFT JOIN apalis.workers w ON w.id = j.lock_by
+              WHERE j.job_type = $1 AND j.status IN ('Queued', 'Running')
+                AND (w.id IS NULL
+                     OR w.last_seen < now() - make_interval(secs => $2)
+                     OR j.lock_at < now() - make_interval(secs => $3))
+                FOR UPDATE OF j SKIP LOCKED
+         )
+         UPDATE apalis.jobs j
+            SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'Failed' ELSE 'Pending' END,
+                done_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                run_at = now(),
+                lock_by = CASE WHEN j.attempts >= j.max_attempts THEN j.lock_by END,
+                lock_at = CASE WHEN j.attempts >= j.max_attempts THEN j.lock_at END,
+                last_result = jsonb_build_object('Err', 'abandoned by worker ' || coalesce(j.lock_by, '?')
+                                                 || ' (stopped heartbeating or exceeded its timeout)')
+           FROM abandoned
+          WHERE j.id = abandoned.id",
+    )
+    .bind(queue)
+    .bind(dead_worker_after.as_secs_f64())
+    .bind(stuck_after.as_secs_f64())
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+}
+

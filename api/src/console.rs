@@ -200,27 +200,12 @@ table{border-collapse:collapse;width:100%;margin-bottom:24px}th,td{text-align:le
 th{background:#f5f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00020;font-weight:600}\
 form{display:inline}button{font:inherit;padding:2px 8px;cursor:pointer}pre{white-space:pre-wrap;background:#f5f5f7;padding:10px}";
 
-#[derive(sqlx::FromRow)]
-struct WorkerRow {
-    id: String,
-    queue: String,
-    seconds_since_seen: f64,
-    running: i64,
-}
 
 async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
     let csrf = console.csrf.as_ref();
     let queues = ops::queue_stats(&console.pool).await?;
     let dead = ops::dead_jobs(&console.pool, None, 50).await?;
-    let workers: Vec<WorkerRow> = sqlx::query_as(
-        "SELECT w.id, w.worker_type AS queue, EXTRACT(EPOCH FROM now() - w.last_seen)::float8 AS seconds_since_seen,
-                (SELECT count(*) FROM apalis.jobs j WHERE j.lock_by = w.id AND j.status = 'Running') AS running
-           FROM apalis.workers w
-          WHERE w.storage_name = 'createimage2' AND w.last_seen > now() - interval '1 hour'
-          ORDER BY w.worker_type, w.id",
-    )
-    .fetch_all(&console.pool)
-    .await?;
+    let workers = ops::workers(&console.pool, std::time::Duration::from_secs(3600)).await?;
     let upstreams = jobs::upstream::paused(&console.pool).await?;
     let kie_paused = upstreams
         .iter()

@@ -121,6 +121,85 @@ impl From<jobs::generations::Invalid> for AppError {
     }
 }
 
+impl From<jobs::limits::Limited> for AppError {
+    fn from(limited: jobs::limits::Limited) -> Self {
+        Self::TooManyRequests {
+            retry_after_secs: limited.retry_after.as_secs_f64().ceil() as u64,
+        }
+    }
+}
+
+impl From<jobs::limits::TakeError> for AppError {
+    fn from(error: jobs::limits::TakeError) -> Self {
+        match error {
+            jobs::limits::TakeError::Limited(limited) => limited.into(),
+            jobs::limits::TakeError::Database(error) => error.into(),
+        }
+    }
+}
+
+// The domain's refusals, each mapped to the API's answer. The site maps the same errors to its pages.
+
+impl From<jobs::generations::CreateError> for AppError {
+    fn from(error: jobs::generations::CreateError) -> Self {
+        use jobs::generations::CreateError;
+        match error {
+            CreateError::Invalid(invalid) => invalid.into(),
+            CreateError::RateLimited { retry_after } => jobs::limits::Limited { retry_after }.into(),
+            // The trial page answers this one in its own words; here it is a plain 429 for a day.
+            CreateError::TrialUsed => Self::TooManyRequests {
+                retry_after_secs: 24 * 3600,
+            },
+            CreateError::UnknownUpload => Self::Invalid {
+                field: "reference_upload_ids",
+                message: error.to_string(),
+            },
+            CreateError::InsufficientCredits { balance, cost } => {
+                Self::PaymentRequired { balance, cost }
+            }
+            CreateError::PaymentOwing | CreateError::KeyInFlight => Self::Conflict(error.to_string()),
+            CreateError::KeyReused => Self::Invalid {
+                field: "Idempotency-Key",
+                message: error.to_string(),
+            },
+            CreateError::Database(error) => error.into(),
+        }
+    }
+}
+
+impl From<jobs::generations::DeleteError> for AppError {
+    fn from(error: jobs::generations::DeleteError) -> Self {
+        match error {
+            jobs::generations::DeleteError::InProgress => Self::Conflict(error.to_string()),
+            jobs::generations::DeleteError::Database(error) => error.into(),
+        }
+    }
+}
+
+impl From<jobs::uploads::UploadError> for AppError {
+    fn from(error: jobs::uploads::UploadError) -> Self {
+        use jobs::uploads::UploadError;
+        match error {
+            UploadError::Invalid(invalid) => invalid.into(),
+            UploadError::Limited(limited) => limited.into(),
+            UploadError::NoSuchImage => Self::NotFound,
+            UploadError::Storage(error) => Self::Internal(error),
+            UploadError::Database(error) => error.into(),
+        }
+    }
+}
+
+impl From<jobs::export_requests::RequestError> for AppError {
+    fn from(error: jobs::export_requests::RequestError) -> Self {
+        use jobs::export_requests::RequestError;
+        match error {
+            RequestError::InProgress => Self::Conflict(error.to_string()),
+            RequestError::Limited(limited) => limited.into(),
+            RequestError::Database(error) => error.into(),
+        }
+    }
+}
+
 /// `Json<T>` whose refusals are the API's own: a body that is not JSON, or JSON that does not fit `T` (a wrong
 /// type, a lone surrogate in a string, a missing field), is a 422 naming the field as every other invalid input
 /// is; other refusals (no JSON content type, an unreadable body) keep axum's status.
@@ -163,4 +242,16 @@ fn located(rejection: &(dyn std::error::Error + 'static)) -> Option<(String, Str
         source = error.source();
     }
     None
+}
+
+impl From<jobs::export_requests::DownloadError> for AppError {
+    fn from(error: jobs::export_requests::DownloadError) -> Self {
+        use jobs::export_requests::DownloadError;
+        match error {
+            DownloadError::NotFound => Self::NotFound,
+            DownloadError::NotReady => Self::Conflict(error.to_string()),
+            DownloadError::Storage(error) => Self::Internal(error),
+            DownloadError::Database(error) => error.into(),
+        }
+    }
 }

@@ -10,7 +10,6 @@ mod error;
 mod events;
 mod exports;
 mod generations;
-mod limits;
 mod routes;
 pub mod site;
 mod views;

@@ -120,14 +120,9 @@ async fn me(
     State(state): State<AppState>,
     ApiUser(user_id): ApiUser,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let (email, balance): (String, i64) = sqlx::query_as(
-        "SELECT u.email, coalesce(a.balance, 0) FROM users u LEFT JOIN credit_accounts a ON a.user_id = u.id
-          WHERE u.id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(AppError::NotFound)?;
+    let (email, balance) = jobs::accounts::email_and_balance(&state.pool, user_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     Ok(Json(
         json!({"id": user_id, "email": email, "credits": balance}),
     ))

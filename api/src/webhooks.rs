@@ -10,11 +10,10 @@ use axum::{
     extract::{Path, State},
     http::HeaderMap,
 };
-use jobs::{
-    generations,
-    kinds::PollGeneration,
+use jobs::generations::{
+    self,
+    callbacks::{self, CallbackError},
 };
-use queue::{Job as _, expedite};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -79,52 +78,18 @@ pub async fn kie_callback(
             return Err(AppError::Unauthorized);
         }
     }
-    let state_reported = data.get("state").and_then(Value::as_str).map(str::to_owned);
-    let mut tx = state.pool.begin().await?;
-    // Serialises with the submit job recording the task: whichever commits second sees the other's work (the
-    // poll job to expedite here, or this callback there), so a fast upstream's callback is never lost.
-    let recorded_task: Option<String> =
-        sqlx::query_scalar("SELECT upstream_task_id FROM generations WHERE id = $1 FOR UPDATE")
-            .bind(generation_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    // The task must be this generation's own: a callback signed for another task (a replay of someone else's,
-    // under a leaked URL) is refused. Before the submit job has recorded the task, the callback is only a hint
-    // that the worker confirms with recordInfo.
-    if recorded_task
-        .as_deref()
-        .is_some_and(|recorded| recorded != task_id)
-    {
-        tx.rollback().await?;
-        tracing::warn!(generation.id = %generation_id, upstream.task_id = %task_id, "kie callback for another task refused");
-        return Err(AppError::Unauthorized);
-    }
-    // A replay (the same task reporting the same state again) is recognised and not stored twice.
-    let stored = sqlx::query(
-        "INSERT INTO upstream_callbacks (generation_id, upstream_task_id, state) VALUES ($1, $2, $3)
-         ON CONFLICT (generation_id, upstream_task_id, (coalesce(state, ''))) DO NOTHING",
-    )
-    .bind(generation_id)
-    .bind(&task_id)
-    .bind(&state_reported)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if stored == 0 {
-        tx.rollback().await?;
-        return Ok(Json(json!({ "ok": true, "duplicate": true })));
-    }
-    let expedited = if generation.is_finished() {
-        false
-    } else {
-        expedite(
-            &mut tx,
-            PollGeneration::NAME,
-            &PollGeneration::key(generation_id, &task_id),
-        )
-        .await?
+    let state_reported = data.get("state").and_then(Value::as_str);
+    let expedited = match callbacks::record(&state.pool, &generation, &task_id, state_reported).await {
+        Ok(callbacks::Recorded::New { expedited }) => expedited,
+        Ok(callbacks::Recorded::Duplicate) => {
+            return Ok(Json(json!({ "ok": true, "duplicate": true })));
+        }
+        Err(CallbackError::ForeignTask) => {
+            tracing::warn!(generation.id = %generation_id, upstream.task_id = %task_id, "kie callback for another task refused");
+            return Err(AppError::Unauthorized);
+        }
+        Err(CallbackError::Database(error)) => return Err(error.into()),
     };
-    tx.commit().await?;
     tracing::info!(generation.id = %generation_id, trace_id = %generation.trace_id, upstream.task_id = %task_id, expedited, "kie callback");
     Ok(Json(json!({ "ok": true })))
 }

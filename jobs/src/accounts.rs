@@ -277,3 +277,87 @@ pub fn new_link_token() -> (String, Vec<u8>) {
     let hash = hash_secret(&token);
     (token, hash)
 }
+
+/// Sets the account's display name (`None` clears it).
+pub async fn set_display_name(pool: &sqlx::PgPool, user: Uuid, name: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1")
+        .bind(user)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Why a confirmed e-mail change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailChangeError {
+    #[error("This confirmation link has expired, was already used, or belongs to another account.")]
+    InvalidLink,
+    #[error("Another account already uses that address.")]
+    AddressTaken,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Uses an e-mail change link (`token`, sent for `user`) and makes its address the account's, verified.
+/// Returns the new address.
+pub async fn confirm_email_change(
+    pool: &sqlx::PgPool,
+    user: Uuid,
+    token: &str,
+) -> Result<String, EmailChangeError> {
+    let mut tx = pool.begin().await?;
+    let email = crate::sign_in_tokens::redeem(
+        &mut tx,
+        crate::sign_in_tokens::Purpose::EmailChange,
+        token,
+        Some(user),
+    )
+    .await?
+    .ok_or(EmailChangeError::InvalidLink)?;
+    let taken: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1 AND id <> $2)")
+            .bind(&email)
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
+    if taken {
+        return Err(EmailChangeError::AddressTaken);
+    }
+    sqlx::query(
+        "UPDATE users SET email = $2, email_verified_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(user)
+    .bind(&email)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(email)
+}
+
+/// Revokes one of the member's API keys. Returns false when there is no such active key of theirs.
+pub async fn revoke_api_key(pool: &sqlx::PgPool, user: Uuid, id: Uuid) -> sqlx::Result<bool> {
+    let revoked = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(user)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(revoked == 1)
+}
+
+/// The account's e-mail address and spendable credits.
+pub async fn email_and_balance(
+    pool: &sqlx::PgPool,
+    user: Uuid,
+) -> sqlx::Result<Option<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT u.email, coalesce(a.balance, 0) FROM users u LEFT JOIN credit_accounts a ON a.user_id = u.id
+          WHERE u.id = $1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+}

@@ -17,14 +17,37 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use queue::Job as _;
+use stripe_checkout::CheckoutSessionPaymentStatus;
 
 use crate::{
-    config::Product,
     credits::{self, Applied, Kind},
     email::{self, Outgoing},
-    kinds::{OpenCheckout, ProcessStripeEvent},
+    kinds::ProcessStripeEvent,
     stripe::{API_VERSION, StripeClient, StripeError},
+    text_enum::text_enum,
 };
+
+text_enum! {
+    /// A refund's `status` (Stripe's Refund object: "pending, requires_action, succeeded, failed, or canceled";
+    /// async-stripe keeps it a string).
+    enum RefundStatus {
+        Pending = "pending",
+        RequiresAction = "requires_action",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Canceled = "canceled",
+    }
+}
+
+text_enum! {
+    /// An invoice payment's `status` (Stripe's InvoicePayment object: "one of open, paid, or canceled";
+    /// async-stripe keeps it a string).
+    enum InvoicePaymentStatus {
+        Open = "open",
+        Paid = "paid",
+        Canceled = "canceled",
+    }
+}
 
 /// How old a webhook's signed timestamp may be.
 pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
@@ -367,7 +390,10 @@ async fn invoice_payment_intent(
         payments
             .as_array()?
             .iter()
-            .filter(|payment| str_at(payment, "/status") == Some("paid"))
+            .filter(|payment| {
+                str_at(payment, "/status").and_then(|s| s.parse().ok())
+                    == Some(InvoicePaymentStatus::Paid)
+            })
             .find_map(|payment| str_at(payment, "/payment/payment_intent"))
             .map(str::to_owned)
     };
@@ -523,7 +549,11 @@ async fn checkout_completed(
         }
         return Ok(outcome("subscription linked"));
     }
-    if str_at(session, "/payment_status") != Some("paid") {
+    let payment_status = str_at(session, "/payment_status").map(|s| {
+        s.parse::<CheckoutSessionPaymentStatus>()
+            .unwrap_or_else(|never| match never {})
+    });
+    if !matches!(payment_status, Some(CheckoutSessionPaymentStatus::Paid)) {
         return Ok(outcome("awaiting payment"));
     }
     let metadata = &session["metadata"];
@@ -751,7 +781,8 @@ async fn apply_refund(
     };
     // `pending` and `requires_action` refunds are on their way (taken back now); `failed` and `canceled`
     // ones return nothing to the cardholder.
-    if refund_amount <= 0 || matches!(str_at(refund, "/status"), Some("failed" | "canceled")) {
+    let status = str_at(refund, "/status").and_then(|s| s.parse::<RefundStatus>().ok());
+    if refund_amount <= 0 || matches!(status, Some(RefundStatus::Failed | RefundStatus::Canceled)) {
         return Ok(None);
     }
     let intent = str_at(refund, "/payment_intent").or(charge_intent);
@@ -906,11 +937,13 @@ enum DisputeEnd {
 }
 
 fn dispute_end(status: &str) -> Option<DisputeEnd> {
-    match status {
-        "won" | "warning_closed" => Some(DisputeEnd::Release),
-        "lost" => Some(DisputeEnd::Keep),
-        "prevented" => Some(DisputeEnd::Prevented),
-        // needs_response, under_review, warning_needs_response, warning_under_review: still open.
+    use stripe_core::DisputeStatus;
+    match status.parse::<DisputeStatus>().unwrap_or_else(|never| match never {}) {
+        DisputeStatus::Won | DisputeStatus::WarningClosed => Some(DisputeEnd::Release),
+        DisputeStatus::Lost => Some(DisputeEnd::Keep),
+        DisputeStatus::Prevented => Some(DisputeEnd::Prevented),
+        // needs_response, under_review, warning_needs_response, warning_under_review: still open; a status
+        // Stripe adds later (the SDK's enum is non-exhaustive) is treated as open too, and logged by the SDK.
         _ => None,
     }
 }
@@ -1059,59 +1092,4 @@ pub async fn reconcile(
             .and_then(|e| e["id"].as_str())
             .map(str::to_owned);
     }
-}
-
-/// What the user asked to open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntentKind {
-    Pack,
-    Plan,
-    Portal,
-}
-
-impl IntentKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pack => "pack",
-            Self::Plan => "plan",
-            Self::Portal => "portal",
-        }
-    }
-
-    fn mode(self) -> &'static str {
-        match self {
-            Self::Pack => "payment",
-            Self::Plan => "subscription",
-            Self::Portal => "portal",
-        }
-    }
-}
-
-/// Records an intent and its job in one transaction; returns the intent's id.
-pub async fn record_intent(
-    pool: &PgPool,
-    user_id: Uuid,
-    kind: IntentKind,
-    product: Option<&Product>,
-) -> sqlx::Result<Uuid> {
-    let id = Uuid::now_v7();
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO checkout_intents (id, user_id, kind, product_id, stripe_price_id, mode, credits)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(id)
-    .bind(user_id)
-    .bind(kind.as_str())
-    .bind(product.map(|p| p.id.as_str()))
-    .bind(product.map(|p| p.stripe_price_id.as_str()))
-    .bind(kind.mode())
-    .bind(product.map(|p| p.credits))
-    .execute(&mut *tx)
-    .await?;
-    OpenCheckout { intent_id: id }
-    .enqueue(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(id)
 }

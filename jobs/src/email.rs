@@ -234,3 +234,16 @@ fn smtp_transport(url: &SecretString) -> Result<AsyncSmtpTransport<Tokio1Executo
         .map(|builder| builder.build())
         .map_err(|error| DeliveryError::Permanent(format!("SMTP_URL: {error}")))
 }
+
+/// The newest messages of the outbox (dev mode's outbox page): id, recipient, subject, time.
+pub async fn recent(
+    pool: &sqlx::PgPool,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, String, String, chrono::DateTime<chrono::Utc>)>> {
+    sqlx::query_as(
+        "SELECT id, to_address, subject, created_at FROM email_outbox ORDER BY created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -78,8 +78,8 @@ pub struct CreateTask {
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskInput {
     pub prompt: String,
-    pub aspect_ratio: String,
-    pub resolution: String,
+    pub aspect_ratio: crate::generations::AspectRatio,
+    pub resolution: crate::generations::Resolution,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub input_urls: Vec<String>,
 }

@@ -34,7 +34,10 @@ pub struct QueueMetrics {
     pub job_oldest_waiting_age_seconds: GaugeVec,
 }
 
-fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> prometheus::Result<M> {
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }

@@ -1,5 +1,5 @@
 //! What operators see and do: queue depth and age, dead jobs, retry, cancel, discard, pause, resume.
-//! Used by the `createimage2 jobs …` commands, the metrics exporter and the tests.
+//! An application's operator commands and console, its metrics exporter and tests stand on these.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -224,4 +224,32 @@ pub async fn prune_finished(
     .execute(pool)
     .await?;
     Ok(total)
+}
+
+/// A live worker of this runtime as operators see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkerRow {
+    pub id: String,
+    pub queue: String,
+    pub seconds_since_seen: f64,
+    /// Jobs it holds `Running` now.
+    pub running: i64,
+}
+
+/// This runtime's workers seen within `seen_within`, by queue.
+pub async fn workers(
+    pool: &PgPool,
+    seen_within: std::time::Duration,
+) -> sqlx::Result<Vec<WorkerRow>> {
+    sqlx::query_as(
+        "SELECT w.id, w.worker_type AS queue, EXTRACT(EPOCH FROM now() - w.last_seen)::float8 AS seconds_since_seen,
+                (SELECT count(*) FROM apalis.jobs j WHERE j.lock_by = w.id AND j.status = 'Running') AS running
+           FROM apalis.workers w
+          WHERE w.storage_name = $1 AND w.last_seen > now() - make_interval(secs => $2)
+          ORDER BY w.worker_type, w.id",
+    )
+    .bind(crate::runtime::WORKER_STORAGE_NAME)
+    .bind(seen_within.as_secs_f64())
+    .fetch_all(pool)
+    .await
 }

@@ -242,10 +242,10 @@ pub async fn run(app: &TestApp, plan: ChaosPlan) -> ChaosReport {
     app.stripe.set_delivery(doubled.clone());
     let pack = jobs::config::SiteConfig::default().packs[0].clone();
     for user in users.iter() {
-        jobs::billing::record_intent(
+        jobs::checkout::record_intent(
             &app.pool,
             user.id,
-            jobs::billing::IntentKind::Pack,
+            jobs::checkout::IntentKind::Pack,
             Some(&pack),
         )
         .await

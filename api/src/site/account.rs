@@ -7,8 +7,10 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use jobs::{
-    accounts::{self, DeletionReason},
-    email::{self, Outgoing},
+    export_requests::{self, Download, DownloadError, RequestError},
+    limits::Action,
+    accounts::{self, DeletionReason, EmailChangeError},
+    sign_in_tokens::{self, Purpose},
 };
 use maud::Markup;
 use serde::Deserialize;
@@ -20,8 +22,7 @@ use super::{
     session::{self, CsrfForm, Member},
     views::{self, AccountView},
 };
-use crate::limits::Action;
-use crate::{AppError, AppState, exports};
+use crate::{AppError, AppState};
 
 /// The account page's single values, read in one query.
 #[derive(sqlx::FromRow)]
@@ -74,12 +75,15 @@ async fn load(
     )
     .bind(user)
     .fetch_all(pool);
-    let exports = sqlx::query_as(
-        "SELECT id, status, created_at, expires_at FROM export_requests WHERE user_id = $1
-          ORDER BY created_at DESC LIMIT 3",
-    )
-    .bind(user)
-    .fetch_all(pool);
+    let exports = async {
+        let recent = jobs::export_requests::recent(pool, user, 3).await?;
+        Ok::<_, sqlx::Error>(
+            recent
+                .into_iter()
+                .map(|e| (e.id, e.status, e.created_at, e.expires_at))
+                .collect::<Vec<_>>(),
+        )
+    };
     let (summary, ledger, usage, api_keys, exports) =
         tokio::try_join!(summary, ledger, usage, api_keys, exports)?;
     Ok(AccountView {
@@ -164,19 +168,15 @@ pub async fn update_profile(
             "that does not look like an e-mail address",
         ));
     }
-    sqlx::query("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1")
-        .bind(member.user_id)
-        .bind(name)
-        .execute(&state.pool)
-        .await?;
+    accounts::set_display_name(&state.pool, member.user_id, name).await?;
     let mut message = "Your profile was saved.".to_owned();
     if new_email != member.email {
-        crate::limits::take(&state.pool, Action::EmailChange, member.user_id).await?;
+        jobs::limits::take(&state.pool, Action::EmailChange, member.user_id).await?;
         message = format!(
             "Saved. We sent a confirmation link to {new_email}; the new address is used once you open it."
         );
         // Over the address's own budget nothing is sent, and the answer is the same: no mail bombing.
-        if !crate::limits::take_mail_to(
+        if !jobs::limits::take_mail_to(
             &state.pool,
             &new_email,
             site.config.sign_in_per_address_per_hour,
@@ -186,39 +186,15 @@ pub async fn update_profile(
             member.visitor.flash(&message).await?;
             return Ok(Redirect::to("/account").into_response());
         }
-        let (token, hash) = accounts::new_link_token();
-        let minutes = site.config.sign_in_link_ttl.as_secs() / 60;
-        let mut tx = state.pool.begin().await?;
-        sqlx::query(
-            "UPDATE sign_in_tokens SET used_at = now() WHERE user_id = $1 AND purpose = 'email_change' AND used_at IS NULL",
-        )
-        .bind(member.user_id)
-        .execute(&mut *tx)
-        .await?;
-        let token_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO sign_in_tokens (id, token_hash, purpose, email, user_id, expires_at)
-             VALUES ($1, $2, 'email_change', $3, $4, now() + make_interval(secs => $5))",
-        )
-        .bind(token_id)
-        .bind(&hash)
-        .bind(&new_email)
-        .bind(member.user_id)
-        .bind(site.config.sign_in_link_ttl.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        let link = site.url(&format!("/account/email/confirm?token={token}"));
-        email::queue(
-            &mut tx,
-            Outgoing {
-                to: &new_email,
-                user_id: Some(member.user_id),
-                idempotency_key: format!("email-change:{token_id}"),
-                message: mail::email_change(&link, minutes as u32),
-            },
+        sign_in_tokens::send(
+            &state.pool,
+            Purpose::EmailChange,
+            &new_email,
+            Some(member.user_id),
+            site.config.sign_in_link_ttl,
+            |token| site.url(&format!("/account/email/confirm?token={token}")),
         )
         .await?;
-        tx.commit().await?;
     }
     member.visitor.flash(&message).await?;
     Ok(Redirect::to("/account").into_response())
@@ -259,41 +235,11 @@ pub async fn confirm_email(
     member: Member,
     CsrfForm(form): CsrfForm<TokenForm>,
 ) -> Result<Response, PageError> {
-    let mut tx = state.pool.begin().await?;
-    let email: Option<String> = sqlx::query_scalar(
-        "UPDATE sign_in_tokens SET used_at = now()
-          WHERE token_hash = $1 AND purpose = 'email_change' AND user_id = $2 AND used_at IS NULL AND expires_at > now()
-      RETURNING email",
-    )
-    .bind(accounts::hash_secret(form.token.trim()))
-    .bind(member.user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(email) = email else {
-        return Err(PageError::BadRequest(
-            "This confirmation link has expired, was already used, or belongs to another account."
-                .into(),
-        ));
+    let email = match accounts::confirm_email_change(&state.pool, member.user_id, &form.token).await {
+        Ok(email) => email,
+        Err(EmailChangeError::Database(error)) => return Err(error.into()),
+        Err(refused) => return Err(PageError::BadRequest(refused.to_string())),
     };
-    let taken: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1 AND id <> $2)")
-            .bind(&email)
-            .bind(member.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    if taken {
-        return Err(PageError::BadRequest(
-            "Another account already uses that address.".into(),
-        ));
-    }
-    sqlx::query(
-        "UPDATE users SET email = $2, email_verified_at = now(), updated_at = now() WHERE id = $1",
-    )
-    .bind(member.user_id)
-    .bind(&email)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     member
         .visitor
         .flash(&format!("Your e-mail address is now {email}."))
@@ -321,7 +267,7 @@ pub async fn create_api_key(
         .into());
     }
     jobs::text::check("name", name, jobs::text::Lines::One).map_err(AppError::from)?;
-    crate::limits::take(&state.pool, Action::ApiKey, member.user_id).await?;
+    jobs::limits::take(&state.pool, Action::ApiKey, member.user_id).await?;
     let key = accounts::issue_api_key(&state.pool, member.user_id, name).await?;
     member
         .visitor
@@ -337,15 +283,7 @@ pub async fn revoke_api_key(
     Path(id): Path<Uuid>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
-    let revoked = sqlx::query(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(id)
-    .bind(member.user_id)
-    .execute(&state.pool)
-    .await?
-    .rows_affected();
-    if revoked == 0 {
+    if !accounts::revoke_api_key(&state.pool, member.user_id, id).await? {
         return Err(PageError::NotFound);
     }
     member.visitor.flash("The key was revoked.").await?;
@@ -369,17 +307,20 @@ pub async fn request_export(
     member: Member,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
-    let message = match exports::start(&state, member.user_id).await {
+    let message = match export_requests::request(&state.pool, member.user_id).await {
         Ok(_) => "Your export is being prepared. We will e-mail you when it is ready.".to_owned(),
-        Err(AppError::Conflict(_)) => "An export is already being prepared.".to_owned(),
-        Err(AppError::TooManyRequests { .. }) => {
+        Err(RequestError::InProgress) => "An export is already being prepared.".to_owned(),
+        Err(RequestError::Limited(_)) => {
             "You have asked for three exports today; please try again tomorrow.".to_owned()
         }
-        Err(other) => return Err(other.into()),
+        Err(RequestError::Database(error)) => return Err(error.into()),
     };
     member.visitor.flash(&message).await?;
     Ok(Redirect::to("/account#privacy").into_response())
 }
+
+/// How long the link to an export bundle is valid.
+const DOWNLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `GET /account/exports/{id}/download`.
 pub async fn download_export(
@@ -387,13 +328,17 @@ pub async fn download_export(
     member: Member,
     Path(id): Path<Uuid>,
 ) -> Result<Response, PageError> {
-    match exports::download_url(&state, member.user_id, id).await {
-        Ok(Some(url)) => Ok(Redirect::to(&url).into_response()),
-        Ok(None) => Err(PageError::BadRequest(
+    let storage = &crate::generations::pipeline(&state)?.storage;
+    match export_requests::download(&state.pool, storage, member.user_id, id, DOWNLOAD_TTL).await
+    {
+        Ok(Download::Link(url)) => Ok(Redirect::to(&url).into_response()),
+        Ok(Download::Expired) => Err(PageError::BadRequest(
             "This export has expired; request a new one.".into(),
         )),
-        Err(AppError::Conflict(message)) => Err(PageError::BadRequest(message)),
-        Err(other) => Err(other.into()),
+        Err(DownloadError::NotReady) => Err(PageError::BadRequest(
+            "The export is not ready yet.".into(),
+        )),
+        Err(other) => Err(AppError::from(other).into()),
     }
 }
 

@@ -14,8 +14,8 @@ use axum::{
 };
 use jobs::{
     accounts::{self, Proof, SignIn},
-    email::{self, Outgoing},
     rate_limit::{self, Take},
+    sign_in_tokens::{self, Purpose},
 };
 use maud::Markup;
 use serde::Deserialize;
@@ -122,7 +122,7 @@ pub async fn request_link(
             retry_after_secs: wait.as_secs(),
         }));
     }
-    let allowed = crate::limits::take_mail_to(
+    let allowed = jobs::limits::take_mail_to(
         &state.pool,
         &address,
         site.config.sign_in_per_address_per_hour,
@@ -130,41 +130,20 @@ pub async fn request_link(
     .await?;
     // Over the per-address limit nothing is sent, and the answer is the same: no mail bombing, no oracle.
     if allowed {
-        let (token, hash) = accounts::new_link_token();
-        let minutes = site.config.sign_in_link_ttl.as_secs() / 60;
-        let mut tx = state.pool.begin().await?;
-        sqlx::query(
-            "UPDATE sign_in_tokens SET used_at = now() WHERE email = $1 AND purpose = 'sign_in' AND used_at IS NULL",
-        )
-        .bind(&address)
-        .execute(&mut *tx)
-        .await?;
-        let token_id = uuid::Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO sign_in_tokens (id, token_hash, purpose, email, expires_at)
-             VALUES ($1, $2, 'sign_in', $3, now() + make_interval(secs => $4))",
-        )
-        .bind(token_id)
-        .bind(&hash)
-        .bind(&address)
-        .bind(site.config.sign_in_link_ttl.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        let link = site.url(&format!(
-            "/sign-in/link?token={token}&next={}",
-            views::urlencode(&next)
-        ));
-        email::queue(
-            &mut tx,
-            Outgoing {
-                to: &address,
-                user_id: None,
-                idempotency_key: format!("sign-in:{token_id}"),
-                message: mail::sign_in_link(&link, minutes as u32),
+        sign_in_tokens::send(
+            &state.pool,
+            Purpose::SignIn,
+            &address,
+            None,
+            site.config.sign_in_link_ttl,
+            |token| {
+                site.url(&format!(
+                    "/sign-in/link?token={token}&next={}",
+                    views::urlencode(&next)
+                ))
             },
         )
         .await?;
-        tx.commit().await?;
     }
     Ok(Redirect::to("/sign-in/check-email").into_response())
 }
@@ -226,14 +205,7 @@ pub async fn redeem_link(
         .as_ref()
         .ok_or_else(|| PageError::internal("site not configured"))?;
     let mut tx = state.pool.begin().await?;
-    let email: Option<String> = sqlx::query_scalar(
-        "UPDATE sign_in_tokens SET used_at = now()
-          WHERE token_hash = $1 AND purpose = 'sign_in' AND used_at IS NULL AND expires_at > now()
-      RETURNING email",
-    )
-    .bind(accounts::hash_secret(form.token.trim()))
-    .fetch_optional(&mut *tx)
-    .await?;
+    let email = sign_in_tokens::redeem(&mut tx, Purpose::SignIn, &form.token, None).await?;
     let Some(email) = email else {
         return Err(PageError::BadRequest(
             "This sign-in link has expired or was already used. Ask for a new one on the sign-in page.".into(),

@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderMap, header},
     response::{IntoResponse, Redirect, Response},
 };
-use jobs::billing::IntentKind;
+use jobs::checkout::{self, IntentKind, IntentStatus};
 use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
@@ -79,8 +79,8 @@ pub async fn checkout(
         } else {
             return Err(PageError::BadRequest("There is no such product.".into()));
         };
-    crate::limits::take(&state.pool, crate::limits::Action::Checkout, member.user_id).await?;
-    let id = jobs::billing::record_intent(&state.pool, member.user_id, kind, Some(product)).await?;
+    let id = checkout::record_intent(&state.pool, member.user_id, kind, Some(product))
+        .await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
 
@@ -95,9 +95,8 @@ pub async fn portal(
             "Payments are not available right now.".into(),
         ));
     }
-    crate::limits::take(&state.pool, crate::limits::Action::Portal, member.user_id).await?;
-    let id =
-        jobs::billing::record_intent(&state.pool, member.user_id, IntentKind::Portal, None).await?;
+    let id = checkout::record_intent(&state.pool, member.user_id, IntentKind::Portal, None)
+        .await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
 
@@ -113,19 +112,15 @@ pub async fn intent_events(
     let mut receiver = state.events.subscribe();
     let user = member.user_id;
     let read = move |pool: sqlx::PgPool| async move {
-        sqlx::query_as::<_, (String, Option<String>)>(
-            "SELECT status, url FROM checkout_intents WHERE id = $1 AND user_id = $2",
-        )
-        .bind(id)
-        .bind(user)
-        .fetch_optional(&pool)
-        .await
+        checkout::find_owned(&pool, user, id)
+            .await
+            .map(|intent| intent.map(|intent| (intent.status, intent.url)))
     };
     let (status, url) = read(state.pool.clone()).await?.ok_or(PageError::NotFound)?;
     let pool = state.pool.clone();
     let stream = async_stream::stream! {
         let (mut status, mut url) = (status, url);
-        while status == "pending" {
+        while status == IntentStatus::Pending {
             match receiver.recv().await {
                 Ok(event) if event.id != id => continue,
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -153,14 +148,10 @@ pub async fn intent(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Response, PageError> {
-    let row: Option<(String, Option<String>, Option<String>, String)> = sqlx::query_as(
-        "SELECT status, url, error, kind FROM checkout_intents WHERE id = $1 AND user_id = $2",
-    )
-    .bind(id)
-    .bind(member.user_id)
-    .fetch_optional(&state.pool)
-    .await?;
-    let (status, url, error, kind) = row.ok_or(PageError::NotFound)?;
+    let intent = checkout::find_owned(&state.pool, member.user_id, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let (status, url, error, kind) = (intent.status, intent.url, intent.error, intent.kind);
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -172,8 +163,16 @@ pub async fn intent(
         return Ok(Redirect::to(&url).into_response());
     }
     let mut chrome = chrome(&state, &member.visitor, &headers, "/pricing").await?;
-    let failed = (status == "failed")
-        .then(|| error.unwrap_or_else(|| "Stripe could not be reached. Please try again.".into()));
+    let failed = match status {
+        IntentStatus::Failed => {
+            Some(error.unwrap_or_else(|| "Stripe could not be reached. Please try again.".into()))
+        }
+        IntentStatus::Pending | IntentStatus::Ready => None,
+    };
     chrome.refresh = failed.is_none();
-    Ok(views::checkout_waiting(&chrome, id, kind == "portal", failed.as_deref()).into_response())
+    let portal = match kind {
+        IntentKind::Portal => true,
+        IntentKind::Pack | IntentKind::Plan => false,
+    };
+    Ok(views::checkout_waiting(&chrome, id, portal, failed.as_deref()).into_response())
 }

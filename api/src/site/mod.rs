@@ -289,6 +289,12 @@ impl From<anyhow::Error> for PageError {
     }
 }
 
+impl From<jobs::limits::TakeError> for PageError {
+    fn from(error: jobs::limits::TakeError) -> Self {
+        AppError::from(error).into()
+    }
+}
+
 impl From<AppError> for PageError {
     fn from(error: AppError) -> Self {
         match error {

@@ -8,7 +8,7 @@ use axum::{
     http::{HeaderMap, Method, StatusCode},
     response::{IntoResponse, Redirect, Response},
 };
-use jobs::generations::{self as domain, Generation};
+use jobs::generations::{self as domain, CreateError, Generation, Owner};
 use maud::Markup;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,10 +19,7 @@ use super::{
     session::{self, CsrfForm, Member, Visitor},
     views::{self, Chrome, GalleryItem, GenerationView, GeneratorForm},
 };
-use crate::{
-    AppError, AppState,
-    generations::{self, Owner},
-};
+use crate::{AppError, AppState, generations};
 
 const IMAGE_URL_TTL: Duration = Duration::from_secs(30 * 60);
 const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
@@ -41,12 +38,7 @@ pub async fn analytics_consent(
     visitor: &Visitor,
 ) -> Result<Option<bool>, PageError> {
     if let Some(user) = visitor.user_id().await {
-        return Ok(sqlx::query_scalar(
-            "SELECT analytics FROM consent_records WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
-        )
-        .bind(user)
-        .fetch_optional(&state.pool)
-        .await?);
+        return Ok(jobs::consent::analytics_for_user(&state.pool, user).await?);
     }
     Ok(visitor
         .current()
@@ -66,13 +58,7 @@ pub async fn chrome(
         .as_ref()
         .ok_or_else(|| PageError::internal("site not configured"))?;
     let member = match visitor.user_id().await {
-        Some(user) => sqlx::query_as::<_, (String, i64)>(
-            "SELECT u.email, coalesce(a.balance, 0) FROM users u LEFT JOIN credit_accounts a ON a.user_id = u.id
-              WHERE u.id = $1",
-        )
-        .bind(user)
-        .fetch_optional(&state.pool)
-        .await?,
+        Some(user) => jobs::accounts::email_and_balance(&state.pool, user).await?,
         None => None,
     };
     let csrf = Some(visitor.csrf_token().await?);
@@ -141,13 +127,7 @@ async fn reference_previews(
     user: Uuid,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, String)>, PageError> {
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, object_key FROM uploads WHERE user_id = $1 AND id = ANY($2) ORDER BY created_at",
-    )
-    .bind(user)
-    .bind(ids)
-    .fetch_all(&state.pool)
-    .await?;
+    let rows = jobs::uploads::object_keys(&state.pool, user, ids).await?;
     let storage = &generations::pipeline(state)?.storage;
     let mut previews = Vec::with_capacity(rows.len());
     for (id, key) in rows {
@@ -175,58 +155,49 @@ pub async fn generate(
     headers: HeaderMap,
     CsrfForm(form): CsrfForm<GenerateForm>,
 ) -> Result<Response, PageError> {
-    let aspect_ratio = form.aspect_ratio.clone().unwrap_or_else(|| "auto".into());
-    let resolution = form.resolution.clone().unwrap_or_else(|| "1K".into());
-    let result = match domain::validate(
-        &form.prompt,
-        &aspect_ratio,
-        &resolution,
-        form.reference_upload_ids.len(),
-    ) {
-        Err(invalid) => Err(AppError::from(invalid)),
-        Ok(()) => {
-            generations::create(
-                &state,
-                Owner::User(member.user_id),
-                &form.prompt,
-                &aspect_ratio,
-                &resolution,
-                &form.reference_upload_ids,
-                form.idempotency_key
-                    .as_deref()
-                    // The page's own key (a UUID); anything else is not one and is ignored.
-                    .filter(|k| {
-                        !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
-                    }),
-            )
-            .await
-        }
-    };
+    let result = domain::create(
+        &state.pool,
+        &generations::pipeline(&state)?.generation,
+        &state.metrics,
+        domain::NewGeneration {
+            owner: Owner::User(member.user_id),
+            prompt: &form.prompt,
+            aspect_ratio: form.aspect_ratio.as_deref(),
+            resolution: form.resolution.as_deref(),
+            reference_upload_ids: &form.reference_upload_ids,
+            idempotency_key: form
+                .idempotency_key
+                .as_deref()
+                // The page's own key (a UUID); anything else is not one and is ignored.
+                .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())),
+        },
+    )
+    .await;
     match result {
         Ok(generation) => {
             Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response())
         }
-        Err(AppError::Internal(error)) => Err(PageError::from(error)),
+        Err(CreateError::Database(error)) => Err(PageError::from(error)),
         Err(refused) => {
-            let status = refused.status();
-            let chrome = chrome(&state, &member.visitor, &headers, "/").await?;
-            let csrf = chrome.csrf.clone().unwrap_or_default();
-            let references =
-                reference_previews(&state, member.user_id, &form.reference_upload_ids).await?;
             let message = match &refused {
-                AppError::PaymentRequired { balance, cost } => format!(
+                CreateError::InsufficientCredits { balance, cost } => format!(
                     "This needs {cost} credits and your balance is {balance}. Buy credits on the pricing page, or pick a lower resolution."
                 ),
                 other => other.to_string(),
             };
+            let status = AppError::from(refused).status();
+            let chrome = chrome(&state, &member.visitor, &headers, "/").await?;
+            let csrf = chrome.csrf.clone().unwrap_or_default();
+            let references =
+                reference_previews(&state, member.user_id, &form.reference_upload_ids).await?;
             let page = views::generator(
                 &chrome,
                 &csrf,
                 member.balance,
                 &GeneratorForm {
                     prompt: form.prompt,
-                    aspect_ratio,
-                    resolution,
+                    aspect_ratio: form.aspect_ratio.unwrap_or_else(|| "auto".into()),
+                    resolution: form.resolution.unwrap_or_else(|| "1K".into()),
                     references,
                     error: Some(message),
                 },
@@ -263,12 +234,7 @@ async fn visible(state: &AppState, visitor: &Visitor, id: Uuid) -> Result<Genera
     let allowed = match (generation.user_id, &current) {
         (Some(owner), Some(current)) => current.user_id == Some(owner),
         (None, Some(current)) => {
-            let hash: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT trial_session_hash FROM generations WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&state.pool)
-                    .await?;
-            hash.as_deref() == Some(current.id_hash.as_slice())
+            generation.trial_session_hash.as_deref() == Some(current.id_hash.as_slice())
         }
         _ => false,
     };
@@ -280,12 +246,8 @@ async fn visible(state: &AppState, visitor: &Visitor, id: Uuid) -> Result<Genera
 }
 
 async fn image_keys(state: &AppState, id: Uuid) -> Result<Vec<String>, PageError> {
-    Ok(sqlx::query_scalar(
-        "SELECT object_key FROM generated_images WHERE generation_id = $1 ORDER BY n",
-    )
-    .bind(id)
-    .fetch_all(&state.pool)
-    .await?)
+    let images = domain::images_of(&state.pool, &[id]).await?;
+    Ok(images.into_iter().map(|image| image.object_key).collect())
 }
 
 async fn generation_view(
@@ -299,10 +261,10 @@ async fn generation_view(
     }
     Ok(GenerationView {
         id: generation.id,
-        status: generation.status.clone(),
+        status: generation.status,
         prompt: generation.prompt.clone(),
-        aspect_ratio: generation.aspect_ratio.clone(),
-        resolution: generation.resolution.clone(),
+        aspect_ratio: generation.aspect_ratio,
+        resolution: generation.resolution,
         created_at: generation.created_at,
         failure_reason: generation.failure_reason.clone(),
         image_urls,
@@ -377,50 +339,17 @@ pub async fn use_as_reference(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
     let generation = visible(&state, &member.visitor, id).await?;
-    #[derive(sqlx::FromRow)]
-    struct Image {
-        object_key: String,
-        byte_size: i64,
-        content_type: String,
-    }
-    let image: Image = sqlx::query_as(
-        "SELECT object_key, byte_size, content_type FROM generated_images WHERE generation_id = $1 ORDER BY n LIMIT 1",
-    )
-    .bind(generation.id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(PageError::NotFound)?;
-    let extension = match image.content_type.as_str() {
-        "image/jpeg" => "jpg",
-        "image/webp" => "webp",
-        "image/png" => "png",
-        _ => {
-            return Err(PageError::BadRequest(
-                "this image type cannot be used as a reference".into(),
-            ));
-        }
-    };
-    if image.byte_size > jobs::kinds::submit_generation::MAX_REFERENCE_BYTES {
-        return Err(PageError::BadRequest(
-            "this image is larger than 10 MB, the limit for reference images".into(),
-        ));
-    }
-    let upload = Uuid::now_v7();
-    let key = format!("users/{}/uploads/{upload}.{extension}", member.user_id);
-    generations::pipeline(&state)?
-        .storage
-        .copy(&image.object_key, &key)
-        .await?;
-    sqlx::query(
-        "INSERT INTO uploads (id, user_id, object_key, content_type, byte_size) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(upload)
-    .bind(member.user_id)
-    .bind(&key)
-    .bind(&image.content_type)
-    .bind(image.byte_size)
-    .execute(&state.pool)
-    .await?;
+    let storage = &generations::pipeline(&state)?.storage;
+    let upload =
+        match jobs::uploads::from_generated_image(&state.pool, storage, member.user_id, &generation)
+            .await
+        {
+            Ok(upload) => upload,
+            Err(jobs::uploads::UploadError::Invalid(invalid)) => {
+                return Err(PageError::BadRequest(invalid.message));
+            }
+            Err(other) => return Err(AppError::from(other).into()),
+        };
     let mut ids: Vec<Value> = match member.visitor.take("references").await? {
         Some(Value::Array(ids)) => ids,
         _ => vec![],
@@ -484,33 +413,11 @@ pub async fn gallery(
         ),
         None => None,
     };
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: Uuid,
-        prompt: String,
-        status: String,
-        created_at: chrono::DateTime<chrono::Utc>,
-        object_key: Option<String>,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT g.id, g.prompt, g.status, g.created_at,
-                (SELECT object_key FROM generated_images i WHERE i.generation_id = g.id ORDER BY n LIMIT 1) AS object_key
-           FROM generations g
-          WHERE g.user_id = $1 AND g.deleted_at IS NULL
-            AND ($2::timestamptz IS NULL OR (g.created_at, g.id) < ($2, $3))
-          ORDER BY g.created_at DESC, g.id DESC
-          LIMIT $4",
-    )
-    .bind(member.user_id)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map(|(_, id)| id))
-    .bind(GALLERY_PAGE + 1)
-    .fetch_all(&state.pool)
-    .await?;
-    let has_more = rows.len() as i64 > GALLERY_PAGE;
+    let (rows, has_more) =
+        domain::gallery_page(&state.pool, member.user_id, after, GALLERY_PAGE).await?;
     let storage = &generations::pipeline(&state)?.storage;
     let mut items = vec![];
-    for row in rows.into_iter().take(GALLERY_PAGE as usize) {
+    for row in rows {
         let thumb_url = match &row.object_key {
             Some(key) => Some(storage.presign_get(key, IMAGE_URL_TTL).await?),
             None => None,
@@ -588,14 +495,16 @@ pub async fn consent(
     let version = jobs::policy::current(&state.pool)
         .await?
         .map_or_else(|| "2026-04-29".to_owned(), |p| p.version);
-    sqlx::query(
-        "INSERT INTO consent_records (user_id, session_hash, analytics, policy_version) VALUES ($1, $2, $3, $4)",
+    jobs::consent::record(
+        &state.pool,
+        current.user_id,
+        current
+            .user_id
+            .is_none()
+            .then_some(current.id_hash.as_slice()),
+        analytics,
+        &version,
     )
-    .bind(current.user_id)
-    .bind(current.user_id.is_none().then_some(current.id_hash.clone()))
-    .bind(analytics)
-    .bind(&version)
-    .execute(&state.pool)
     .await?;
     visitor
         .set("analytics_consent", Value::Bool(analytics))
@@ -616,11 +525,7 @@ pub async fn dev_outbox(
     visitor: Visitor,
     headers: HeaderMap,
 ) -> Result<Markup, PageError> {
-    let rows: Vec<(Uuid, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT id, to_address, subject, created_at FROM email_outbox ORDER BY created_at DESC LIMIT 100",
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    let rows = jobs::email::recent(&state.pool, 100).await?;
     Ok(views::dev_outbox(
         &chrome(&state, &visitor, &headers, "/dev/outbox").await?,
         &rows,

@@ -20,7 +20,7 @@ use super::{
     session::{CsrfForm, Visitor},
     views::{self, GeneratorForm},
 };
-use crate::{AppError, AppState, generations};
+use crate::{AppState, generations};
 
 #[derive(Debug, Deserialize)]
 pub struct TrialForm {
@@ -171,7 +171,8 @@ pub async fn start(
             Ok::<Response, PageError>((status, page).into_response())
         }
     };
-    if let Err(invalid) = domain::validate(&form.prompt, &aspect_ratio, "1K", 0) {
+    // Checked before the bot check and the fingerprint, so a typo costs neither (create checks again).
+    if let Err(invalid) = domain::validate(&form.prompt, Some(&aspect_ratio), None, 0) {
         return refuse(StatusCode::UNPROCESSABLE_ENTITY, invalid.message).await;
     }
     let ip = client_ip(&site, &headers, peer);
@@ -229,22 +230,27 @@ pub async fn start(
         .unwrap_or_default();
     let fingerprints = jobs::trial::Fingerprints::of(&state.pool, &ip, user_agent).await?;
     let session = visitor.ensure().await?;
-    let created = generations::create(
-        &state,
-        generations::Owner::Trial {
-            session: session.id_hash.clone(),
-            fingerprints,
+    let generation_config = &generations::pipeline(&state)?.generation;
+    let created = domain::create(
+        &state.pool,
+        generation_config,
+        &state.metrics,
+        domain::NewGeneration {
+            owner: domain::Owner::Trial {
+                session: session.id_hash.clone(),
+                fingerprints,
+            },
+            prompt: &form.prompt,
+            aspect_ratio: Some(&aspect_ratio),
+            resolution: None,
+            reference_upload_ids: &[],
+            idempotency_key: None,
         },
-        &form.prompt,
-        &aspect_ratio,
-        "1K",
-        &[],
-        None,
     )
     .await;
     let generation = match created {
         Ok(generation) => generation,
-        Err(AppError::TooManyRequests { .. }) => {
+        Err(domain::CreateError::TrialUsed) => {
             metric("refused_repeat");
             return refuse(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -253,8 +259,10 @@ pub async fn start(
             )
             .await;
         }
-        Err(AppError::Internal(error)) => return Err(PageError::from(error)),
-        Err(other) => return Err(PageError::App(other)),
+        Err(domain::CreateError::Invalid(invalid)) => {
+            return refuse(StatusCode::UNPROCESSABLE_ENTITY, invalid.message).await;
+        }
+        Err(other) => return Err(PageError::App(other.into())),
     };
     metric("started");
     Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response())

@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use jobs::{
     config::Product,
-    generations::{ASPECT_RATIOS, RESOLUTIONS, combination_allowed, cost},
+    export_requests::ExportStatus,
+    generations::{AspectRatio, Resolution, Status, combination_allowed},
 };
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use uuid::Uuid;
@@ -132,6 +133,17 @@ pub struct GeneratorForm {
     pub error: Option<String>,
 }
 
+impl GeneratorForm {
+    /// Credits the chosen resolution costs (a word that is no resolution, from a refused submission, costs what
+    /// the default does).
+    pub fn cost(&self) -> i64 {
+        self.resolution
+            .parse::<Resolution>()
+            .unwrap_or(Resolution::R1K)
+            .cost()
+    }
+}
+
 impl Default for GeneratorForm {
     fn default() -> Self {
         Self {
@@ -148,8 +160,8 @@ fn aspect_ratio_select(selected: &str) -> Markup {
     html! {
         label for="aspect_ratio" { "Aspect ratio" }
         select id="aspect_ratio" name="aspect_ratio" {
-            @for ratio in ASPECT_RATIOS {
-                option value=(ratio) selected[*ratio == selected] { (ratio) }
+            @for ratio in AspectRatio::ALL {
+                option value=(ratio) selected[ratio.as_str() == selected] { (ratio) }
             }
         }
     }
@@ -158,13 +170,13 @@ fn aspect_ratio_select(selected: &str) -> Markup {
 /// The resolutions valid with each aspect ratio, for the script that hides the rest: without reference images
 /// (text to image) or with them (image to image), whose rules differ.
 fn allowed_matrix(with_references: bool) -> String {
-    let pairs: Vec<String> = ASPECT_RATIOS
+    let pairs: Vec<String> = AspectRatio::ALL
         .iter()
-        .map(|ratio| {
-            let allowed: Vec<&str> = RESOLUTIONS
+        .map(|&ratio| {
+            let allowed: Vec<&str> = Resolution::ALL
                 .iter()
-                .copied()
-                .filter(|res| combination_allowed(ratio, res, with_references))
+                .filter(|&&res| combination_allowed(ratio, res, with_references))
+                .map(|res| res.as_str())
                 .collect();
             format!("{ratio}={}", allowed.join("|"))
         })
@@ -196,9 +208,9 @@ pub fn generator(chrome: &Chrome, csrf: &str, balance: i64, form: &GeneratorForm
                         div {
                             label for="resolution" { "Resolution" }
                             select id="resolution" name="resolution" {
-                                @for res in RESOLUTIONS {
-                                    option value=(res) data-cost=(cost(res)) selected[*res == form.resolution] {
-                                        (res) " — " (cost(res)) " credits"
+                                @for res in Resolution::ALL {
+                                    option value=(res) data-cost=(res.cost()) selected[res.as_str() == form.resolution] {
+                                        (res) " — " (res.cost()) " credits"
                                     }
                                 }
                             }
@@ -222,9 +234,9 @@ pub fn generator(chrome: &Chrome, csrf: &str, balance: i64, form: &GeneratorForm
                         noscript { p.muted { "Adding reference images needs JavaScript." } }
                     }
                     p.cost {
-                        "This costs " strong id="cost" { (cost(&form.resolution)) } " credits. Your balance: "
+                        "This costs " strong id="cost" { (form.cost()) } " credits. Your balance: "
                         strong { (balance) } "."
-                        @if balance < cost(&form.resolution) { " " a href="/pricing" { "Buy credits" } }
+                        @if balance < form.cost() { " " a href="/pricing" { "Buy credits" } }
                     }
                     button.primary type="submit" id="generate" { "Generate" }
                 }
@@ -275,10 +287,10 @@ pub fn landing(
 #[derive(Debug, Clone)]
 pub struct GenerationView {
     pub id: Uuid,
-    pub status: String,
+    pub status: Status,
     pub prompt: String,
-    pub aspect_ratio: String,
-    pub resolution: String,
+    pub aspect_ratio: AspectRatio,
+    pub resolution: Resolution,
     pub created_at: DateTime<Utc>,
     pub failure_reason: Option<String>,
     pub image_urls: Vec<String>,
@@ -287,19 +299,18 @@ pub struct GenerationView {
 
 impl GenerationView {
     pub fn finished(&self) -> bool {
-        self.status == "succeeded" || self.status == "failed"
+        self.status.is_final()
     }
 }
 
-fn status_label(status: &str) -> &'static str {
+fn status_label(status: Status) -> &'static str {
     match status {
-        "queued" => "Queued",
-        "submitting" => "Sending to the model",
-        "generating" => "Generating",
-        "storing" => "Saving your image",
-        "succeeded" => "Ready",
-        "failed" => "Failed",
-        _ => "In progress",
+        Status::Queued => "Queued",
+        Status::Submitting => "Sending to the model",
+        Status::Generating => "Generating",
+        Status::Storing => "Saving your image",
+        Status::Succeeded => "Ready",
+        Status::Failed => "Failed",
     }
 }
 
@@ -318,7 +329,7 @@ pub fn generation(
                 data-events=[(!generation.finished()).then(|| format!("/generations/{}/events", generation.id))] {
                 p.status {
                     span.badge id="status" data-status=(generation.status) role="status" aria-live="polite" {
-                        (status_label(&generation.status))
+                        (status_label(generation.status))
                     }
                     " " span.muted { (generation.resolution) " · " (generation.aspect_ratio) " · " (generation.created_at.format("%Y-%m-%d %H:%M UTC")) }
                 }
@@ -336,7 +347,7 @@ pub fn generation(
                         img src=(url) alt={ "Generated image: " (generation.prompt) } id={ "image-" (n) };
                     }
                 }
-                @if generation.status == "succeeded" {
+                @if generation.status == Status::Succeeded {
                     div.actions {
                         a.button.primary href={ "/generations/" (generation.id) "/download" } id="download" download { "Download original" }
                         @if !trial && let Some(csrf) = csrf {
@@ -389,7 +400,7 @@ pub fn confirm_delete(chrome: &Chrome, csrf: &str, generation: &GenerationView) 
 pub struct GalleryItem {
     pub id: Uuid,
     pub prompt: String,
-    pub status: String,
+    pub status: Status,
     pub created_at: DateTime<Utc>,
     pub thumb_url: Option<String>,
 }
@@ -415,12 +426,12 @@ pub fn gallery(
                             @if let Some(url) = &item.thumb_url {
                                 img src=(url) alt=(item.prompt) loading="lazy";
                             } @else {
-                                div.placeholder { (status_label(&item.status)) }
+                                div.placeholder { (status_label(item.status)) }
                             }
                             p.prompt-snippet { (item.prompt.chars().take(120).collect::<String>()) }
                         }
                         p.muted {
-                            span.badge data-status=(item.status) { (status_label(&item.status)) }
+                            span.badge data-status=(item.status) { (status_label(item.status)) }
                             " " time datetime=(item.created_at.to_rfc3339()) { (item.created_at.format("%Y-%m-%d %H:%M")) }
                         }
                     }
@@ -509,7 +520,7 @@ pub fn link_landing(
 /// An API key row: id, name, prefix, created, revoked.
 pub type ApiKeyRow = (Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
 /// An export row: id, status, created, expires.
-pub type ExportRow = (Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
+pub type ExportRow = (Uuid, ExportStatus, DateTime<Utc>, Option<DateTime<Utc>>);
 
 /// Everything the account page shows.
 #[derive(Debug, Clone, Default)]
@@ -656,7 +667,7 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                 @for (id, status, created, expires) in &view.exports {
                     p.export {
                         "Requested " (created.format("%Y-%m-%d %H:%M")) ": " (status)
-                        @if status == "ready" {
+                        @if *status == ExportStatus::Ready {
                             " · " a href={ "/account/exports/" (id) "/download" } { "Download" }
                             @if let Some(expires) = expires { span.muted { " (until " (expires.format("%Y-%m-%d")) ")" } }
                         }

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
-use crate::services::JobContext;
 use crate::{
-    email, exports,
+    email,
+    export_requests::{self, ExportStatus},
+    exports,
+    services::JobContext,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -37,51 +39,39 @@ impl Job for BuildExport {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let pipeline = ctx.app.pipeline()?;
-        let row: Option<(uuid::Uuid, String, String)> = sqlx::query_as(
-            "SELECT e.user_id, e.status, u.email FROM export_requests e JOIN users u ON u.id = e.user_id WHERE e.id = $1",
-        )
-        .bind(self.export_id)
-        .fetch_optional(&ctx.pool)
-        .await?;
-        let Some((user_id, status, address)) = row else {
+        let Some(request) = export_requests::find(&ctx.pool, self.export_id).await? else {
             return Ok(Outcome::Done);
         };
-        if status != "pending" && status != "running" {
-            return Ok(Outcome::Done);
+        match request.status {
+            ExportStatus::Pending | ExportStatus::Running => {}
+            ExportStatus::Ready | ExportStatus::Failed | ExportStatus::Expired => {
+                return Ok(Outcome::Done);
+            }
         }
-        sqlx::query(
-            "UPDATE export_requests SET status = 'running' WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(self.export_id)
-        .execute(&ctx.pool)
-        .await?;
+        let user_id = request.user_id;
+        let address: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&ctx.pool)
+            .await?;
+        export_requests::mark_running(&ctx.pool, self.export_id).await?;
         let key = exports::bundle_key(user_id, self.export_id);
         let stats = match exports::build_bundle(&ctx.pool, &pipeline.storage, user_id, &key).await {
             Ok(stats) => stats,
             Err(error) if ctx.is_last_attempt() => {
-                sqlx::query(
-                    "UPDATE export_requests SET status = 'failed', error = $2 WHERE id = $1",
-                )
-                .bind(self.export_id)
-                .bind(format!("{error:#}"))
-                .execute(&ctx.pool)
-                .await?;
+                export_requests::mark_failed(&ctx.pool, self.export_id, &format!("{error:#}"))
+                    .await?;
                 return Ok(Outcome::Done);
             }
             Err(error) => return Err(JobError::Retryable(error)),
         };
         let mut tx = ctx.pool.begin().await?;
-        let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-            "UPDATE export_requests
-                SET status = 'ready', object_key = $2, byte_size = $3, completed_at = now(),
-                    expires_at = now() + make_interval(days => $4)
-              WHERE id = $1 RETURNING expires_at",
+        let expires_at = export_requests::mark_ready(
+            &mut tx,
+            self.export_id,
+            &key,
+            stats.bytes as i64,
+            exports::BUNDLE_TTL_DAYS as i32,
         )
-        .bind(self.export_id)
-        .bind(&key)
-        .bind(stats.bytes as i64)
-        .bind(exports::BUNDLE_TTL_DAYS as i32)
-        .fetch_one(&mut *tx)
         .await?;
         let page = pipeline
             .public_base_url

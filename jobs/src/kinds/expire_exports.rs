@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use queue::{Job, JobError, Outcome};
 
-use crate::services::JobContext;
+use crate::{export_requests, services::JobContext};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExpireExports {}
@@ -17,18 +17,11 @@ impl Job for ExpireExports {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let storage = &ctx.app.pipeline()?.storage;
-        let due: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, object_key FROM export_requests WHERE status = 'ready' AND expires_at < now() LIMIT 1000",
-        )
-        .fetch_all(&ctx.pool)
-        .await?;
+        let due = export_requests::due_to_expire(&ctx.pool, 1000).await?;
         let keys: Vec<String> = due.iter().map(|(_, key)| key.clone()).collect();
         storage.delete_many(&keys).await?;
         let ids: Vec<Uuid> = due.iter().map(|(id, _)| *id).collect();
-        sqlx::query("UPDATE export_requests SET status = 'expired' WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&ctx.pool)
-            .await?;
+        export_requests::mark_expired(&ctx.pool, &ids).await?;
         if !ids.is_empty() {
             tracing::info!(expired = ids.len(), "expired export bundles");
         }

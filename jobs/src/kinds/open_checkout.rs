@@ -13,25 +13,15 @@ use uuid::Uuid;
 
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
-use crate::services::JobContext;
 use crate::{
+    checkout::{self, Intent, IntentKind, IntentStatus},
+    services::JobContext,
     stripe::{CheckoutRequest, StripeClient, StripeError},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpenCheckout {
     pub intent_id: Uuid,
-}
-
-#[derive(sqlx::FromRow)]
-struct Intent {
-    user_id: Uuid,
-    kind: String,
-    product_id: Option<String>,
-    stripe_price_id: Option<String>,
-    credits: Option<i64>,
-    status: String,
-    email: String,
 }
 
 impl Job for OpenCheckout {
@@ -51,18 +41,12 @@ impl Job for OpenCheckout {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let pipeline = ctx.app.pipeline()?;
-        let intent: Option<Intent> = sqlx::query_as(
-            "SELECT i.user_id, i.kind, i.product_id, i.stripe_price_id, i.credits, i.status, u.email
-               FROM checkout_intents i JOIN users u ON u.id = i.user_id WHERE i.id = $1",
-        )
-        .bind(self.intent_id)
-        .fetch_optional(&ctx.pool)
-        .await?;
-        let Some(intent) = intent else {
+        let Some(intent) = checkout::find(&ctx.pool, self.intent_id).await? else {
             return Ok(Outcome::Done);
         };
-        if intent.status != "pending" {
-            return Ok(Outcome::Done);
+        match intent.status {
+            IntentStatus::Pending => {}
+            IntentStatus::Ready | IntentStatus::Failed => return Ok(Outcome::Done),
         }
         let Some(stripe) = &pipeline.stripe else {
             fail(&ctx, self.intent_id, "Payments are not configured.").await?;
@@ -78,22 +62,13 @@ impl Job for OpenCheckout {
         .await
         {
             Ok((session_id, url)) => {
-                let mut tx = ctx.pool.begin().await?;
-                sqlx::query(
-                    "UPDATE checkout_intents SET status = 'ready', url = $2, stripe_session_id = $3, updated_at = now()
-                      WHERE id = $1 AND status = 'pending'",
-                )
-                .bind(self.intent_id)
-                .bind(&url)
-                .bind(&session_id)
-                .execute(&mut *tx)
-                .await?;
                 // The waiting page's event stream hears this at commit.
-                crate::generations::notify(&mut tx, self.intent_id, "ready").await?;
+                let mut tx = ctx.pool.begin().await?;
+                checkout::mark_ready(&mut tx, self.intent_id, &url, &session_id).await?;
                 tx.commit().await?;
                 Ok(Outcome::Done)
             }
-            Err(StripeError::Rejected(message)) if intent.kind == "portal" => {
+            Err(StripeError::Rejected(message)) if intent.kind == IntentKind::Portal => {
                 // Most often the portal's settings were never saved in Stripe's dashboard (deploy/README.md).
                 tracing::error!(
                     intent = %self.intent_id,
@@ -137,14 +112,7 @@ impl Job for OpenCheckout {
 
 async fn fail(ctx: &JobContext, id: Uuid, message: &str) -> sqlx::Result<()> {
     let mut tx = ctx.pool.begin().await?;
-    sqlx::query(
-        "UPDATE checkout_intents SET status = 'failed', error = $2, updated_at = now() WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(id)
-    .bind(message)
-    .execute(&mut *tx)
-    .await?;
-    crate::generations::notify(&mut tx, id, "failed").await?;
+    checkout::mark_failed(&mut tx, id, message).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -188,14 +156,23 @@ async fn open(
     intent_id: Uuid,
     intent: &Intent,
 ) -> Result<(String, String), StripeError> {
-    let customer = ensure_customer(stripe, &ctx.pool, intent.user_id, &intent.email).await?;
+    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(intent.user_id)
+        .fetch_one(&ctx.pool)
+        .await
+        .map_err(|e| StripeError::Unavailable(e.to_string()))?;
+    let customer = ensure_customer(stripe, &ctx.pool, intent.user_id, &email).await?;
     let base = base.as_str().trim_end_matches('/');
     let key = format!("intent:{intent_id}");
-    if intent.kind == "portal" {
-        return stripe
-            .create_portal_session(&customer, &format!("{base}/account#credits"), &key)
-            .await;
-    }
+    let subscription = match intent.kind {
+        IntentKind::Pack => false,
+        IntentKind::Plan => true,
+        IntentKind::Portal => {
+            return stripe
+                .create_portal_session(&customer, &format!("{base}/account#credits"), &key)
+                .await;
+        }
+    };
     let price = intent
         .stripe_price_id
         .clone()
@@ -217,7 +194,7 @@ async fn open(
     stripe
         .create_checkout_session(
             CheckoutRequest {
-                subscription: intent.kind == "plan",
+                subscription,
                 customer,
                 client_reference_id: intent.user_id.to_string(),
                 price,

@@ -20,7 +20,7 @@ use queue::{Job, JobError, Outcome, RetryPolicy};
 
 use crate::services::JobContext;
 use crate::{
-    generations::{self, Generation},
+    generations::{self, Generation, Status},
     kie::{ErrorClass, TaskInfo, TaskState},
     rate_limit::{self, Take},
 };
@@ -89,7 +89,7 @@ impl PollGeneration {
         };
         if generation.is_finished()
             || generation.deleted_at.is_some()
-            || generation.status != "generating"
+            || generation.status != Status::Generating
         {
             return Ok(Outcome::Done);
         }
@@ -181,7 +181,12 @@ impl PollGeneration {
                 .await?
                 .rows_affected();
                 if moved == 1 {
-                    generations::transition(&mut tx, generation.id, &["generating"], "storing")
+                    generations::transition(
+                        &mut tx,
+                        generation.id,
+                        &[Status::Generating],
+                        Status::Storing,
+                    )
                         .await?;
                     StoreGeneration {
                         generation_id: generation.id,
@@ -211,7 +216,12 @@ impl PollGeneration {
                     .await?
                     .rows_affected();
                     if reset == 1 {
-                        generations::transition(&mut tx, generation.id, &["generating"], "queued")
+                        generations::transition(
+                            &mut tx,
+                            generation.id,
+                            &[Status::Generating],
+                            Status::Queued,
+                        )
                             .await?;
                         SubmitGeneration {
                             generation_id: generation.id,

@@ -18,7 +18,7 @@ use queue::{Job, JobError, Outcome, RetryPolicy};
 
 use crate::services::JobContext;
 use crate::{
-    generations::{self, Ending, Generation},
+    generations::{self, Ending, Generation, Status},
     kie::ErrorClass,
 };
 
@@ -64,7 +64,7 @@ impl StoreGeneration {
         let metrics = &ctx.app.metrics;
         if generation.is_finished()
             || generation.deleted_at.is_some()
-            || generation.status != "storing"
+            || generation.status != Status::Storing
         {
             return Ok(Outcome::Done);
         }

@@ -23,7 +23,7 @@ use queue::{EnqueueOptions, Job, JobError, Outcome, RetryPolicy, enqueue_with};
 use crate::services::JobContext;
 use crate::{
     accounts::hash_secret,
-    generations::{self, Generation},
+    generations::{self, Generation, Status},
     kie::{CreateTask, ErrorClass, MODEL_IMAGE_TO_IMAGE, MODEL_TEXT_TO_IMAGE, TaskInput},
     rate_limit::{self, Take},
     upstream,
@@ -155,7 +155,8 @@ impl SubmitGeneration {
         if claimed == 0 {
             return Ok(Outcome::Done);
         }
-        generations::transition(&mut tx, generation.id, &["queued"], "submitting").await?;
+        generations::transition(&mut tx, generation.id, &[Status::Queued], Status::Submitting)
+            .await?;
         tx.commit().await?;
 
         let callback_url = pipeline
@@ -172,8 +173,8 @@ impl SubmitGeneration {
             callback_url: Some(callback_url.to_string()),
             input: TaskInput {
                 prompt: generation.prompt.clone(),
-                aspect_ratio: generation.aspect_ratio.clone(),
-                resolution: generation.resolution.clone(),
+                aspect_ratio: generation.aspect_ratio,
+                resolution: generation.resolution,
                 input_urls,
             },
         };
@@ -270,20 +271,14 @@ async fn record_task(
         generations::transition(
             &mut tx,
             generation.id,
-            &["queued", "submitting"],
-            "generating",
+            &[Status::Queued, Status::Submitting],
+            Status::Generating,
         )
         .await?;
         // A fast upstream can call back before this transaction commits: the callback handler then found no
         // poll job to expedite. It holds the generation's row lock while it records the callback, so by the
         // time the UPDATE above got the row, such a callback is committed and visible here.
-        let called_back: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM upstream_callbacks WHERE generation_id = $1 AND upstream_task_id = $2)",
-        )
-        .bind(generation.id)
-        .bind(task_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let called_back = generations::callbacks::exists(&mut tx, generation.id, task_id).await?;
         let poll = PollGeneration {
             generation_id: generation.id,
             task_id: task_id.to_owned(),
@@ -315,13 +310,7 @@ async fn ensure_polling(
 
 /// After an unconfirmed createTask, kie may have reported the task through the callback URL: adopt it.
 async fn adopt_reported_task(ctx: &JobContext, generation: &Generation) -> Result<bool, JobError> {
-    let reported: Option<String> = sqlx::query_scalar(
-        "SELECT upstream_task_id FROM upstream_callbacks
-          WHERE generation_id = $1 AND upstream_task_id IS NOT NULL ORDER BY id LIMIT 1",
-    )
-    .bind(generation.id)
-    .fetch_optional(&ctx.pool)
-    .await?;
+    let reported = generations::callbacks::first_reported_task(&ctx.pool, generation.id).await?;
     let Some(task_id) = reported else {
         return Ok(false);
     };

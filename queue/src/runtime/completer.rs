@@ -65,4 +65,3 @@ pub(super) async fn complete_in_batches(
         batch.clear();
     }
 }
-

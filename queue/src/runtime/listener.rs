@@ -78,4 +78,3 @@ pub(super) async fn listen_for_inserts(
         }
     }
 }
-

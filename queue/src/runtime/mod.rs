@@ -42,8 +42,12 @@ use sqlx::PgPool;
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-pub use listener::INSERT_CHANNEL;
 pub use completer::COMPLETE_SQL;
+pub use listener::INSERT_CHANNEL;
+
+/// `apalis.workers.storage_name` of this runtime's workers, so operators' views list them and not workers of
+/// apalis' own runtime sharing the table.
+pub const WORKER_STORAGE_NAME: &str = "queue";
 pub use reaper::reap_queue;
 
 use crate::{QueueConfig, QueueMetrics, Registry};

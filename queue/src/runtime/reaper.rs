@@ -21,15 +21,19 @@ pub(super) async fn hand_back(pool: &PgPool, worker_id: &str) -> sqlx::Result<u6
     .map(|r| r.rows_affected())
 }
 
-pub(super) async fn register_workers(pool: &PgPool, workers: &[(String, String)]) -> sqlx::Result<()> {
+pub(super) async fn register_workers(
+    pool: &PgPool,
+    workers: &[(String, String)],
+) -> sqlx::Result<()> {
     let (ids, queues): (Vec<String>, Vec<String>) = workers.iter().cloned().unzip();
     sqlx::query(
         "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
-         SELECT id, queue, 'createimage2', '', now() FROM unnest($1::text[], $2::text[]) AS t(id, queue)
+         SELECT id, queue, $3, '', now() FROM unnest($1::text[], $2::text[]) AS t(id, queue)
          ON CONFLICT (id) DO UPDATE SET last_seen = now()",
     )
     .bind(ids)
     .bind(queues)
+    .bind(super::WORKER_STORAGE_NAME)
     .execute(pool)
     .await
     .map(drop)
@@ -128,4 +132,3 @@ pub async fn reap_queue(
     .await
     .map(|r| r.rows_affected())
 }
-

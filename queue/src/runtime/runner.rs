@@ -25,9 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{QueueHealth, completer::complete_in_batches, reaper::hand_back};
-use crate::{
-    JobContext, JobError, Outcome, QueueConfig, QueueMetrics, registry::Handler,
-};
+use crate::{JobContext, JobError, Outcome, QueueConfig, QueueMetrics, registry::Handler};
 
 /// Most rows claimed in one statement.
 const CLAIM_BATCH_MAX: usize = 200;
@@ -548,4 +546,3 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         "non-string panic payload".to_owned()
     }
 }
-

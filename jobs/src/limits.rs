@@ -6,12 +6,27 @@
 
 use std::time::Duration;
 
-use jobs::rate_limit::{self, Take};
 use uuid::Uuid;
 
-use crate::AppError;
+use crate::rate_limit::{self, Take};
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// A budget is spent: try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many requests; retry in {} s", retry_after.as_secs())]
+pub struct Limited {
+    pub retry_after: Duration,
+}
+
+/// Why a budgeted action may not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error(transparent)]
+    Limited(#[from] Limited),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
 
 /// An action with a per-person budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,13 +57,11 @@ impl Action {
 }
 
 /// Takes one `action` from `user`'s budget, or says when to retry.
-pub async fn take(pool: &sqlx::PgPool, action: Action, user: Uuid) -> Result<(), AppError> {
+pub async fn take(pool: &sqlx::PgPool, action: Action, user: Uuid) -> Result<(), TakeError> {
     let (name, limit, window) = action.budget();
     match rate_limit::take(pool, &format!("{name}:user:{user}"), limit, window).await? {
         Take::Granted => Ok(()),
-        Take::RetryAfter(wait) => Err(AppError::TooManyRequests {
-            retry_after_secs: wait.as_secs_f64().ceil() as u64,
-        }),
+        Take::RetryAfter(retry_after) => Err(Limited { retry_after }.into()),
     }
 }
 
@@ -59,7 +72,7 @@ pub async fn take_mail_to(
     pool: &sqlx::PgPool,
     address: &str,
     per_hour: u32,
-) -> Result<bool, AppError> {
+) -> sqlx::Result<bool> {
     Ok(
         rate_limit::take_for_identifier(pool, "mail-to", address, per_hour, HOUR).await?
             == Take::Granted,

@@ -1,0 +1,149 @@
+//! Checkout intents (table `checkout_intents` in `migrations/*_billing_privacy_ops.sql`): a member asks to buy a
+//! pack, start a plan or open Stripe's billing portal; the request records the intent and its `open_checkout`
+//! job, the worker opens the Stripe session and marks the intent ready (with the URL) or failed (with a reason
+//! for the member), and the waiting page hears either through the status events.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use queue::Job as _;
+
+use crate::{
+    config::Product,
+    generations,
+    kinds::OpenCheckout,
+    limits::{self, Action},
+    text_enum::text_enum,
+};
+
+text_enum! {
+    /// What the member asked to open.
+    pub enum IntentKind {
+        Pack = "pack",
+        Plan = "plan",
+        Portal = "portal",
+    }
+}
+
+impl IntentKind {
+    /// The Stripe session's mode.
+    fn mode(self) -> &'static str {
+        match self {
+            Self::Pack => "payment",
+            Self::Plan => "subscription",
+            Self::Portal => "portal",
+        }
+    }
+}
+
+text_enum! {
+    /// Where an intent is: waiting for the worker, ready with Stripe's URL, or failed with a reason.
+    pub enum IntentStatus {
+        Pending = "pending",
+        Ready = "ready",
+        Failed = "failed",
+    }
+}
+
+/// An intent as its waiting page and the worker read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Intent {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub kind: IntentKind,
+    pub status: IntentStatus,
+    pub product_id: Option<String>,
+    pub stripe_price_id: Option<String>,
+    pub credits: Option<i64>,
+    /// Stripe's page, once the session is open.
+    pub url: Option<String>,
+    /// Why it failed, in words for the member.
+    pub error: Option<String>,
+}
+
+/// Records an intent and its job in one transaction, after taking one from the member's checkout (or portal)
+/// budget; returns the intent's id.
+pub async fn record_intent(
+    pool: &PgPool,
+    user_id: Uuid,
+    kind: IntentKind,
+    product: Option<&Product>,
+) -> Result<Uuid, limits::TakeError> {
+    let action = match kind {
+        IntentKind::Pack | IntentKind::Plan => Action::Checkout,
+        IntentKind::Portal => Action::Portal,
+    };
+    limits::take(pool, action, user_id).await?;
+    let id = Uuid::now_v7();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO checkout_intents (id, user_id, kind, product_id, stripe_price_id, mode, credits)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(kind)
+    .bind(product.map(|p| p.id.as_str()))
+    .bind(product.map(|p| p.stripe_price_id.as_str()))
+    .bind(kind.mode())
+    .bind(product.map(|p| p.credits))
+    .execute(&mut *tx)
+    .await?;
+    OpenCheckout { intent_id: id }.enqueue(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+const COLUMNS: &str =
+    "id, user_id, kind, status, product_id, stripe_price_id, credits, url, error";
+
+/// The intent, whoever's it is (for the worker).
+pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Intent>> {
+    // Only a constant column list is interpolated.
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM checkout_intents WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The member's intent (`None` for another member's).
+pub async fn find_owned(pool: &PgPool, user: Uuid, id: Uuid) -> sqlx::Result<Option<Intent>> {
+    Ok(find(pool, id).await?.filter(|intent| intent.user_id == user))
+}
+
+/// Marks a pending intent ready with Stripe's session, announcing it at commit.
+pub async fn mark_ready(
+    tx: &mut PgConnection,
+    id: Uuid,
+    url: &str,
+    session_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE checkout_intents SET status = $4, url = $2, stripe_session_id = $3, updated_at = now()
+          WHERE id = $1 AND status = $5",
+    )
+    .bind(id)
+    .bind(url)
+    .bind(session_id)
+    .bind(IntentStatus::Ready)
+    .bind(IntentStatus::Pending)
+    .execute(&mut *tx)
+    .await?;
+    generations::announce(tx, id, IntentStatus::Ready.as_str()).await
+}
+
+/// Marks a pending intent failed with a reason for the member, announcing it at commit.
+pub async fn mark_failed(tx: &mut PgConnection, id: Uuid, message: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE checkout_intents SET status = $3, error = $2, updated_at = now() WHERE id = $1 AND status = $4",
+    )
+    .bind(id)
+    .bind(message)
+    .bind(IntentStatus::Failed)
+    .bind(IntentStatus::Pending)
+    .execute(&mut *tx)
+    .await?;
+    generations::announce(tx, id, IntentStatus::Failed.as_str()).await
+}

@@ -1,0 +1,290 @@
+//! Recording a generation: the one domain operation behind `POST /api/v1/generations`, the site's generator and
+//! the no-signup trial. Each caller maps [`CreateError`] to its own answer (a JSON error, a page).
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use queue::Job as _;
+
+use super::{Generation, Invalid, Resolution, Settings, validate};
+use crate::{
+    config::GenerationConfig,
+    credits::{self, Applied, Kind},
+    kie::{MODEL_IMAGE_TO_IMAGE, MODEL_TEXT_TO_IMAGE},
+    kinds::SubmitGeneration,
+    rate_limit::{self, Take},
+    telemetry::Metrics,
+    trial::{self, Fingerprints},
+    uploads,
+};
+
+/// Who a generation belongs to.
+#[derive(Debug, Clone)]
+pub enum Owner {
+    User(Uuid),
+    /// A no-signup trial, tied to a browser session (by its id hash) and claimed under the visitor's
+    /// fingerprints in the transaction that records it. Free, 1K, no references.
+    Trial {
+        session: Vec<u8>,
+        fingerprints: Fingerprints,
+    },
+}
+
+/// A request to generate, as a client sent it: the settings are the client's words (`None`: the defaults),
+/// checked by [`create`].
+#[derive(Debug, Clone)]
+pub struct NewGeneration<'a> {
+    pub owner: Owner,
+    pub prompt: &'a str,
+    pub aspect_ratio: Option<&'a str>,
+    pub resolution: Option<&'a str>,
+    pub reference_upload_ids: &'a [Uuid],
+    /// A client's key for this request: a repeat with the same key returns the generation the first recorded.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Why a generation was not recorded. Nothing was spent or kept for any of them (the rate token excepted: every
+/// request counts).
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// Over the member's per-minute budget.
+    #[error("too many generations; retry in {} s", retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
+    /// This visitor's one trial a day is used.
+    #[error("the free trial was already used today")]
+    TrialUsed,
+    /// A reference that is not one of the member's uploads.
+    #[error("unknown upload id (upload each reference through /api/v1/uploads first)")]
+    UnknownUpload,
+    #[error("this needs {cost} credits; the balance is {balance}")]
+    InsufficientCredits { balance: i64, cost: i64 },
+    /// A refunded or disputed payment left credits owing.
+    #[error(
+        "a refunded or disputed payment left credits owing; new generations are paused until it is settled"
+    )]
+    PaymentOwing,
+    /// The idempotency key was used before for a request with other parameters.
+    #[error(
+        "this key was already used for a request with different parameters; use a new key for a new request"
+    )]
+    KeyReused,
+    /// Another request with the same idempotency key is being recorded right now.
+    #[error("a request with this idempotency key is in progress; retry it")]
+    KeyInFlight,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Records a generation. Checks the request ([`validate`]); takes the member's rate token (in a transaction of
+/// its own: every request counts, refused or not, so a refused one cannot be repeated without limit); then in
+/// one transaction claims a trial's fingerprint, checks the references, inserts the row, reserves its cost and
+/// enqueues its submit job — so a request refused on the way leaves nothing else behind. With an idempotency
+/// key, a repeat of the same request returns the generation the first recorded.
+pub async fn create(
+    pool: &PgPool,
+    limits: &GenerationConfig,
+    metrics: &Metrics,
+    request: NewGeneration<'_>,
+) -> Result<Generation, CreateError> {
+    let NewGeneration {
+        owner,
+        prompt,
+        aspect_ratio,
+        resolution,
+        reference_upload_ids,
+        idempotency_key,
+    } = request;
+    let settings = validate(
+        prompt,
+        aspect_ratio,
+        resolution,
+        reference_upload_ids.len(),
+    )?;
+    let mut references = reference_upload_ids.to_vec();
+    references.sort();
+    references.dedup();
+    let (user, trial_session, fingerprints) = match owner {
+        Owner::User(user) => (Some(user), None, None),
+        Owner::Trial {
+            session,
+            fingerprints,
+        } => {
+            if !references.is_empty() {
+                return Err(Invalid {
+                    field: "reference_upload_ids",
+                    message: "the free trial does not take reference images".into(),
+                }
+                .into());
+            }
+            if settings.resolution != Resolution::R1K {
+                return Err(Invalid {
+                    field: "resolution",
+                    message: "the free trial makes 1K images".into(),
+                }
+                .into());
+            }
+            (None, Some(session), Some(fingerprints))
+        }
+    };
+    if let (Some(user), Some(key)) = (user, idempotency_key)
+        && let Some(existing) = find_by_idempotency_key(pool, user, key).await?
+    {
+        same_request(&existing, prompt, settings, &references)?;
+        return Ok(existing);
+    }
+
+    let id = Uuid::now_v7();
+    let cost = if user.is_some() {
+        settings.resolution.cost()
+    } else {
+        0
+    };
+    let model = if references.is_empty() {
+        MODEL_TEXT_TO_IMAGE
+    } else {
+        MODEL_IMAGE_TO_IMAGE
+    };
+    let trace_id = Uuid::new_v4().simple().to_string();
+    if let Some(user) = user
+        && let Take::RetryAfter(retry_after) = rate_limit::take(
+            pool,
+            &format!("generations:user:{user}"),
+            limits.per_user_per_minute,
+            Duration::from_secs(60),
+        )
+        .await?
+    {
+        return Err(CreateError::RateLimited { retry_after });
+    }
+    let mut tx = pool.begin().await?;
+    if let Some(fingerprints) = &fingerprints
+        && !trial::claim_in(&mut tx, fingerprints).await?
+    {
+        tx.rollback().await?;
+        return Err(CreateError::TrialUsed);
+    }
+    if let Some(user) = user
+        && !references.is_empty()
+    {
+        let owned = uploads::count_owned(&mut *tx, user, &references).await?;
+        if owned != references.len() as i64 {
+            tx.rollback().await?;
+            return Err(CreateError::UnknownUpload);
+        }
+    }
+    let inserted: Option<Generation> = sqlx::query_as(
+        "INSERT INTO generations (id, user_id, trial_session_hash, prompt, aspect_ratio, resolution, model,
+                                  reference_upload_ids, credits_reserved, idempotency_key, trace_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING *",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(trial_session)
+    .bind(prompt)
+    .bind(settings.aspect_ratio)
+    .bind(settings.resolution)
+    .bind(model)
+    .bind(&references)
+    .bind(cost as i32)
+    .bind(idempotency_key)
+    .bind(&trace_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(generation) = inserted else {
+        // A concurrent request with the same idempotency key won: answer with its generation, if it asked the
+        // same.
+        tx.rollback().await?;
+        let existing = match (user, idempotency_key) {
+            (Some(user), Some(key)) => find_by_idempotency_key(pool, user, key).await?,
+            _ => None,
+        };
+        let existing = existing.ok_or(CreateError::KeyInFlight)?;
+        same_request(&existing, prompt, settings, &references)?;
+        return Ok(existing);
+    };
+    if let Some(user) = user {
+        let owing: bool =
+            sqlx::query_scalar("SELECT shortfall > 0 FROM credit_accounts WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(false);
+        if owing {
+            tx.rollback().await?;
+            return Err(CreateError::PaymentOwing);
+        }
+        match credits::apply(
+            &mut tx,
+            user,
+            Kind::Reserve,
+            -cost,
+            &super::ledger_key(id),
+            json!({"generation": id}),
+        )
+        .await?
+        {
+            Applied::Yes => {}
+            Applied::InsufficientCredits => {
+                let balance = credits::balance(&mut *tx, user).await?;
+                tx.rollback().await?;
+                return Err(CreateError::InsufficientCredits { balance, cost });
+            }
+            Applied::AlreadyApplied => {
+                // The id is new: a reservation under its key cannot exist. Refuse rather than record a
+                // generation nothing was reserved for.
+                tx.rollback().await?;
+                return Err(sqlx::Error::Protocol(format!(
+                    "a reservation for the new generation {id} existed"
+                ))
+                .into());
+            }
+        }
+    }
+    SubmitGeneration::first(id).enqueue(&mut *tx).await?;
+    tx.commit().await?;
+    metrics
+        .credits_total
+        .with_label_values(&["reserved"])
+        .inc_by(cost as u64);
+    tracing::info!(generation.id = %id, trace_id = %trace_id, resolution = %settings.resolution, trial = user.is_none(), "generation requested");
+    Ok(generation)
+}
+
+/// An idempotency key names one request: reused with different parameters it is refused (as Stripe does),
+/// never answered with the first request's generation as if it were this one. `references` are sorted and
+/// deduplicated, as [`create`] stores them.
+fn same_request(
+    existing: &Generation,
+    prompt: &str,
+    settings: Settings,
+    references: &[Uuid],
+) -> Result<(), CreateError> {
+    if existing.prompt == prompt
+        && existing.aspect_ratio == settings.aspect_ratio
+        && existing.resolution == settings.resolution
+        && existing.reference_upload_ids == references
+    {
+        Ok(())
+    } else {
+        Err(CreateError::KeyReused)
+    }
+}
+
+async fn find_by_idempotency_key(
+    pool: &PgPool,
+    user: Uuid,
+    key: &str,
+) -> sqlx::Result<Option<Generation>> {
+    sqlx::query_as("SELECT * FROM generations WHERE user_id = $1 AND idempotency_key = $2")
+        .bind(user)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}

@@ -14,8 +14,8 @@ use axum::{
     routing::{get, post},
 };
 use base64::Engine as _;
-use queue::ops;
 use maud::{DOCTYPE, Markup, html};
+use queue::ops;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
@@ -199,7 +199,6 @@ header a{color:#fff;text-decoration:none;font-weight:600}main{padding:20px;max-w
 table{border-collapse:collapse;width:100%;margin-bottom:24px}th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #ddd}\
 th{background:#f5f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00020;font-weight:600}\
 form{display:inline}button{font:inherit;padding:2px 8px;cursor:pointer}pre{white-space:pre-wrap;background:#f5f5f7;padding:10px}";
-
 
 async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
     let csrf = console.csrf.as_ref();

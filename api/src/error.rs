@@ -145,7 +145,9 @@ impl From<jobs::generations::CreateError> for AppError {
         use jobs::generations::CreateError;
         match error {
             CreateError::Invalid(invalid) => invalid.into(),
-            CreateError::RateLimited { retry_after } => jobs::limits::Limited { retry_after }.into(),
+            CreateError::RateLimited { retry_after } => {
+                jobs::limits::Limited { retry_after }.into()
+            }
             // The trial page answers this one in its own words; here it is a plain 429 for a day.
             CreateError::TrialUsed => Self::TooManyRequests {
                 retry_after_secs: 24 * 3600,
@@ -157,7 +159,9 @@ impl From<jobs::generations::CreateError> for AppError {
             CreateError::InsufficientCredits { balance, cost } => {
                 Self::PaymentRequired { balance, cost }
             }
-            CreateError::PaymentOwing | CreateError::KeyInFlight => Self::Conflict(error.to_string()),
+            CreateError::PaymentOwing | CreateError::KeyInFlight => {
+                Self::Conflict(error.to_string())
+            }
             CreateError::KeyReused => Self::Invalid {
                 field: "Idempotency-Key",
                 message: error.to_string(),

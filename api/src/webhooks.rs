@@ -79,7 +79,9 @@ pub async fn kie_callback(
         }
     }
     let state_reported = data.get("state").and_then(Value::as_str);
-    let expedited = match callbacks::record(&state.pool, &generation, &task_id, state_reported).await {
+    let expedited = match callbacks::record(&state.pool, &generation, &task_id, state_reported)
+        .await
+    {
         Ok(callbacks::Recorded::New { expedited }) => expedited,
         Ok(callbacks::Recorded::Duplicate) => {
             return Ok(Json(json!({ "ok": true, "duplicate": true })));

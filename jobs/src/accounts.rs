@@ -4,9 +4,9 @@
 //! shown once, at creation.
 
 use base64::Engine as _;
+use queue::Job as _;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor};
-use queue::Job as _;
 use uuid::Uuid;
 
 /// Creates a user (and their credit account, empty). The e-mail is stored lower-cased.
@@ -279,7 +279,11 @@ pub fn new_link_token() -> (String, Vec<u8>) {
 }
 
 /// Sets the account's display name (`None` clears it).
-pub async fn set_display_name(pool: &sqlx::PgPool, user: Uuid, name: Option<&str>) -> sqlx::Result<()> {
+pub async fn set_display_name(
+    pool: &sqlx::PgPool,
+    user: Uuid,
+    name: Option<&str>,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1")
         .bind(user)
         .bind(name)

@@ -938,7 +938,10 @@ enum DisputeEnd {
 
 fn dispute_end(status: &str) -> Option<DisputeEnd> {
     use stripe_core::DisputeStatus;
-    match status.parse::<DisputeStatus>().unwrap_or_else(|never| match never {}) {
+    match status
+        .parse::<DisputeStatus>()
+        .unwrap_or_else(|never| match never {})
+    {
         DisputeStatus::Won | DisputeStatus::WarningClosed => Some(DisputeEnd::Release),
         DisputeStatus::Lost => Some(DisputeEnd::Keep),
         DisputeStatus::Prevented => Some(DisputeEnd::Prevented),

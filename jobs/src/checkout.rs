@@ -94,8 +94,7 @@ pub async fn record_intent(
     Ok(id)
 }
 
-const COLUMNS: &str =
-    "id, user_id, kind, status, product_id, stripe_price_id, credits, url, error";
+const COLUMNS: &str = "id, user_id, kind, status, product_id, stripe_price_id, credits, url, error";
 
 /// The intent, whoever's it is (for the worker).
 pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Intent>> {
@@ -110,7 +109,9 @@ pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Intent>> {
 
 /// The member's intent (`None` for another member's).
 pub async fn find_owned(pool: &PgPool, user: Uuid, id: Uuid) -> sqlx::Result<Option<Intent>> {
-    Ok(find(pool, id).await?.filter(|intent| intent.user_id == user))
+    Ok(find(pool, id)
+        .await?
+        .filter(|intent| intent.user_id == user))
 }
 
 /// Marks a pending intent ready with Stripe's session, announcing it at commit.

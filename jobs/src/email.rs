@@ -52,9 +52,7 @@ pub async fn queue(conn: &mut PgConnection, email: Outgoing<'_>) -> sqlx::Result
     .fetch_optional(&mut *conn)
     .await?;
     let Some(id) = id else { return Ok(false) };
-    SendEmail { email_id: id }
-    .enqueue(&mut *conn)
-    .await?;
+    SendEmail { email_id: id }.enqueue(&mut *conn).await?;
     Ok(true)
 }
 

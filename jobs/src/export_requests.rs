@@ -116,7 +116,11 @@ pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ExportRequest>
 }
 
 /// The member's request (`None` for another member's).
-pub async fn find_owned(pool: &PgPool, user: Uuid, id: Uuid) -> sqlx::Result<Option<ExportRequest>> {
+pub async fn find_owned(
+    pool: &PgPool,
+    user: Uuid,
+    id: Uuid,
+) -> sqlx::Result<Option<ExportRequest>> {
     Ok(find(pool, id).await?.filter(|e| e.user_id == user))
 }
 

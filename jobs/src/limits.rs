@@ -68,11 +68,7 @@ pub async fn take(pool: &sqlx::PgPool, action: Action, user: Uuid) -> Result<(),
 /// Takes one e-mail to `address` from that address's budget (shared by sign-in links and address-change
 /// confirmations, so no one can mail-bomb an inbox through either), keyed by a peppered HMAC of the address.
 /// `Ok(false)` when the budget is spent: callers answer as if the mail went, so the answer is no oracle.
-pub async fn take_mail_to(
-    pool: &sqlx::PgPool,
-    address: &str,
-    per_hour: u32,
-) -> sqlx::Result<bool> {
+pub async fn take_mail_to(pool: &sqlx::PgPool, address: &str, per_hour: u32) -> sqlx::Result<bool> {
     Ok(
         rate_limit::take_for_identifier(pool, "mail-to", address, per_hour, HOUR).await?
             == Take::Granted,

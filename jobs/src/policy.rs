@@ -7,9 +7,7 @@ use sqlx::PgPool;
 
 use queue::Job as _;
 
-use crate::{
-    kinds::SendPolicyNotices,
-};
+use crate::kinds::SendPolicyNotices;
 
 /// The notice period the policy promises.
 pub const NOTICE_DAYS: i64 = 30;

@@ -10,11 +10,9 @@ use sqlx::PgExecutor;
 
 use queue::{EnqueueOptions, Enqueued, NewJob, enqueue_new};
 
-use crate::{
-    kinds::{
-        ExpireExports, ExpireTrialFingerprints, ProbeUpstreams, PruneFinishedJobs,
-        PurgeExpiredRecords, ReconcileStripeEvents, RotateHashPepper,
-    },
+use crate::kinds::{
+    ExpireExports, ExpireTrialFingerprints, ProbeUpstreams, PruneFinishedJobs, PurgeExpiredRecords,
+    ReconcileStripeEvents, RotateHashPepper,
 };
 
 /// One periodic job.

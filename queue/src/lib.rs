@@ -21,6 +21,7 @@
 //!   registry.
 //! - [`schema`]: the indexes, trigger and pause table this crate adds to the `apalis` schema.
 //! - [`config`]: the runtime's settings ([`QueueConfig`]); the application reads them from its own config.
+//! - [`state`]: a row's [`JobState`].
 //!
 //! # Storage: apalis-postgres' table, this crate's runtime
 //! Jobs live in apalis-postgres 1.0's `apalis.jobs` and `apalis.workers` tables, created by its
@@ -53,6 +54,7 @@ pub mod ops;
 pub mod registry;
 pub mod runtime;
 pub mod schema;
+pub mod state;
 
 pub use config::QueueConfig;
 pub use enqueue::{
@@ -63,3 +65,4 @@ pub use job::{Job, JobContext, JobError, Outcome, RetryPolicy};
 pub use metrics::QueueMetrics;
 pub use registry::Registry;
 pub use runtime::{QueueHealth, QueuePlan, RunningWorker, Worker, WorkerHealth};
+pub use state::JobState;

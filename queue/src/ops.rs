@@ -84,7 +84,7 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
 pub struct JobRow {
     pub id: String,
     pub queue: String,
-    pub status: String,
+    pub status: crate::JobState,
     pub attempts: i32,
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,

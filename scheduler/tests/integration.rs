@@ -3,11 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use jobs::{
-    kinds::PruneFinishedJobs,
-    schedule::Schedule,
-    telemetry::Metrics,
-};
+use jobs::{kinds::PruneFinishedJobs, schedule::Schedule, telemetry::Metrics};
 use queue::{EnqueueOptions, NewJob};
 use scheduler::Scheduler;
 use testkit::TestDb;

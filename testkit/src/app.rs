@@ -594,16 +594,13 @@ impl TestApp {
             })
             .collect();
         let stop = CancellationToken::new();
-        let running = queue::Worker::new(
-            self.pool.clone(),
-            self.registry.clone(),
-            Arc::new(services),
-        )
-        .config(config)
-        .metrics(self.metrics.queue.clone())
-        .start(plans, stop.clone())
-        .await
-        .expect("the extra worker starts");
+        let running =
+            queue::Worker::new(self.pool.clone(), self.registry.clone(), Arc::new(services))
+                .config(config)
+                .metrics(self.metrics.queue.clone())
+                .start(plans, stop.clone())
+                .await
+                .expect("the extra worker starts");
         ExtraWorker { running, stop }
     }
 
@@ -727,7 +724,7 @@ impl TestApp {
     }
 
     /// Status of one job row.
-    pub async fn job_status(&self, id: &str) -> String {
+    pub async fn job_status(&self, id: &str) -> queue::JobState {
         ops::find_job(&self.pool, id)
             .await
             .unwrap()

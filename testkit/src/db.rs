@@ -36,7 +36,10 @@ fn url_on(admin_url: &str, database: &str) -> String {
 fn template_name() -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"apalis-postgres 1.0.0\n");
-    for migration in jobs::db::MIGRATOR.iter().chain(queue::schema::migrator().iter()) {
+    for migration in jobs::db::MIGRATOR
+        .iter()
+        .chain(queue::schema::migrator().iter())
+    {
         hasher.update(migration.version.to_le_bytes());
         hasher.update(&migration.checksum);
     }

@@ -7,9 +7,9 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use jobs::{
+    accounts::{self, DeletionReason, EmailChangeError},
     export_requests::{self, Download, DownloadError, RequestError},
     limits::Action,
-    accounts::{self, DeletionReason, EmailChangeError},
     sign_in_tokens::{self, Purpose},
 };
 use maud::Markup;
@@ -235,7 +235,8 @@ pub async fn confirm_email(
     member: Member,
     CsrfForm(form): CsrfForm<TokenForm>,
 ) -> Result<Response, PageError> {
-    let email = match accounts::confirm_email_change(&state.pool, member.user_id, &form.token).await {
+    let email = match accounts::confirm_email_change(&state.pool, member.user_id, &form.token).await
+    {
         Ok(email) => email,
         Err(EmailChangeError::Database(error)) => return Err(error.into()),
         Err(refused) => return Err(PageError::BadRequest(refused.to_string())),
@@ -329,15 +330,14 @@ pub async fn download_export(
     Path(id): Path<Uuid>,
 ) -> Result<Response, PageError> {
     let storage = &crate::generations::pipeline(&state)?.storage;
-    match export_requests::download(&state.pool, storage, member.user_id, id, DOWNLOAD_TTL).await
-    {
+    match export_requests::download(&state.pool, storage, member.user_id, id, DOWNLOAD_TTL).await {
         Ok(Download::Link(url)) => Ok(Redirect::to(&url).into_response()),
         Ok(Download::Expired) => Err(PageError::BadRequest(
             "This export has expired; request a new one.".into(),
         )),
-        Err(DownloadError::NotReady) => Err(PageError::BadRequest(
-            "The export is not ready yet.".into(),
-        )),
+        Err(DownloadError::NotReady) => {
+            Err(PageError::BadRequest("The export is not ready yet.".into()))
+        }
         Err(other) => Err(AppError::from(other).into()),
     }
 }

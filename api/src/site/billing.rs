@@ -79,8 +79,7 @@ pub async fn checkout(
         } else {
             return Err(PageError::BadRequest("There is no such product.".into()));
         };
-    let id = checkout::record_intent(&state.pool, member.user_id, kind, Some(product))
-        .await?;
+    let id = checkout::record_intent(&state.pool, member.user_id, kind, Some(product)).await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
 
@@ -95,8 +94,7 @@ pub async fn portal(
             "Payments are not available right now.".into(),
         ));
     }
-    let id = checkout::record_intent(&state.pool, member.user_id, IntentKind::Portal, None)
-        .await?;
+    let id = checkout::record_intent(&state.pool, member.user_id, IntentKind::Portal, None).await?;
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
 

@@ -169,7 +169,9 @@ pub async fn generate(
                 .idempotency_key
                 .as_deref()
                 // The page's own key (a UUID); anything else is not one and is ignored.
-                .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())),
+                .filter(|k| {
+                    !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+                }),
         },
     )
     .await;
@@ -340,16 +342,20 @@ pub async fn use_as_reference(
 ) -> Result<Response, PageError> {
     let generation = visible(&state, &member.visitor, id).await?;
     let storage = &generations::pipeline(&state)?.storage;
-    let upload =
-        match jobs::uploads::from_generated_image(&state.pool, storage, member.user_id, &generation)
-            .await
-        {
-            Ok(upload) => upload,
-            Err(jobs::uploads::UploadError::Invalid(invalid)) => {
-                return Err(PageError::BadRequest(invalid.message));
-            }
-            Err(other) => return Err(AppError::from(other).into()),
-        };
+    let upload = match jobs::uploads::from_generated_image(
+        &state.pool,
+        storage,
+        member.user_id,
+        &generation,
+    )
+    .await
+    {
+        Ok(upload) => upload,
+        Err(jobs::uploads::UploadError::Invalid(invalid)) => {
+            return Err(PageError::BadRequest(invalid.message));
+        }
+        Err(other) => return Err(AppError::from(other).into()),
+    };
     let mut ids: Vec<Value> = match member.visitor.take("references").await? {
         Some(Value::Array(ids)) => ids,
         _ => vec![],

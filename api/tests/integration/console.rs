@@ -101,7 +101,7 @@ async fn the_console_shows_a_dead_job_and_its_retry_button_runs_it_again() {
         403,
         "a cross-site form post is refused"
     );
-    assert_eq!(app.job_status(&id).await, "Failed");
+    assert_eq!(app.job_status(&id).await, queue::JobState::Failed);
 
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -118,8 +118,8 @@ async fn the_console_shows_a_dead_job_and_its_retry_button_runs_it_again() {
     app.drain().await;
     let job = ops::find_job(&app.pool, &id).await.unwrap().unwrap();
     assert_eq!(
-        (job.status.as_str(), job.attempts),
-        ("Failed", 3),
+        (job.status, job.attempts),
+        (queue::JobState::Failed, 3),
         "ran its three attempts again"
     );
     let runs = testkit::test_jobs::runs(&app.pool, "console").await;

@@ -99,12 +99,7 @@ pub async fn create(
         reference_upload_ids,
         idempotency_key,
     } = request;
-    let settings = validate(
-        prompt,
-        aspect_ratio,
-        resolution,
-        reference_upload_ids.len(),
-    )?;
+    let settings = validate(prompt, aspect_ratio, resolution, reference_upload_ids.len())?;
     let mut references = reference_upload_ids.to_vec();
     references.sort();
     references.dedup();

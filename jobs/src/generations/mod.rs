@@ -141,7 +141,10 @@ pub fn validate(
     }
     let Ok(aspect_ratio) = aspect_ratio.unwrap_or("auto").parse::<AspectRatio>() else {
         let known: Vec<&str> = AspectRatio::ALL.iter().map(|r| r.as_str()).collect();
-        return invalid("aspect_ratio", format!("must be one of {}", known.join(", ")));
+        return invalid(
+            "aspect_ratio",
+            format!("must be one of {}", known.join(", ")),
+        );
     };
     let Ok(resolution) = resolution.unwrap_or("1K").parse::<Resolution>() else {
         return invalid("resolution", "must be 1K, 2K or 4K".into());
@@ -629,7 +632,12 @@ mod tests {
         assert!(!allowed("auto", "4K", true));
     }
 
-    fn field_at_fault(prompt: &str, ratio: &str, resolution: &str, references: usize) -> &'static str {
+    fn field_at_fault(
+        prompt: &str,
+        ratio: &str,
+        resolution: &str,
+        references: usize,
+    ) -> &'static str {
         validate(prompt, Some(ratio), Some(resolution), references)
             .unwrap_err()
             .field
@@ -638,7 +646,10 @@ mod tests {
     #[test]
     fn validation_names_the_field_at_fault() {
         assert_eq!(field_at_fault("", "auto", "1K", 0), "prompt");
-        assert_eq!(field_at_fault(&"x".repeat(20_001), "auto", "1K", 0), "prompt");
+        assert_eq!(
+            field_at_fault(&"x".repeat(20_001), "auto", "1K", 0),
+            "prompt"
+        );
         assert!(
             validate(&"é".repeat(20_000), None, None, 0).is_ok(),
             "characters, not bytes"
@@ -659,7 +670,10 @@ mod tests {
                 resolution: Resolution::R4K
             })
         );
-        assert_eq!(field_at_fault("a cat", "1:1", "1K", 17), "reference_upload_ids");
+        assert_eq!(
+            field_at_fault("a cat", "1:1", "1K", 17),
+            "reference_upload_ids"
+        );
     }
 
     #[test]

@@ -18,11 +18,11 @@ use uuid::Uuid;
 use super::{store_generation::StoreGeneration, submit_generation::SubmitGeneration};
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
-use crate::services::JobContext;
 use crate::{
     generations::{self, Generation, Status},
     kie::{ErrorClass, TaskInfo, TaskState},
     rate_limit::{self, Take},
+    services::JobContext,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,7 +187,7 @@ impl PollGeneration {
                         &[Status::Generating],
                         Status::Storing,
                     )
-                        .await?;
+                    .await?;
                     StoreGeneration {
                         generation_id: generation.id,
                         task_id: task_id.to_owned(),
@@ -222,7 +222,7 @@ impl PollGeneration {
                             &[Status::Generating],
                             Status::Queued,
                         )
-                            .await?;
+                        .await?;
                         SubmitGeneration {
                             generation_id: generation.id,
                             retry: true,

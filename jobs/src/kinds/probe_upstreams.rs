@@ -12,9 +12,7 @@ use serde::{Deserialize, Serialize};
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
 use crate::services::JobContext;
-use crate::{
-    upstream,
-};
+use crate::upstream;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ProbeUpstreams {}

@@ -11,10 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
+use crate::billing::{self, ProcessError};
 use crate::services::JobContext;
-use crate::{
-    billing::{self, ProcessError},
-};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessStripeEvent {
@@ -37,11 +35,7 @@ impl Job for ProcessStripeEvent {
     }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let stripe = ctx
-            .app
-            .pipeline
-            .as_ref()
-            .and_then(|p| p.stripe.as_ref());
+        let stripe = ctx.app.pipeline.as_ref().and_then(|p| p.stripe.as_ref());
         match billing::process(&ctx.pool, stripe, &self.event_id).await {
             Ok(Some(outcome)) => {
                 tracing::info!(event = %self.event_id, outcome = %outcome.0, "Stripe event applied");

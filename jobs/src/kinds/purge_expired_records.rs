@@ -10,10 +10,8 @@ use uuid::Uuid;
 
 use queue::{Job, JobError, Outcome};
 
+use crate::kinds::DeleteGeneration;
 use crate::services::JobContext;
-use crate::{
-    kinds::DeleteGeneration,
-};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PurgeExpiredRecords {}
@@ -92,8 +90,8 @@ impl Job for PurgeExpiredRecords {
         .await?;
         for id in &orphaned {
             DeleteGeneration { generation_id: *id }
-            .enqueue(&mut *tx)
-            .await?;
+                .enqueue(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         if !orphaned.is_empty() {

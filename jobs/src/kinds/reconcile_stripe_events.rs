@@ -11,10 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
+use crate::billing;
 use crate::services::JobContext;
-use crate::{
-    billing,
-};
 
 /// How far back reconciliation looks.
 pub const LOOK_BACK: chrono::Duration = chrono::Duration::days(3);
@@ -33,12 +31,7 @@ impl Job for ReconcileStripeEvents {
     };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let Some(stripe) = ctx
-            .app
-            .pipeline
-            .as_ref()
-            .and_then(|p| p.stripe.as_ref())
-        else {
+        let Some(stripe) = ctx.app.pipeline.as_ref().and_then(|p| p.stripe.as_ref()) else {
             return Ok(Outcome::Done);
         };
         let since = chrono::Utc::now() - LOOK_BACK;

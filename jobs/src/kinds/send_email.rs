@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
-use crate::services::JobContext;
 use crate::{
     email::{self, DeliveryError},
     rate_limit::{self, Take},
+    services::JobContext,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

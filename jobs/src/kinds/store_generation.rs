@@ -16,10 +16,10 @@ use uuid::Uuid;
 
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
-use crate::services::JobContext;
 use crate::{
     generations::{self, Ending, Generation, Status},
     kie::ErrorClass,
+    services::JobContext,
 };
 
 /// The largest result image accepted.

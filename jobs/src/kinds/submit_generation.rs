@@ -20,12 +20,12 @@ use uuid::Uuid;
 use super::poll_generation::PollGeneration;
 use queue::{EnqueueOptions, Job, JobError, Outcome, RetryPolicy, enqueue_with};
 
-use crate::services::JobContext;
 use crate::{
     accounts::hash_secret,
     generations::{self, Generation, Status},
     kie::{CreateTask, ErrorClass, MODEL_IMAGE_TO_IMAGE, MODEL_TEXT_TO_IMAGE, TaskInput},
     rate_limit::{self, Take},
+    services::JobContext,
     upstream,
 };
 
@@ -155,8 +155,13 @@ impl SubmitGeneration {
         if claimed == 0 {
             return Ok(Outcome::Done);
         }
-        generations::transition(&mut tx, generation.id, &[Status::Queued], Status::Submitting)
-            .await?;
+        generations::transition(
+            &mut tx,
+            generation.id,
+            &[Status::Queued],
+            Status::Submitting,
+        )
+        .await?;
         tx.commit().await?;
 
         let callback_url = pipeline

@@ -9,6 +9,7 @@ use std::{
 };
 
 use jobs::kinds::PruneFinishedJobs;
+use queue::JobState;
 use testkit::TestDb;
 
 fn binary() -> Command {
@@ -73,12 +74,12 @@ fn terminate(child: &mut Child, signal: nix::sys::signal::Signal) -> std::proces
 async fn wait_until_done(db: &TestDb, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status: String = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
+        let status: JobState = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
             .bind(id)
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        if status == "Done" {
+        if status == JobState::Done {
             return;
         }
         assert!(
@@ -353,7 +354,7 @@ async fn the_jobs_operator_commands_show_and_change_job_state_as_they_say() {
         let pool = db.pool.clone();
         let id = id.to_owned();
         async move {
-            sqlx::query_scalar::<_, String>("SELECT status FROM apalis.jobs WHERE id = $1")
+            sqlx::query_scalar::<_, JobState>("SELECT status FROM apalis.jobs WHERE id = $1")
                 .bind(id)
                 .fetch_one(&pool)
                 .await
@@ -368,9 +369,9 @@ async fn the_jobs_operator_commands_show_and_change_job_state_as_they_say() {
     let stats = run(&["jobs", "stats"]);
     assert!(stats.contains("prune_finished_jobs"), "{stats}");
     run(&["jobs", "retry", "dead-1"]);
-    assert_eq!(status("dead-1").await, "Pending");
+    assert_eq!(status("dead-1").await, JobState::Pending);
     run(&["jobs", "cancel", "waiting-1"]);
-    assert_eq!(status("waiting-1").await, "Killed");
+    assert_eq!(status("waiting-1").await, JobState::Killed);
     run(&["jobs", "pause", "prune_finished_jobs"]);
     assert!(
         run(&["jobs", "stats"])

@@ -204,7 +204,12 @@ async fn overview(State(console): State<Console>) -> Result<Markup, AppError> {
     let csrf = console.csrf.as_ref();
     let queues = ops::queue_stats(&console.pool).await?;
     let dead = ops::dead_jobs(&console.pool, None, 50).await?;
-    let workers = ops::workers(&console.pool, std::time::Duration::from_secs(3600)).await?;
+    let workers = ops::workers(
+        &console.pool,
+        jobs::services::WORKER_STORAGE_NAME,
+        std::time::Duration::from_secs(3600),
+    )
+    .await?;
     let upstreams = jobs::upstream::paused(&console.pool).await?;
     let kie_paused = upstreams
         .iter()

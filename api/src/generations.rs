@@ -15,7 +15,6 @@ use axum::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
-
 use jobs::{
     generations::{self, Generation, Image, Owner, Status},
     uploads,

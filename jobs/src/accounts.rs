@@ -365,3 +365,96 @@ pub async fn email_and_balance(
     .fetch_optional(pool)
     .await
 }
+
+/// The account's e-mail address (`None` once the account is gone).
+pub async fn email_of<'e>(conn: impl PgExecutor<'e>, user: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_optional(conn)
+        .await
+}
+
+/// What a saved profile form did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileSaved {
+    /// The display name is saved; the address is unchanged.
+    Saved,
+    /// The display name is saved, and a confirmation link went to this new address (or would have, over its
+    /// inbox's budget: the answer is the same).
+    ConfirmationSent(String),
+}
+
+/// Saves the profile form: the display name at once, a new e-mail address once its link is opened. Both fields
+/// are checked before either is saved, so a refused form changes nothing. `email` is what the member typed.
+pub async fn update_profile(
+    pool: &sqlx::PgPool,
+    user: Uuid,
+    current_email: &str,
+    display_name: Option<&str>,
+    email: &str,
+    links: crate::sign_in_tokens::LinkPolicy,
+    link: impl FnOnce(&str) -> String,
+) -> Result<ProfileSaved, crate::sign_in_tokens::LinkError> {
+    use crate::generations::Invalid;
+    let name = display_name.map(str::trim).filter(|n| !n.is_empty());
+    if let Some(name) = name {
+        if name.chars().count() > 200 {
+            return Err(Invalid {
+                field: "display_name",
+                message: "the name can have at most 200 characters".into(),
+            }
+            .into());
+        }
+        crate::text::check("display_name", name, crate::text::Lines::One)?;
+    }
+    let new_email = email.trim().to_lowercase();
+    let changes_email = new_email != current_email;
+    if changes_email && !crate::sign_in_tokens::plausible_email(&new_email) {
+        return Err(Invalid {
+            field: "email",
+            message: "that does not look like an e-mail address".into(),
+        }
+        .into());
+    }
+    set_display_name(pool, user, name).await?;
+    if !changes_email {
+        return Ok(ProfileSaved::Saved);
+    }
+    crate::sign_in_tokens::request_email_change(pool, user, &new_email, links, link).await?;
+    Ok(ProfileSaved::ConfirmationSent(new_email))
+}
+
+/// Why an API key was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Invalid(#[from] crate::generations::Invalid),
+    #[error(transparent)]
+    Limited(#[from] crate::limits::Limited),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A member asks for a new API key named `name` (1–100 characters on one line), within their key budget. The
+/// key's text is in the result only: it is stored as its hash.
+pub async fn create_api_key(
+    pool: &sqlx::PgPool,
+    user: Uuid,
+    name: &str,
+) -> Result<IssuedKey, KeyError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(crate::generations::Invalid {
+            field: "name",
+            message: "a key needs a name of 1 to 100 characters".into(),
+        }
+        .into());
+    }
+    crate::text::check("name", name, crate::text::Lines::One)?;
+    match crate::limits::take(pool, crate::limits::Action::ApiKey, user).await {
+        Ok(()) => {}
+        Err(crate::limits::TakeError::Limited(limited)) => return Err(limited.into()),
+        Err(crate::limits::TakeError::Database(error)) => return Err(error.into()),
+    }
+    Ok(issue_api_key(pool, user, name).await?)
+}

@@ -100,3 +100,15 @@ pub async fn balance<'e>(conn: impl PgExecutor<'e>, user_id: Uuid) -> sqlx::Resu
         .await
         .map(|b| b.unwrap_or(0))
 }
+
+/// Whether a refunded or disputed payment left the member owing credits (`credit_accounts.shortfall`): new
+/// spending waits until it is settled.
+pub async fn owing<'e>(conn: impl PgExecutor<'e>, user_id: Uuid) -> sqlx::Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT shortfall > 0 FROM credit_accounts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?
+            .unwrap_or(false),
+    )
+}

@@ -68,9 +68,20 @@ pub enum RequestError {
     Database(#[from] sqlx::Error),
 }
 
-/// Records an export request and enqueues its build: one in progress per member, [`PER_DAY`] a day (the budget
-/// is taken first: a refused request counts too).
+/// Records an export request and enqueues its build: one in progress per member, [`PER_DAY`] a day. A repeat
+/// while one is being prepared (a double click, a retry) is refused before the budget is taken: it costs no
+/// work, and a member's three a day are not spent on it.
 pub async fn request(pool: &PgPool, user: Uuid) -> Result<Uuid, RequestError> {
+    let in_progress: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM export_requests WHERE user_id = $1 AND status = ANY($2))",
+    )
+    .bind(user)
+    .bind([ExportStatus::Pending, ExportStatus::Running])
+    .fetch_one(pool)
+    .await?;
+    if in_progress {
+        return Err(RequestError::InProgress);
+    }
     if let Take::RetryAfter(retry_after) = rate_limit::take(
         pool,
         &format!("exports:user:{user}"),

@@ -14,7 +14,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 /// A budget is spent: try again after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("too many requests; retry in {} s", retry_after.as_secs())]
+#[error("too many requests; retry in {} s", retry_after.as_secs_f64().ceil())]
 pub struct Limited {
     pub retry_after: Duration,
 }

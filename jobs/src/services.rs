@@ -11,6 +11,10 @@ use crate::{
     telemetry::Metrics,
 };
 
+/// The name this application's workers are listed under (`apalis.workers.storage_name`; the operators' console
+/// lists the workers of this name).
+pub const WORKER_STORAGE_NAME: &str = "createimage2";
+
 /// The context of every job kind in [`crate::kinds`].
 pub type JobContext = queue::JobContext<Arc<Services>>;
 

@@ -405,7 +405,7 @@ async fn record_users_for_pgbench(pool: &PgPool, users: &[User]) -> anyhow::Resu
 const V7_LIKE: &str = "(lpad(to_hex((extract(epoch from clock_timestamp()) * 1000)::bigint), 12, '0') \
                        || '7' || substr(md5(random()::text), 1, 19))::uuid";
 
-/// The SQL of `api/src/generations.rs::create`'s transaction for a request without references (so without
+/// The SQL of `jobs::generations::create`'s transaction for a request without references (so without
 /// the uploads ownership count), statement for statement: the per-user rate token (`jobs::rate_limit::take_in`), the generations insert (answered
 /// with `RETURNING *`), the shortfall check, `jobs::credits::apply` (reserve) and `queue::enqueue_with`
 /// (`enqueue_new`'s insert into `apalis.jobs`, firing its insert-notify trigger). Keep in step with them.

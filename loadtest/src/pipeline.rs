@@ -109,7 +109,7 @@ struct Timings {
 
 async fn timings(pool: &PgPool, ids: &[Uuid], upstream_ms: Option<f64>) -> anyhow::Result<Timings> {
     type Row = (
-        String,
+        jobs::generations::Status,
         f64,
         Option<f64>,
         Option<f64>,
@@ -138,9 +138,9 @@ async fn timings(pool: &PgPool, ids: &[Uuid], upstream_ms: Option<f64>) -> anyho
             }
         }
         first = first.min(created);
-        match status.as_str() {
-            "succeeded" => t.succeeded += 1,
-            "failed" => t.failed += 1,
+        match status {
+            jobs::generations::Status::Succeeded => t.succeeded += 1,
+            jobs::generations::Status::Failed => t.failed += 1,
             _ => t.unfinished += 1,
         }
         if let Some(finished) = finished {

@@ -12,46 +12,56 @@ CREATE TABLE IF NOT EXISTS public.queue_pauses (
     reason     text NOT NULL DEFAULT ''
 );
 
+-- Each statement below that would lock `apalis.jobs` runs only when there is something to do, so on a database
+-- where this schema exists already (createimage2's) the migration takes no lock on the live table.
+
 -- The claim only takes `Pending` rows (a retry is a `Pending` row with a later run_at; `Failed` always means
 -- dead). This partial index matches the claim's WHERE and ORDER BY exactly.
-CREATE INDEX IF NOT EXISTS createimage2_jobs_claim_idx
-    ON apalis.jobs (job_type, priority DESC, run_at ASC, id)
-    WHERE status = 'Pending';
-
--- The reaper and the queue gauges look at running rows per queue.
-CREATE INDEX IF NOT EXISTS createimage2_jobs_running_idx
-    ON apalis.jobs (job_type, lock_at)
-    WHERE status IN ('Queued', 'Running');
-
--- Pruning finished rows by age.
-CREATE INDEX IF NOT EXISTS createimage2_jobs_done_idx
-    ON apalis.jobs (done_at)
-    WHERE status IN ('Done', 'Killed', 'Failed');
+DO $$
+BEGIN
+    IF to_regclass('apalis.createimage2_jobs_claim_idx') IS NULL THEN
+        CREATE INDEX createimage2_jobs_claim_idx
+            ON apalis.jobs (job_type, priority DESC, run_at ASC, id)
+            WHERE status = 'Pending';
+    END IF;
+    -- The reaper and the queue gauges look at running rows per queue.
+    IF to_regclass('apalis.createimage2_jobs_running_idx') IS NULL THEN
+        CREATE INDEX createimage2_jobs_running_idx
+            ON apalis.jobs (job_type, lock_at)
+            WHERE status IN ('Queued', 'Running');
+    END IF;
+    -- Pruning finished rows by age.
+    IF to_regclass('apalis.createimage2_jobs_done_idx') IS NULL THEN
+        CREATE INDEX createimage2_jobs_done_idx
+            ON apalis.jobs (done_at)
+            WHERE status IN ('Done', 'Killed', 'Failed');
+    END IF;
+    -- Only unfinished rows are looked up by worker (hand-back, worker pruning, the console's running count).
+    IF to_regclass('apalis.createimage2_jobs_lock_by_idx') IS NULL THEN
+        CREATE INDEX createimage2_jobs_lock_by_idx
+            ON apalis.jobs (lock_by)
+            WHERE status IN ('Queued', 'Running');
+    END IF;
+    -- Enqueue's `ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL` names this predicate.
+    IF to_regclass('apalis.createimage2_jobs_idempotency_key_idx') IS NULL THEN
+        CREATE UNIQUE INDEX createimage2_jobs_idempotency_key_idx
+            ON apalis.jobs (job_type, idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+    END IF;
+END
+$$;
 
 -- Fewer writes per job on the hot table: each job is updated twice (claim, completion), never HOT, so every
 -- index is written each time. apalis' indexes this runtime never reads go:
 --   unique_job_id                  — a second unique index on `id`, beside the primary key;
---   lidx, idx_apalis_jobs_lock_by  — full indexes on `lock_by`; only unfinished rows are looked up by worker;
+--   lidx, idx_apalis_jobs_lock_by  — full indexes on `lock_by`, replaced by the partial one above;
 --   idx_apalis_jobs_fetch_partial  — apalis' own fetch order;
---   idx_jobs_idempotency_key       — covered keyless rows too; replaced by a partial one below.
+--   idx_jobs_idempotency_key       — covered keyless rows too; replaced by the partial one above.
 DROP INDEX IF EXISTS apalis.unique_job_id;
 DROP INDEX IF EXISTS apalis.lidx;
 DROP INDEX IF EXISTS apalis.idx_apalis_jobs_fetch_partial;
 DROP INDEX IF EXISTS apalis.idx_apalis_jobs_lock_by;
 DROP INDEX IF EXISTS apalis.idx_jobs_idempotency_key;
-
-CREATE INDEX IF NOT EXISTS createimage2_jobs_lock_by_idx
-    ON apalis.jobs (lock_by)
-    WHERE status IN ('Queued', 'Running');
-
--- Enqueue's `ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL` names this predicate.
-CREATE UNIQUE INDEX IF NOT EXISTS createimage2_jobs_idempotency_key_idx
-    ON apalis.jobs (job_type, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-
--- apalis' foreign key jobs.lock_by → workers.id costs a lookup and a row lock per claimed row; the reaper and
--- the gauges treat a `lock_by` without a worker row as a dead worker, so nothing depends on it.
-ALTER TABLE apalis.jobs DROP CONSTRAINT IF EXISTS fk_worker_lock_by;
 
 -- One notification per queue per inserting statement, on apalis' channel, instead of apalis' one per row.
 CREATE OR REPLACE FUNCTION public.createimage2_notify_inserted_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,9 +72,24 @@ BEGIN
 END;
 $$;
 
-DROP TRIGGER IF EXISTS notify_workers ON apalis.jobs;
-DROP TRIGGER IF EXISTS createimage2_notify_inserted_jobs ON apalis.jobs;
-CREATE TRIGGER createimage2_notify_inserted_jobs
-    AFTER INSERT ON apalis.jobs
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION public.createimage2_notify_inserted_jobs();
+DO $$
+BEGIN
+    -- apalis' foreign key jobs.lock_by → workers.id costs a lookup and a row lock per claimed row; the reaper and
+    -- the gauges treat a `lock_by` without a worker row as a dead worker, so nothing depends on it.
+    IF EXISTS (SELECT 1 FROM pg_constraint
+                WHERE conname = 'fk_worker_lock_by' AND conrelid = 'apalis.jobs'::regclass) THEN
+        ALTER TABLE apalis.jobs DROP CONSTRAINT fk_worker_lock_by;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger
+                WHERE tgname = 'notify_workers' AND tgrelid = 'apalis.jobs'::regclass) THEN
+        DROP TRIGGER notify_workers ON apalis.jobs;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgname = 'createimage2_notify_inserted_jobs' AND tgrelid = 'apalis.jobs'::regclass) THEN
+        CREATE TRIGGER createimage2_notify_inserted_jobs
+            AFTER INSERT ON apalis.jobs
+            REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION public.createimage2_notify_inserted_jobs();
+    END IF;
+END
+$$;

@@ -31,7 +31,7 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The key that makes this job unique among its kind while its row is kept: a second enqueue with the same
     /// key writes nothing and reports [`Enqueued::AlreadyQueued`]. `None` (the default): every enqueue is a
-    /// new job. A kind whose work must happen once per thing (a payment, a generation) names that thing here,
+    /// new job. A kind whose work must happen once per thing (an order, a message) names that thing here,
     /// so no caller can forget the key.
     fn unique_key(&self) -> Option<String> {
         None

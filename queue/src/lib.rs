@@ -25,7 +25,7 @@
 //!
 //! # Storage: apalis-postgres' table, this crate's runtime
 //! Jobs live in apalis-postgres 1.0's `apalis.jobs` and `apalis.workers` tables, created by its
-//! `PostgresStorage::setup` (the application runs it before [`schema::MIGRATOR`]). Compatibility is a tested
+//! `PostgresStorage::setup` (the application runs it before [`schema::migrate`]). Compatibility is a tested
 //! property: a job pushed with apalis-postgres' own `PostgresStorage` is run by this runtime
 //! (`tests/integration/apalis_compat.rs`). What is taken from apalis-postgres: the schema, its insert channel
 //! (`apalis::job::insert`), its status names (`Pending`, `Running`, `Done`, `Failed`, `Killed`) and its payload
@@ -44,7 +44,9 @@
 //!   writer changes nothing.
 //! - No attempt leaves its row `Running`: timeouts and panics are caught inside the runner, a runner that dies is
 //!   restarted, and the reaper hands back rows of workers that stopped heartbeating.
-//! - Nothing in this crate names an application table, job kind or service.
+//! - Nothing in this crate's code names an application's table, job kind or service. (Its schema objects keep
+//!   the `createimage2_` names they were first created with, before the queue was a crate of its own: renaming
+//!   them would rebuild the indexes of a live table. See `queue/migrations/`.)
 
 pub mod config;
 pub mod enqueue;

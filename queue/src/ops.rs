@@ -236,9 +236,11 @@ pub struct WorkerRow {
     pub running: i64,
 }
 
-/// This runtime's workers seen within `seen_within`, by queue.
+/// The workers of the fleet named `storage_name` ([`crate::Worker::storage_name`]) seen within `seen_within`, by
+/// queue.
 pub async fn workers(
     pool: &PgPool,
+    storage_name: &str,
     seen_within: std::time::Duration,
 ) -> sqlx::Result<Vec<WorkerRow>> {
     sqlx::query_as(
@@ -248,7 +250,7 @@ pub async fn workers(
           WHERE w.storage_name = $1 AND w.last_seen > now() - make_interval(secs => $2)
           ORDER BY w.worker_type, w.id",
     )
-    .bind(crate::runtime::WORKER_STORAGE_NAME)
+    .bind(storage_name)
     .bind(seen_within.as_secs_f64())
     .fetch_all(pool)
     .await

@@ -598,6 +598,7 @@ impl TestApp {
             queue::Worker::new(self.pool.clone(), self.registry.clone(), Arc::new(services))
                 .config(config)
                 .metrics(self.metrics.queue.clone())
+                .storage_name(jobs::services::WORKER_STORAGE_NAME)
                 .start(plans, stop.clone())
                 .await
                 .expect("the extra worker starts");
@@ -674,7 +675,9 @@ impl TestApp {
         loop {
             let (status, body) = self.generation(user, id).await;
             assert_eq!(status, 200, "{body}");
-            if body["status"] == "succeeded" || body["status"] == "failed" {
+            let now: jobs::generations::Status = serde_json::from_value(body["status"].clone())
+                .unwrap_or_else(|error| panic!("an unknown status in {body}: {error}"));
+            if now.is_final() {
                 return body;
             }
             assert!(

@@ -7,6 +7,7 @@
 //! delivers, so only the reconciliation job can grant it. Then an audit of every generation and every credit,
 //! collected as violations rather than panics, so a long run reports all of them.
 
+use jobs::generations::Status;
 use std::{
     collections::{HashMap, HashSet},
     process::{Child, Command, Stdio},
@@ -664,7 +665,7 @@ async fn audit(
     report: &mut ChaosReport,
 ) {
     let violations = &mut report.violations;
-    let rows: Vec<(uuid::Uuid, String, Vec<String>, Vec<String>)> = match sqlx::query_as(
+    let rows: Vec<(uuid::Uuid, Status, Vec<String>, Vec<String>)> = match sqlx::query_as(
         "SELECT g.id, g.status,
                 coalesce((SELECT array_agg(l.kind ORDER BY l.id) FROM credit_ledger l
                            WHERE l.business_key = 'generation:' || g.id), '{}'),
@@ -689,8 +690,8 @@ async fn audit(
         ));
     }
     for (id, status, kinds, images) in &rows {
-        match status.as_str() {
-            "succeeded" => {
+        match status {
+            Status::Succeeded => {
                 report.succeeded += 1;
                 if kinds != &["reserve", "settle"] {
                     violations.push(format!("succeeded generation {id} has ledger {kinds:?}"));
@@ -704,7 +705,7 @@ async fn audit(
                     violations.push(format!("the image of generation {id} is not in the bucket"));
                 }
             }
-            "failed" => {
+            Status::Failed => {
                 report.failed_refunded += 1;
                 if kinds != &["reserve", "refund"] {
                     violations.push(format!("failed generation {id} has ledger {kinds:?}"));

@@ -146,6 +146,7 @@ impl Worker {
         let running = queue::Worker::new(self.pool.clone(), self.registry, self.services.clone())
             .config(self.services.queue.clone())
             .metrics(self.services.metrics.queue.clone())
+            .storage_name(jobs::services::WORKER_STORAGE_NAME)
             .start(self.plans, shutdown.clone())
             .await?;
         let health = running.health.clone();

@@ -8,9 +8,9 @@ use axum::{
 };
 use jobs::{
     accounts::{self, DeletionReason, EmailChangeError},
+    accounts::{KeyError, ProfileSaved},
     export_requests::{self, Download, DownloadError, RequestError},
-    limits::Action,
-    sign_in_tokens::{self, Purpose},
+    sign_in_tokens::{LinkError, LinkPolicy},
 };
 use maud::Markup;
 use serde::Deserialize;
@@ -140,62 +140,29 @@ pub async fn update_profile(
         .site
         .as_ref()
         .ok_or_else(|| PageError::internal("site not configured"))?;
-    let name = form
-        .display_name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    let invalid = |field, message: &str| {
-        PageError::from(AppError::Invalid {
-            field,
-            message: message.into(),
-        })
+    let links = LinkPolicy {
+        ttl: site.config.sign_in_link_ttl,
+        per_address_per_hour: site.config.sign_in_per_address_per_hour,
     };
-    if name.is_some_and(|n| n.chars().count() > 200) {
-        return Err(invalid(
-            "display_name",
-            "the name can have at most 200 characters",
-        ));
-    }
-    if let Some(name) = name {
-        jobs::text::check("display_name", name, jobs::text::Lines::One).map_err(AppError::from)?;
-    }
-    let new_email = form.email.trim().to_lowercase();
-    // Both fields are checked before either is saved: a refused form changes nothing.
-    if new_email != member.email && !super::auth::plausible_email(&new_email) {
-        return Err(invalid(
-            "email",
-            "that does not look like an e-mail address",
-        ));
-    }
-    accounts::set_display_name(&state.pool, member.user_id, name).await?;
-    let mut message = "Your profile was saved.".to_owned();
-    if new_email != member.email {
-        jobs::limits::take(&state.pool, Action::EmailChange, member.user_id).await?;
-        message = format!(
-            "Saved. We sent a confirmation link to {new_email}; the new address is used once you open it."
-        );
-        // Over the address's own budget nothing is sent, and the answer is the same: no mail bombing.
-        if !jobs::limits::take_mail_to(
-            &state.pool,
-            &new_email,
-            site.config.sign_in_per_address_per_hour,
-        )
-        .await?
-        {
-            member.visitor.flash(&message).await?;
-            return Ok(Redirect::to("/account").into_response());
-        }
-        sign_in_tokens::send(
-            &state.pool,
-            Purpose::EmailChange,
-            &new_email,
-            Some(member.user_id),
-            site.config.sign_in_link_ttl,
-            |token| site.url(&format!("/account/email/confirm?token={token}")),
-        )
-        .await?;
-    }
+    let saved = accounts::update_profile(
+        &state.pool,
+        member.user_id,
+        &member.email,
+        form.display_name.as_deref(),
+        &form.email,
+        links,
+        |token| site.url(&format!("/account/email/confirm?token={token}")),
+    )
+    .await;
+    let message = match saved {
+        Ok(ProfileSaved::Saved) => "Your profile was saved.".to_owned(),
+        Ok(ProfileSaved::ConfirmationSent(address)) => format!(
+            "Saved. We sent a confirmation link to {address}; the new address is used once you open it."
+        ),
+        Err(LinkError::Invalid(invalid)) => return Err(AppError::from(invalid).into()),
+        Err(LinkError::Limited(limited)) => return Err(AppError::from(limited).into()),
+        Err(LinkError::Database(error)) => return Err(error.into()),
+    };
     member.visitor.flash(&message).await?;
     Ok(Redirect::to("/account").into_response())
 }
@@ -259,17 +226,12 @@ pub async fn create_api_key(
     member: Member,
     CsrfForm(form): CsrfForm<KeyForm>,
 ) -> Result<Response, PageError> {
-    let name = form.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(AppError::Invalid {
-            field: "name",
-            message: "a key needs a name of 1 to 100 characters".into(),
-        }
-        .into());
-    }
-    jobs::text::check("name", name, jobs::text::Lines::One).map_err(AppError::from)?;
-    jobs::limits::take(&state.pool, Action::ApiKey, member.user_id).await?;
-    let key = accounts::issue_api_key(&state.pool, member.user_id, name).await?;
+    let key = match accounts::create_api_key(&state.pool, member.user_id, &form.name).await {
+        Ok(key) => key,
+        Err(KeyError::Invalid(invalid)) => return Err(AppError::from(invalid).into()),
+        Err(KeyError::Limited(limited)) => return Err(AppError::from(limited).into()),
+        Err(KeyError::Database(error)) => return Err(error.into()),
+    };
     member
         .visitor
         .set("new_api_key", serde_json::Value::String(key.secret))

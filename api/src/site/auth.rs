@@ -5,8 +5,6 @@
 //! response is the same whether or not the address has an account, and requests are limited per address
 //! (fleet-wide, in Postgres) and per client (by a hash of the client address, also in Postgres).
 
-use std::time::Duration;
-
 use axum::{
     extract::{Query, State},
     http::HeaderMap,
@@ -14,8 +12,7 @@ use axum::{
 };
 use jobs::{
     accounts::{self, Proof, SignIn},
-    rate_limit::{self, Take},
-    sign_in_tokens::{self, Purpose},
+    sign_in_tokens::{self, LinkError, LinkPolicy, Purpose},
 };
 use maud::Markup;
 use serde::Deserialize;
@@ -65,18 +62,6 @@ pub struct EmailForm {
     next: Option<String>,
 }
 
-pub(super) fn plausible_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && email.len() <= 320
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
 /// `POST /sign-in/email`: queues a link (identical response whether or not the address has an account).
 pub async fn request_link(
     State(state): State<AppState>,
@@ -91,7 +76,7 @@ pub async fn request_link(
         .ok_or_else(|| PageError::internal("site not configured"))?;
     let address = form.email.trim().to_lowercase();
     let next = local_path(form.next.as_deref());
-    if !plausible_email(&address) {
+    if !sign_in_tokens::plausible_email(&address) {
         let chrome = chrome(&state, &visitor, &headers, "/sign-in").await?;
         let csrf = chrome.csrf.clone().unwrap_or_default();
         let google = site.google.enabled();
@@ -108,42 +93,30 @@ pub async fn request_link(
             .into_response());
     }
     let ip = client_ip(site, &headers, peer);
-    let hour = Duration::from_secs(3600);
-    if let Take::RetryAfter(wait) = rate_limit::take_for_identifier(
+    let links = LinkPolicy {
+        ttl: site.config.sign_in_link_ttl,
+        per_address_per_hour: site.config.sign_in_per_address_per_hour,
+    };
+    let requested = sign_in_tokens::request_sign_in(
         &state.pool,
-        "sign-in",
         &ip,
         site.config.sign_in_per_client_per_hour,
-        hour,
-    )
-    .await?
-    {
-        return Err(PageError::App(crate::AppError::TooManyRequests {
-            retry_after_secs: wait.as_secs(),
-        }));
-    }
-    let allowed = jobs::limits::take_mail_to(
-        &state.pool,
         &address,
-        site.config.sign_in_per_address_per_hour,
+        links,
+        |token| {
+            site.url(&format!(
+                "/sign-in/link?token={token}&next={}",
+                views::urlencode(&next)
+            ))
+        },
     )
-    .await?;
-    // Over the per-address limit nothing is sent, and the answer is the same: no mail bombing, no oracle.
-    if allowed {
-        sign_in_tokens::send(
-            &state.pool,
-            Purpose::SignIn,
-            &address,
-            None,
-            site.config.sign_in_link_ttl,
-            |token| {
-                site.url(&format!(
-                    "/sign-in/link?token={token}&next={}",
-                    views::urlencode(&next)
-                ))
-            },
-        )
-        .await?;
+    .await;
+    match requested {
+        Ok(()) => {}
+        // Checked above, in the page's own words.
+        Err(LinkError::Invalid(invalid)) => return Err(crate::AppError::from(invalid).into()),
+        Err(LinkError::Limited(limited)) => return Err(crate::AppError::from(limited).into()),
+        Err(LinkError::Database(error)) => return Err(error.into()),
     }
     Ok(Redirect::to("/sign-in/check-email").into_response())
 }

@@ -181,13 +181,7 @@ pub async fn generate(
         }
         Err(CreateError::Database(error)) => Err(PageError::from(error)),
         Err(refused) => {
-            let message = match &refused {
-                CreateError::InsufficientCredits { balance, cost } => format!(
-                    "This needs {cost} credits and your balance is {balance}. Buy credits on the pricing page, or pick a lower resolution."
-                ),
-                other => other.to_string(),
-            };
-            let status = AppError::from(refused).status();
+            let (status, message) = refusal(&refused);
             let chrome = chrome(&state, &member.visitor, &headers, "/").await?;
             let csrf = chrome.csrf.clone().unwrap_or_default();
             let references =
@@ -207,6 +201,28 @@ pub async fn generate(
             Ok((status, page).into_response())
         }
     }
+}
+
+/// How the generator page answers a refused generation: its status, and the words shown above the form (which
+/// keeps everything the member entered).
+fn refusal(refused: &CreateError) -> (StatusCode, String) {
+    let status = match refused {
+        CreateError::Invalid(_) | CreateError::UnknownUpload | CreateError::KeyReused => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        CreateError::RateLimited { .. } | CreateError::TrialUsed => StatusCode::TOO_MANY_REQUESTS,
+        CreateError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+        CreateError::PaymentOwing | CreateError::KeyInFlight => StatusCode::CONFLICT,
+        CreateError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let message = match refused {
+        CreateError::InsufficientCredits { balance, cost } => format!(
+            "This needs {cost} credits and your balance is {balance}. Buy credits on the pricing page, or pick a lower resolution."
+        ),
+        CreateError::Invalid(invalid) => invalid.message.clone(),
+        other => other.to_string(),
+    };
+    (status, message)
 }
 
 /// `POST /uploads` (JSON, from the site's script): a presigned PUT for one reference image.

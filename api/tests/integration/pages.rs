@@ -1,5 +1,6 @@
 //! The site's pages and forms: generator, status page, gallery, trial, account, consent, legal pages.
 
+use jobs::generations::Status;
 use testkit::{GA4_ID, TestApp, images};
 
 use crate::support::{generation_id, sign_in, sign_in_with, wait_finished};
@@ -27,7 +28,7 @@ async fn a_member_generates_an_image_watches_it_finish_and_downloads_it() {
     let id = generation_id(&location);
     let waiting = browser.visit(&location).await;
     assert!(waiting.contains("a lighthouse at dawn"));
-    assert_eq!(wait_finished(&app, id).await, "succeeded");
+    assert_eq!(wait_finished(&app, id).await, Status::Succeeded);
     let done = browser.visit(&location).await;
     assert!(done.contains("id=\"image-0\""), "{}", done.body);
     assert!(
@@ -185,7 +186,7 @@ async fn a_reference_uploaded_from_the_page_goes_to_the_bucket_and_into_the_gene
             .await
             .unwrap();
     assert_eq!(references, vec![upload.parse::<uuid::Uuid>().unwrap()]);
-    assert_eq!(wait_finished(&app, id).await, "succeeded");
+    assert_eq!(wait_finished(&app, id).await, Status::Succeeded);
     app.finish().await;
 }
 
@@ -364,7 +365,7 @@ async fn a_visitor_gets_one_free_trial_and_a_second_is_refused() {
         .await;
     assert_eq!(started.status, 303, "{}", started.body);
     let id = generation_id(started.location().unwrap());
-    assert_eq!(wait_finished(&app, id).await, "succeeded");
+    assert_eq!(wait_finished(&app, id).await, Status::Succeeded);
     let page = browser.visit(&format!("/generations/{id}")).await;
     assert!(page.contains("Sign up to keep it") && page.contains("id=\"image-0\""));
     let sent = app.turnstile.last_request().unwrap();

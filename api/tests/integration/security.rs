@@ -1,6 +1,7 @@
 //! What an attacker's afternoon tried, each class refused: open redirects, input the database cannot hold,
 //! unlimited actions, hashes that give a person's identifiers back.
 
+use jobs::generations::Status;
 use std::collections::{BTreeSet, HashSet};
 
 use serde_json::json;
@@ -557,7 +558,7 @@ async fn a_trial_whose_generation_cannot_be_recorded_is_not_used_up() {
         .await
         .unwrap();
     let id = start_trial(&app, &visitor, "a cat").await;
-    assert_eq!(wait_finished(&app, id).await, "succeeded");
+    assert_eq!(wait_finished(&app, id).await, Status::Succeeded);
     app.finish().await;
 }
 

@@ -1,5 +1,6 @@
 //! Helpers for the site's tests: signing in through the real e-mailed-link flow.
 
+use jobs::generations::Status;
 use testkit::{Browser, Page, TestApp};
 
 /// Signs `email` in through the real e-mailed-link flow ([`TestApp::sign_in`]).
@@ -43,14 +44,14 @@ pub async fn start_trial(app: &TestApp, browser: &Browser, prompt: &str) -> uuid
 }
 
 /// Waits until the generation has succeeded or failed; returns which.
-pub async fn wait_finished(app: &TestApp, id: uuid::Uuid) -> String {
+pub async fn wait_finished(app: &TestApp, id: uuid::Uuid) -> Status {
     for _ in 0..300 {
-        let status: String = sqlx::query_scalar("SELECT status FROM generations WHERE id = $1")
+        let status: Status = sqlx::query_scalar("SELECT status FROM generations WHERE id = $1")
             .bind(id)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-        if status == "succeeded" || status == "failed" {
+        if status.is_final() {
             return status;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

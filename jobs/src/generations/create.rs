@@ -53,7 +53,7 @@ pub enum CreateError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     /// Over the member's per-minute budget.
-    #[error("too many generations; retry in {} s", retry_after.as_secs())]
+    #[error("too many requests; retry in {} s", retry_after.as_secs_f64().ceil())]
     RateLimited { retry_after: Duration },
     /// This visitor's one trial a day is used.
     #[error("the free trial was already used today")]
@@ -205,13 +205,7 @@ pub async fn create(
         return Ok(existing);
     };
     if let Some(user) = user {
-        let owing: bool =
-            sqlx::query_scalar("SELECT shortfall > 0 FROM credit_accounts WHERE user_id = $1")
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or(false);
-        if owing {
+        if credits::owing(&mut *tx, user).await? {
             tx.rollback().await?;
             return Err(CreateError::PaymentOwing);
         }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
 use crate::{
-    email,
+    accounts, email,
     export_requests::{self, ExportStatus},
     exports,
     services::JobContext,
@@ -49,10 +49,10 @@ impl Job for BuildExport {
             }
         }
         let user_id = request.user_id;
-        let address: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_one(&ctx.pool)
-            .await?;
+        let Some(address) = accounts::email_of(&ctx.pool, user_id).await? else {
+            // The account was deleted meanwhile (its requests with it): nothing to build or tell.
+            return Ok(Outcome::Done);
+        };
         export_requests::mark_running(&ctx.pool, self.export_id).await?;
         let key = exports::bundle_key(user_id, self.export_id);
         let stats = match exports::build_bundle(&ctx.pool, &pipeline.storage, user_id, &key).await {

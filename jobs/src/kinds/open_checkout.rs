@@ -14,6 +14,7 @@ use uuid::Uuid;
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
 use crate::{
+    accounts,
     checkout::{self, Intent, IntentKind, IntentStatus},
     services::JobContext,
     stripe::{CheckoutRequest, StripeClient, StripeError},
@@ -52,12 +53,18 @@ impl Job for OpenCheckout {
             fail(&ctx, self.intent_id, "Payments are not configured.").await?;
             return Ok(Outcome::Done);
         };
+        let Some(email) = accounts::email_of(&ctx.pool, intent.user_id).await? else {
+            // The account was deleted meanwhile: no one to open a session for.
+            fail(&ctx, self.intent_id, "The account no longer exists.").await?;
+            return Ok(Outcome::Done);
+        };
         match open(
             stripe,
             &ctx,
             &pipeline.public_base_url,
             self.intent_id,
             &intent,
+            &email,
         )
         .await
         {
@@ -155,13 +162,9 @@ async fn open(
     base: &url::Url,
     intent_id: Uuid,
     intent: &Intent,
+    email: &str,
 ) -> Result<(String, String), StripeError> {
-    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-        .bind(intent.user_id)
-        .fetch_one(&ctx.pool)
-        .await
-        .map_err(|e| StripeError::Unavailable(e.to_string()))?;
-    let customer = ensure_customer(stripe, &ctx.pool, intent.user_id, &email).await?;
+    let customer = ensure_customer(stripe, &ctx.pool, intent.user_id, email).await?;
     let base = base.as_str().trim_end_matches('/');
     let key = format!("intent:{intent_id}");
     let subscription = match intent.kind {

@@ -172,11 +172,12 @@ impl PollGeneration {
                 let mut tx = ctx.pool.begin().await?;
                 let moved = sqlx::query(
                     "UPDATE generations SET result_urls = $2, upstream_finished_at = now(), updated_at = now()
-                      WHERE id = $1 AND status = 'generating' AND upstream_task_id = $3",
+                      WHERE id = $1 AND status = $4 AND upstream_task_id = $3",
                 )
                 .bind(generation.id)
                 .bind(&info.result_urls)
                 .bind(task_id)
+                .bind(Status::Generating)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -16,7 +16,7 @@ const COMPLETE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// The guard is written `(lock_by, status) IS NOT DISTINCT FROM ($2, 'Running')` (here and in
 /// `Transition::write` in the runner) so that the only index the planner can use is the primary key. Written as
 /// `lock_by = $2 AND status = 'Running'`, the generic plan of the prepared statement scanned the whole of
-/// `createimage2_jobs_running_idx` (or the index on `lock_by`) and filtered on the ids: statistics taken
+/// the running-rows index (or the index on `lock_by`) and filtered on the ids: statistics taken
 /// while a backlog was `Pending` say almost nothing runs, but under a burn-down those indexes hold an entry for
 /// every row claimed since the last vacuum, so each completion cost 0.5–2 s and a 100,000-job burn-down fell to
 /// about 1,300 jobs/s (measured with `auto_explain`, see loadtest/README.md).

@@ -1,7 +1,7 @@
 //! The worker runtime: claims jobs from `apalis.jobs`, runs them, records outcomes, hands back what it cannot
-//! finish. One [`Runner`] per queue a process serves, each with its own concurrency.
+//! finish. One runner per queue a process serves, each with its own concurrency.
 //!
-//! Guard rails (see `docs/apalis-postgres.md` and ARCHITECTURE.md):
+//! Guard rails (each against a sharp edge of apalis' own worker; see the crate docs):
 //! - claims are batched to the number of free slots (`FOR UPDATE SKIP LOCKED`), completions of successful jobs
 //!   are batched into one `UPDATE … WHERE id = ANY($1)` per flush;
 //! - a timeout and panic capture wrap every attempt *inside* the runner, so no attempt leaves its row `Running`;
@@ -16,7 +16,6 @@
 //! - on shutdown no job starts; started jobs get a grace period, then are handed back to `Pending`; every
 //!   finished job's completion is written before anything is handed back (the contract in full is in
 //!   `Runner::run`, beside the code that keeps it).
-
 //!
 //! The seams: [`runner`] claims and runs one queue's jobs; [`completer`] writes their completions in batches;
 //! [`reaper`] registers and heartbeats this process's workers and hands back what dead ones left; [`listener`]
@@ -45,9 +44,8 @@ use tokio_util::sync::CancellationToken;
 pub use completer::COMPLETE_SQL;
 pub use listener::INSERT_CHANNEL;
 
-/// `apalis.workers.storage_name` of this runtime's workers, so operators' views list them and not workers of
-/// apalis' own runtime sharing the table.
-pub const WORKER_STORAGE_NAME: &str = "queue";
+/// The `apalis.workers.storage_name` of workers whose application names none ([`Worker::storage_name`]).
+pub const DEFAULT_STORAGE_NAME: &str = "queue";
 pub use reaper::reap_queue;
 
 use crate::{QueueConfig, QueueMetrics, Registry};
@@ -171,6 +169,7 @@ pub struct Worker<C> {
     app: C,
     config: QueueConfig,
     metrics: Option<QueueMetrics>,
+    storage_name: String,
 }
 
 impl<C: Clone + Send + Sync + 'static> Worker<C> {
@@ -183,7 +182,15 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             app,
             config: QueueConfig::default(),
             metrics: None,
+            storage_name: DEFAULT_STORAGE_NAME.to_owned(),
         }
+    }
+
+    /// The name this application's workers are listed under in `apalis.workers.storage_name` (what
+    /// [`crate::ops::workers`] selects by), so operators see this fleet's workers and no one else's.
+    pub fn storage_name(mut self, name: impl Into<String>) -> Self {
+        self.storage_name = name.into();
+        self
     }
 
     pub fn config(mut self, config: QueueConfig) -> Self {
@@ -210,6 +217,7 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             app,
             config,
             metrics,
+            storage_name,
         } = self;
         let metrics = match metrics {
             Some(metrics) => metrics,
@@ -253,11 +261,14 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
         // Register before the first claim, so the reaper and the gauges see a live worker behind each claimed row.
         // If the database is down now, the heartbeat task keeps trying and the runners report not-ready until it
         // answers.
-        let worker_ids: Vec<(String, String)> = runners
-            .iter()
-            .map(|r| (r.worker_id.clone(), r.queue.to_owned()))
-            .collect();
-        if let Err(error) = reaper::register_workers(&pool, &worker_ids).await {
+        let registration = reaper::Registration {
+            workers: runners
+                .iter()
+                .map(|r| (r.worker_id.clone(), r.queue.to_owned()))
+                .collect(),
+            storage_name,
+        };
+        if let Err(error) = reaper::register_workers(&pool, &registration).await {
             tracing::warn!(error = %error, "could not register workers yet; will retry");
         }
 
@@ -270,7 +281,7 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
         ));
         tasks.spawn(reaper::heartbeat(
             pool.clone(),
-            worker_ids,
+            registration,
             config.heartbeat_interval,
             background.clone(),
         ));

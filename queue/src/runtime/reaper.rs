@@ -21,10 +21,19 @@ pub(super) async fn hand_back(pool: &PgPool, worker_id: &str) -> sqlx::Result<u6
     .map(|r| r.rows_affected())
 }
 
+/// This process's workers as `apalis.workers` lists them: (worker id, queue), and the application's name for
+/// its fleet (`storage_name`).
+#[derive(Debug, Clone)]
+pub(super) struct Registration {
+    pub workers: Vec<(String, String)>,
+    pub storage_name: String,
+}
+
 pub(super) async fn register_workers(
     pool: &PgPool,
-    workers: &[(String, String)],
+    registration: &Registration,
 ) -> sqlx::Result<()> {
+    let workers = &registration.workers;
     let (ids, queues): (Vec<String>, Vec<String>) = workers.iter().cloned().unzip();
     sqlx::query(
         "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
@@ -33,7 +42,7 @@ pub(super) async fn register_workers(
     )
     .bind(ids)
     .bind(queues)
-    .bind(super::WORKER_STORAGE_NAME)
+    .bind(&registration.storage_name)
     .execute(pool)
     .await
     .map(drop)
@@ -41,7 +50,7 @@ pub(super) async fn register_workers(
 
 pub(super) async fn heartbeat(
     pool: PgPool,
-    workers: Vec<(String, String)>,
+    registration: Registration,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -54,7 +63,7 @@ pub(super) async fn heartbeat(
         // Every database call of a background task gives way to `stop`: with the database gone, each would
         // otherwise hold the worker's exit for the pool's acquire timeout.
         match stop
-            .run_until_cancelled(register_workers(&pool, &workers))
+            .run_until_cancelled(register_workers(&pool, &registration))
             .await
         {
             None => return,

@@ -39,9 +39,9 @@
 //! [`runtime`].
 //!
 //! # Invariants
-//! - A job row is written only through [`enqueue`] (in the caller's transaction) and changed only by the runtime
-//!   and [`ops`]; every state change is guarded by the row's current state (and worker), so a late or duplicate
-//!   writer changes nothing.
+//! - A job row is written only through [`enqueue`] (in the caller's transaction) and changed only by the runtime,
+//!   [`expedite`] and [`ops`]; every state change is guarded by the row's current state (and worker), so a late
+//!   or duplicate writer changes nothing.
 //! - No attempt leaves its row `Running`: timeouts and panics are caught inside the runner, a runner that dies is
 //!   restarted, and the reaper hands back rows of workers that stopped heartbeating.
 //! - Nothing in this crate's code names an application's table, job kind or service. (Its schema objects keep

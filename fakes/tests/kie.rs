@@ -489,6 +489,9 @@ async fn next(received: &mut mpsc::UnboundedReceiver<(HeaderMap, Value)>) -> (He
         .unwrap()
 }
 
+/// The signature as kie's "Webhook Security Verification" page defines it (docs/kie-api.md, "Callbacks"):
+/// base64(HMAC-SHA256(key, taskId + "." + timestamp)), recomputed here from that formula rather than with the
+/// stand-in's `webhook_signature`, which the api's callback tests borrow to sign forged callbacks.
 #[tokio::test]
 async fn callbacks_arrive_signed_with_a_valid_hmac() {
     let fake = KieFake::start(FakeKieConfig {

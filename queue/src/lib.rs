@@ -22,6 +22,7 @@
 //! - [`schema`]: the indexes, trigger and pause table this crate adds to the `apalis` schema.
 //! - [`config`]: the runtime's settings ([`QueueConfig`]); the application reads them from its own config.
 //! - [`state`]: a row's [`JobState`].
+//! - `testing` (feature `testing`): waits, drain and the end-of-test check for tests of code on this queue.
 //!
 //! # Storage: apalis-postgres' table, this crate's runtime
 //! Jobs live in apalis-postgres 1.0's `apalis.jobs` and `apalis.workers` tables, created by its
@@ -57,6 +58,8 @@ pub mod registry;
 pub mod runtime;
 pub mod schema;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::QueueConfig;
 pub use enqueue::{

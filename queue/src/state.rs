@@ -6,7 +6,7 @@ use sqlx::{
     Decode, Encode, Postgres, Type,
     encode::IsNull,
     error::BoxDynError,
-    postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef},
+    postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef},
 };
 
 /// Where a job is. `Pending` rows wait (due, or scheduled when `run_at` is in the future — retries and snoozes
@@ -89,6 +89,12 @@ impl Type<Postgres> for JobState {
     }
     fn compatible(ty: &PgTypeInfo) -> bool {
         <str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl PgHasArrayType for JobState {
+    fn array_type_info() -> PgTypeInfo {
+        <&str as PgHasArrayType>::array_type_info()
     }
 }
 

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use prometheus::Encoder as _;
 use queue::{
     EnqueueOptions, Enqueued, Job, QueueConfig, QueueMetrics, QueuePlan, Registry, RunningWorker,
-    Worker, WorkerHealth, ops,
+    Worker, WorkerHealth, testing,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -155,25 +155,9 @@ impl TestQueue {
         queue::enqueue_with(&self.pool, job, options).await.unwrap()
     }
 
-    /// Waits until no job is waiting, scheduled or running (retries and snoozes included). Panics after 30 s.
+    /// Waits until no job is waiting, scheduled or running (retries and snoozes included).
     pub async fn drain(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let unfinished: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM apalis.jobs WHERE status IN ('Pending', 'Queued', 'Running')",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
-            if unfinished == 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "queue did not drain in 30 s: {unfinished} jobs left"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        testing::drain(&self.pool).await;
     }
 
     /// Starts another worker's runners on this database (its own worker ids, as a second process would have),
@@ -203,55 +187,24 @@ impl TestQueue {
 
     /// Status of one job row.
     pub async fn job_status(&self, id: &str) -> queue::JobState {
-        ops::find_job(&self.pool, id)
-            .await
-            .unwrap()
-            .expect("job exists")
-            .status
+        testing::job_status(&self.pool, id).await
     }
 
     /// Deletes every job row: for a test that deliberately leaves work unrun (jobs behind a stopped worker,
     /// rows it wrote by hand), which [`finish`](Self::finish) would otherwise report.
     pub async fn discard_unrun_jobs(&self) {
-        sqlx::query("DELETE FROM apalis.jobs")
-            .execute(&self.pool)
-            .await
-            .unwrap();
+        testing::discard_unrun_jobs(&self.pool).await;
     }
 
     /// Stops the worker (draining), then fails if jobs were left unrun, running or dead beyond those declared
     /// with [`expect_dead`](Self::expect_dead).
     pub async fn finish(mut self) {
-        self.settle_due_jobs().await;
+        if self.worker.is_some() {
+            testing::settle_due_jobs(&self.pool).await;
+        }
         self.stop().await;
-        let stats = ops::queue_stats(&self.pool).await.unwrap();
-        let unrun: Vec<_> = stats
-            .iter()
-            .filter(|s| s.waiting + s.scheduled + s.running > 0)
-            .collect();
-        assert!(unrun.is_empty(), "test left jobs unrun: {unrun:?}");
-        let dead: i64 = stats.iter().map(|s| s.dead).sum();
-        let dead_jobs = ops::dead_jobs(&self.pool, None, 20).await.unwrap();
-        assert_eq!(
-            dead, self.expected_dead,
-            "unexpected dead jobs: {dead_jobs:#?}"
-        );
+        testing::assert_nothing_left(&self.pool, self.expected_dead).await;
         self.finished = true;
-    }
-
-    /// Gives the worker up to 10 s to run the jobs already due, so that stopping does not leave them waiting.
-    async fn settle_due_jobs(&self) {
-        if self.worker.is_none() {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            let stats = ops::queue_stats(&self.pool).await.unwrap();
-            if stats.iter().all(|s| s.paused || s.waiting + s.running == 0) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
     }
 
     /// Stops the worker (draining) without checking the queue.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use queue::{Job, JobError, Outcome, Registry, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::wait::eventually;
+use queue::testing::eventually;
 
 /// What every test kind's attempt receives.
 pub type JobContext = queue::JobContext<()>;

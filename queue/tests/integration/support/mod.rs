@@ -5,17 +5,16 @@
 //! - [`TestQueue`]: a worker serving the test kinds against it, `drain()` to run the queue dry, extra workers,
 //!   the metrics, and `finish()` that fails a test leaving jobs unrun or dead unless it said it expects them.
 //! - [`kinds`]: job kinds that succeed, fail, panic, hang, snooze or wait for a gate on demand.
-//! - [`eventually`], [`blocked_on_lock`], [`worker_listening`]: waiting for a condition instead of sleeping for
-//!   a guessed time.
+//! - [`eventually`], [`blocked_on_lock`], [`worker_listening`] (from `queue::testing`): waiting for a
+//!   condition instead of sleeping for a guessed time.
 
 mod app;
 pub mod db;
 pub mod kinds;
-mod wait;
 
 pub use app::TestQueue;
 pub use db::TestDb;
-pub use wait::{blocked_on_lock, eventually, worker_listening};
+pub use queue::testing::{blocked_on_lock, eventually, worker_listening};
 
 use kinds::Record;
 

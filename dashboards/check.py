@@ -2,12 +2,17 @@
 """Evaluates every dashboard panel expression and every alert-rule expression against a Prometheus that has
 scraped the running stack (dashboards/check.sh starts both). A panel must parse and return data; a rule must
 parse, and every metric it names must have data (its expression is empty by design unless it fires). A
-dashboard or rule that names a metric the code no longer emits fails. Usage: check.py PROMETHEUS_URL"""
+dashboard or rule that names a metric the code no longer emits fails. Recording rules (`createimage2:…`, in
+alerts.yml) are evaluated by the same Prometheus, so a name they record counts like an emitted metric.
+Usage: check.py PROMETHEUS_URL"""
 import json, pathlib, re, sys, urllib.parse, urllib.request
 
 ROOT = pathlib.Path(__file__).parent
 PROM = sys.argv[1].rstrip("/")
-METRIC = re.compile(r"\b((?:createimage2|http)_[a-zA-Z0-9_]+|up)\b")
+# Metric names: the application's, the process collector's, `up`, and recorded `createimage2:…` series. Quoted
+# strings (label values such as outcome="http_error") are blanked first, so they are not taken for metrics.
+METRIC = re.compile(r"(?<![\w:])((?:createimage2|http|process)[_:][a-zA-Z0-9_:]+|up)(?![\w:])")
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`')
 
 
 def query(expr):
@@ -61,7 +66,7 @@ for expr in rule_exprs():
     _, error = query(expr)
     if error:
         failures.append(f"alerts.yml: does not parse ({error}): {expr}")
-    for metric in sorted(set(METRIC.findall(expr))):
+    for metric in sorted(set(METRIC.findall(STRING.sub('""', expr)))):
         result, error = query(f"count({metric})")
         if error or not result:
             failures.append(f"alerts.yml: metric {metric} has no data: {expr}")

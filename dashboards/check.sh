@@ -13,6 +13,7 @@ fi
 
 promtool check rules dashboards/alerts.yml
 promtool test rules dashboards/alerts.test.yml
+python3 dashboards/check_runbooks.py
 
 cargo build -q
 work=$(mktemp -d)

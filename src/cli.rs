@@ -3,10 +3,11 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jobs::{
-    config::{Config, DatabaseConfig, Env, LogFormat},
+    config::{Config, DatabaseConfig, Env, LogFormat, PoolMode},
+    operator::{Operator, Via},
     telemetry,
 };
-use queue::ops;
+use queue::ops::{self, DeadJobFilter};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -16,6 +17,9 @@ use tokio_util::sync::CancellationToken;
     about = "Image generation with gpt-image-2: web tier, workers, scheduler."
 )]
 pub struct Cli {
+    /// Who is acting, for the operators' audit trail (`createimage2 audit`); defaults to $SUDO_USER, then $USER.
+    #[arg(long, global = true, env = "OPERATOR_NAME")]
+    pub actor: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,6 +82,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UpstreamCommand,
     },
+    /// The operators' audit trail: who did what, to what, when and why (CLI and console), newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,16 +121,23 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UpstreamCommand {
-    /// Paused upstreams with the reason.
+    /// Paused upstreams: who paused them (operator or automatic), since when, why.
     Status,
-    /// Stop submitting to an upstream (e.g. `kie`) fleet-wide.
+    /// Stop submitting to an upstream (e.g. `kie`) fleet-wide, until an operator resumes it (the automatic
+    /// probe lifts only automatic pauses).
     Pause {
         upstream: String,
-        #[arg(long, default_value = "paused by an operator")]
+        /// Why, for the audit trail (required).
+        #[arg(long)]
         reason: String,
     },
-    /// Resume submitting to a paused upstream.
-    Resume { upstream: String },
+    /// Resume submitting to a paused upstream (whoever paused it).
+    Resume {
+        upstream: String,
+        /// Why, for the audit trail (required).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,22 +152,77 @@ pub enum JobsCommand {
         limit: i64,
     },
     /// Run a dead or cancelled job again from its first attempt.
-    Retry { id: String },
+    Retry {
+        id: String,
+        /// Why, for the audit trail (required).
+        #[arg(long)]
+        reason: String,
+    },
     /// Cancel a job that has not started.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        /// Why, for the audit trail (required).
+        #[arg(long)]
+        reason: String,
+    },
     /// Delete a dead job for good.
-    Discard { id: String },
-    /// Stop workers claiming from a queue (running jobs finish).
+    Discard {
+        id: String,
+        /// Why, for the audit trail (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Run a queue's dead jobs again (those whose last error contains a text, or all), at most --limit.
+    RetryDead {
+        #[arg(long)]
+        queue: String,
+        /// Only jobs whose last error contains this text (case-insensitive).
+        #[arg(long)]
+        error_contains: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// Why, for the audit trail (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Delete a queue's dead jobs for good (those whose last error contains a text, or all), at most --limit.
+    DiscardDead {
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        error_contains: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// Why, for the audit trail (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Stop workers claiming from a queue (running jobs finish). Unknown queue names are refused.
     Pause {
         queue: String,
-        #[arg(long, default_value = "paused by an operator")]
+        /// Why, for the audit trail (required).
+        #[arg(long)]
         reason: String,
     },
     /// Let workers claim from a paused queue again.
-    Resume { queue: String },
+    Resume {
+        queue: String,
+        /// Why, for the audit trail (required).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let operator = || {
+        let name = cli
+            .actor
+            .clone()
+            .or_else(|| std::env::var("SUDO_USER").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_default();
+        Operator::new(name, Via::Cli).context("name yourself with --actor (or OPERATOR_NAME)")
+    };
     match cli.command {
         Command::Api => {
             let config = load()?;
@@ -180,9 +251,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Migrate => {
-            telemetry::init_logging(LogFormat::Pretty);
-            let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
+            // Run by people and by deploys (init containers, a Job): the deploy's LOG_FORMAT when it sets one.
+            let format = std::env::var("LOG_FORMAT")
+                .ok()
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(LogFormat::Pretty);
+            telemetry::init_logging(format);
+            let database = DatabaseConfig::from_source(&Env)?;
+            // A direct connection: the migrator's advisory lock is a session's.
+            let pool = jobs::db::migration_pool(&database)?;
             jobs::db::migrate(&pool).await?;
+            if database.pool_mode == PoolMode::Transaction {
+                jobs::db::set_role_timeouts(&pool, &database).await?;
+                println!("statement and idle-in-transaction timeouts set as the role's defaults");
+            }
             println!("migrations applied");
             Ok(())
         }
@@ -194,7 +276,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => crate::dev::run(listen, metrics_listen, console_listen, shutdown_signal()).await,
         Command::Jobs { command } => {
             let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
-            jobs_command(&pool, command).await
+            jobs_command(&pool, command, operator).await
+        }
+        Command::Audit { limit } => {
+            let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
+            for a in jobs::operator::recent_actions(&pool, limit).await? {
+                println!(
+                    "{}  {} ({})  {} {}  reason: {}  {}",
+                    a.at.format("%Y-%m-%d %H:%M:%S"),
+                    a.actor,
+                    a.via,
+                    a.action,
+                    a.target,
+                    if a.reason.is_empty() { "-" } else { &a.reason },
+                    a.detail
+                );
+            }
+            Ok(())
         }
         Command::Accounts {
             command: AccountsCommand::Delete { email, reason },
@@ -208,8 +306,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let user = jobs::accounts::find_user_by_email(&pool, &email)
                 .await?
                 .with_context(|| format!("no account with the e-mail {email}"))?;
+            let operator = operator()?;
             let mut tx = pool.begin().await?;
             let deletion = jobs::accounts::request_deletion(&mut tx, user, reason).await?;
+            // The deletion's id, never the address: only the fact and reason of a deletion are kept.
+            operator
+                .record(
+                    &mut tx,
+                    "accounts.delete",
+                    &deletion
+                        .map_or_else(|| "already being deleted".to_owned(), |id| id.to_string()),
+                    reason.as_str(),
+                    serde_json::json!({}),
+                )
+                .await?;
             tx.commit().await?;
             match deletion {
                 Some(id) => println!("account closed; deletion {id} queued"),
@@ -230,6 +340,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .expect("midnight exists")
                         .and_utc();
                     jobs::policy::publish(&pool, &version, effective_at, &summary).await?;
+                    let mut tx = pool.begin().await?;
+                    operator()?
+                        .record(
+                            &mut tx,
+                            "policy.publish",
+                            &version,
+                            &summary,
+                            serde_json::json!({ "effective": effective.to_string() }),
+                        )
+                        .await?;
+                    tx.commit().await?;
                     println!("published {version}, effective {effective}; notices are being sent");
                 }
                 PolicyCommand::Status => {
@@ -257,16 +378,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = jobs::db::pool(&DatabaseConfig::from_source(&Env)?)?;
             match command {
                 UpstreamCommand::Status => {
-                    for (upstream, reason, since, _) in jobs::upstream::paused(&pool).await? {
-                        println!("{upstream}: paused since {since}: {reason}");
+                    let paused = jobs::upstream::paused(&pool).await?;
+                    for name in jobs::upstream::KNOWN {
+                        match paused.iter().find(|p| p.upstream == *name) {
+                            Some(p) => println!(
+                                "{name}: paused ({}) since {}: {}",
+                                p.kind, p.paused_at, p.reason
+                            ),
+                            None => println!("{name}: submitting"),
+                        }
                     }
                 }
                 UpstreamCommand::Pause { upstream, reason } => {
-                    jobs::upstream::pause(&pool, &upstream, &reason).await?;
-                    println!("paused {upstream}");
+                    let changed = operator()?
+                        .pause_upstream(&pool, &upstream, &reason)
+                        .await?;
+                    println!(
+                        "{}",
+                        if changed {
+                            format!("paused {upstream} until an operator resumes it")
+                        } else {
+                            format!("{upstream} was paused by an operator already")
+                        }
+                    );
                 }
-                UpstreamCommand::Resume { upstream } => {
-                    let was = jobs::upstream::resume(&pool, &upstream).await?;
+                UpstreamCommand::Resume { upstream, reason } => {
+                    let was = operator()?
+                        .resume_upstream(&pool, &upstream, &reason)
+                        .await?;
                     println!(
                         "{}",
                         if was {
@@ -288,16 +427,15 @@ fn load() -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn jobs_command(pool: &sqlx::PgPool, command: JobsCommand) -> anyhow::Result<()> {
-    let found = |ok: bool, what: &str, id: &str| {
-        if ok {
-            println!("{what} {id}");
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!(
-                "job {id} not found in a state that allows this"
-            ))
-        }
+async fn jobs_command(
+    pool: &sqlx::PgPool,
+    command: JobsCommand,
+    operator: impl Fn() -> anyhow::Result<Operator>,
+) -> anyhow::Result<()> {
+    let filter = |queue, error_contains, limit| DeadJobFilter {
+        queue,
+        error_contains,
+        limit,
     };
     match command {
         JobsCommand::Stats => {
@@ -305,7 +443,8 @@ async fn jobs_command(pool: &sqlx::PgPool, command: JobsCommand) -> anyhow::Resu
                 "{:<28} {:>8} {:>9} {:>8} {:>6} {:>12} paused",
                 "queue", "waiting", "scheduled", "running", "dead", "oldest_s"
             );
-            for s in ops::queue_stats(pool).await? {
+            let known: Vec<&str> = jobs::kinds::registry().queues().collect();
+            for s in ops::queue_stats_with_idle(pool, &known).await? {
                 println!(
                     "{:<28} {:>8} {:>9} {:>8} {:>6} {:>12.1} {}",
                     s.queue,
@@ -317,7 +456,6 @@ async fn jobs_command(pool: &sqlx::PgPool, command: JobsCommand) -> anyhow::Resu
                     s.paused
                 );
             }
-            Ok(())
         }
         JobsCommand::Dead { queue, limit } => {
             for job in ops::dead_jobs(pool, queue.as_deref(), limit).await? {
@@ -332,22 +470,63 @@ async fn jobs_command(pool: &sqlx::PgPool, command: JobsCommand) -> anyhow::Resu
                     job.payload
                 );
             }
-            Ok(())
         }
-        JobsCommand::Retry { id } => found(ops::retry_job(pool, &id).await?, "retrying", &id),
-        JobsCommand::Cancel { id } => found(ops::cancel_job(pool, &id).await?, "cancelled", &id),
-        JobsCommand::Discard { id } => found(ops::discard_job(pool, &id).await?, "discarded", &id),
+        JobsCommand::Retry { id, reason } => {
+            operator()?.retry_job(pool, &id, &reason).await?;
+            println!("retrying {id}");
+        }
+        JobsCommand::Cancel { id, reason } => {
+            operator()?.cancel_job(pool, &id, &reason).await?;
+            println!("cancelled {id}");
+        }
+        JobsCommand::Discard { id, reason } => {
+            operator()?.discard_job(pool, &id, &reason).await?;
+            println!("discarded {id}");
+        }
+        JobsCommand::RetryDead {
+            queue,
+            error_contains,
+            limit,
+            reason,
+        } => {
+            let filter = filter(&queue, error_contains.as_deref(), limit);
+            let count = operator()?.retry_dead(pool, &filter, &reason).await?;
+            println!("retrying {count} dead jobs of {queue}");
+        }
+        JobsCommand::DiscardDead {
+            queue,
+            error_contains,
+            limit,
+            reason,
+        } => {
+            let filter = filter(&queue, error_contains.as_deref(), limit);
+            let count = operator()?.discard_dead(pool, &filter, &reason).await?;
+            println!("discarded {count} dead jobs of {queue}");
+        }
         JobsCommand::Pause { queue, reason } => {
-            ops::pause_queue(pool, &queue, &reason).await?;
-            println!("paused {queue}");
-            Ok(())
+            let changed = operator()?.pause_queue(pool, &queue, &reason).await?;
+            println!(
+                "{}",
+                if changed {
+                    format!("paused {queue}")
+                } else {
+                    format!("{queue} was paused already")
+                }
+            );
         }
-        JobsCommand::Resume { queue } => {
-            ops::resume_queue(pool, &queue).await?;
-            println!("resumed {queue}");
-            Ok(())
+        JobsCommand::Resume { queue, reason } => {
+            let changed = operator()?.resume_queue(pool, &queue, &reason).await?;
+            println!(
+                "{}",
+                if changed {
+                    format!("resumed {queue}")
+                } else {
+                    format!("{queue} was not paused")
+                }
+            );
         }
     }
+    Ok(())
 }
 
 /// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,6 +1,11 @@
 //! The `createimage2` binary as people run it: subcommands as separate processes, `dev`, and `dev`'s
 //! private Postgres cluster.
 
+#[path = "integration/deploy_examples.rs"]
+mod deploy_examples;
+#[path = "integration/pgbouncer.rs"]
+mod pgbouncer;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
@@ -326,23 +331,29 @@ async fn under_worker_kills_a_postgres_restart_and_upstream_faults_every_credit_
 }
 
 #[tokio::test]
-async fn the_jobs_operator_commands_show_and_change_job_state_as_they_say() {
+async fn the_jobs_operator_commands_show_and_change_job_state_as_they_say_and_are_audited() {
     let db = TestDb::new().await;
     sqlx::query(
         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, done_at, last_result)
          VALUES ('dead-1', 'prune_finished_jobs', '\\x7b7d', 'Failed', 3, 3, now(), now(), '{\"Err\": \"boom\"}'),
+                ('dead-2', 'send_email', '\\x7b7d', 'Failed', 3, 3, now(), now(), '{\"Err\": \"SMTP 421 try later\"}'),
+                ('dead-3', 'send_email', '\\x7b7d', 'Failed', 3, 3, now(), now(), '{\"Err\": \"mailbox unknown\"}'),
                 ('waiting-1', 'prune_finished_jobs', '\\x7b7d', 'Pending', 0, 3, now() + interval '1 hour', NULL, NULL)",
     )
     .execute(&db.pool)
     .await
     .unwrap();
-    let run = |args: &[&str]| {
-        let output = binary()
+    let command = |args: &[&str]| {
+        binary()
             .args(args)
             .env_clear()
             .env("DATABASE_URL", &db.url)
+            .env("OPERATOR_NAME", "carol")
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let run = |args: &[&str]| {
+        let output = command(args);
         assert!(
             output.status.success(),
             "{args:?}: {}",
@@ -368,30 +379,86 @@ async fn the_jobs_operator_commands_show_and_change_job_state_as_they_say() {
     );
     let stats = run(&["jobs", "stats"]);
     assert!(stats.contains("prune_finished_jobs"), "{stats}");
-    run(&["jobs", "retry", "dead-1"]);
+    assert!(
+        stats.contains("reconcile_stripe_events"),
+        "idle queues are listed too: {stats}"
+    );
+    run(&["jobs", "retry", "dead-1", "--reason", "transient"]);
     assert_eq!(status("dead-1").await, JobState::Pending);
-    run(&["jobs", "cancel", "waiting-1"]);
+    run(&["jobs", "cancel", "waiting-1", "--reason", "not needed"]);
     assert_eq!(status("waiting-1").await, JobState::Killed);
-    run(&["jobs", "pause", "prune_finished_jobs"]);
+    let bulk = run(&[
+        "jobs",
+        "retry-dead",
+        "--queue",
+        "send_email",
+        "--error-contains",
+        "smtp 421",
+        "--reason",
+        "relay back",
+    ]);
+    assert!(
+        bulk.contains("retrying 1 dead jobs of send_email"),
+        "{bulk}"
+    );
+    assert_eq!(status("dead-2").await, JobState::Pending);
+    assert_eq!(status("dead-3").await, JobState::Failed);
+    run(&[
+        "jobs",
+        "pause",
+        "prune_finished_jobs",
+        "--reason",
+        "db maintenance",
+    ]);
     assert!(
         run(&["jobs", "stats"])
             .lines()
             .any(|l| l.starts_with("prune_finished_jobs") && l.ends_with("true"))
     );
-    run(&["jobs", "resume", "prune_finished_jobs"]);
+    run(&["jobs", "resume", "prune_finished_jobs", "--reason", "done"]);
     let paused: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_pauses")
         .fetch_one(&db.pool)
         .await
         .unwrap();
     assert_eq!(paused, 0);
-    run(&["upstream", "pause", "kie"]);
-    assert!(run(&["upstream", "status"]).contains("kie: paused"));
-    run(&["upstream", "resume", "kie"]);
-    let failed = binary()
-        .args(["jobs", "discard", "waiting-1"])
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    // A queue name the registry does not know is refused with the ones it knows.
+    let unexplained = command(&["jobs", "pause", "prune_finished_jobs"]);
+    assert!(!unexplained.status.success(), "a pause needs a reason");
+    let typo = command(&["jobs", "pause", "prune_finshed_jobs", "--reason", "x"]);
+    assert!(!typo.status.success());
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        said.contains("unknown queue \"prune_finshed_jobs\"")
+            && said.contains("prune_finished_jobs"),
+        "{said}"
+    );
+    run(&["upstream", "pause", "kie", "--reason", "kie incident"]);
+    assert!(run(&["upstream", "status"]).contains("kie: paused (operator)"));
+    run(&["upstream", "resume", "kie", "--reason", "over"]);
+    let failed = command(&["jobs", "discard", "waiting-1", "--reason", "x"]);
     assert!(!failed.status.success(), "only dead jobs can be discarded");
+
+    let audit = run(&["audit"]);
+    let lines: Vec<&str> = audit.lines().collect();
+    for (line, (action, target, reason)) in lines.iter().zip([
+        ("upstream.resume", "kie", "over"),
+        ("upstream.pause", "kie", "kie incident"),
+        ("jobs.resume", "prune_finished_jobs", "done"),
+        ("jobs.pause", "prune_finished_jobs", "db maintenance"),
+        ("jobs.retry_dead", "send_email", "relay back"),
+        ("jobs.cancel", "waiting-1", "not needed"),
+        ("jobs.retry", "dead-1", "transient"),
+    ]) {
+        assert!(
+            line.contains("carol (cli)")
+                && line.contains(&format!("{action} {target}"))
+                && line.contains(&format!("reason: {reason}")),
+            "{line:?} is not {action} {target} ({reason}):\n{audit}"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        7,
+        "refused commands are not recorded:\n{audit}"
+    );
 }

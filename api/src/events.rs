@@ -78,3 +78,63 @@ pub async fn listen(pool: PgPool, events: Events, stop: CancellationToken) {
         }
     }
 }
+
+/// The routes that stream server-sent events (the `route` label of `createimage2_sse_streams`, and the routes
+/// latency SLOs leave out).
+pub const ROUTES: [&str; 3] = [API_GENERATION_ROUTE, SITE_GENERATION_ROUTE, INTENT_ROUTE];
+pub const API_GENERATION_ROUTE: &str = "/api/v1/generations/{id}/events";
+pub const SITE_GENERATION_ROUTE: &str = "/generations/{id}/events";
+pub const INTENT_ROUTE: &str = "/billing/intents/{id}/events";
+
+/// An open event stream, counted in `createimage2_sse_streams{route}` from its first poll until it is dropped.
+struct OpenStream(prometheus::IntGauge);
+
+impl OpenStream {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `inner` as the api serves it: counted while open, and ended with a final `shutdown` event when the api's
+/// listener closes during a drain, so the client reconnects to another replica instead of waiting on a socket
+/// the process is about to drop.
+pub fn supervised<S>(
+    state: &crate::AppState,
+    route: &'static str,
+    inner: S,
+) -> impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + use<S>
+where
+    S: futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    use futures::StreamExt as _;
+    let gauge = state.metrics.sse_streams.with_label_values(&[route]);
+    let ends = state.drain.streams_end.clone();
+    async_stream::stream! {
+        let _open = OpenStream::new(gauge);
+        let mut inner = std::pin::pin!(inner);
+        loop {
+            tokio::select! {
+                biased;
+                () = ends.cancelled() => {
+                    yield Ok(axum::response::sse::Event::default()
+                        .event("shutdown")
+                        .data(r#"{"reconnect":true}"#));
+                    return;
+                }
+                item = inner.next() => match item {
+                    Some(item) => yield item,
+                    None => return,
+                },
+            }
+        }
+    }
+}

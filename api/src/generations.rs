@@ -287,13 +287,19 @@ pub async fn generation_events(
     // Subscribe before reading the row, so no change between the two is missed.
     let receiver = state.events.subscribe();
     let generation = owned(&state, user, id).await?;
-    Ok(status_stream(&state, receiver, generation))
+    Ok(status_stream(
+        &state,
+        crate::events::API_GENERATION_ROUTE,
+        receiver,
+        generation,
+    ))
 }
 
 /// Server-sent events of one generation: its current status, then each change, until it finishes.
 /// `receiver` must be subscribed before `generation` was read, so no change between the two is missed.
 pub fn status_stream(
     state: &AppState,
+    route: &'static str,
     mut receiver: tokio::sync::broadcast::Receiver<crate::events::GenerationEvent>,
     generation: Generation,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
@@ -330,7 +336,7 @@ pub fn status_stream(
             }
         }
     };
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(crate::events::supervised(state, route, stream)).keep_alive(KeepAlive::default())
 }
 
 pub fn status_event(status: Status) -> Event {

@@ -15,7 +15,7 @@ pub mod site;
 mod views;
 mod webhooks;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 
 use jobs::{
     config::{Config, GenerationConfig},
@@ -48,6 +48,22 @@ pub struct AppState {
     pub site: Option<Arc<site::SiteState>>,
     /// Verifies Stripe webhooks; absent, `/webhooks/stripe` answers 503 (Stripe retries).
     pub stripe_webhook_secret: Option<SecretString>,
+    /// Where the LISTEN connection for [`events`] comes from: a direct connection when `pool` goes through a
+    /// transaction-mode pooler.
+    pub listen_pool: PgPool,
+    /// The drain, as the handlers see it (see [`Api::run_until_stopped`]).
+    pub drain: Drain,
+    /// The queues of the job registry the fleet runs (what the ops console lists and acts on).
+    pub queues: Arc<[&'static str]>,
+}
+
+/// The phases of the api's drain. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Drain {
+    /// Cancelled at SIGTERM: `/readyz` answers 503 from then on.
+    pub not_ready: CancellationToken,
+    /// Cancelled when the listener closes: open event streams send a final `shutdown` event and end.
+    pub streams_end: CancellationToken,
 }
 
 /// Settings and clients of the generation endpoints.
@@ -61,8 +77,13 @@ pub struct ApiPipeline {
 
 impl AppState {
     pub fn new(pool: PgPool, metrics: Metrics) -> Self {
+        // "No stream open" is a value, not a missing series.
+        for route in events::ROUTES {
+            metrics.sse_streams.with_label_values(&[route]);
+        }
         Self {
             events: events::Events::new(),
+            listen_pool: pool.clone(),
             pool,
             metrics,
             worker_health: None,
@@ -70,7 +91,21 @@ impl AppState {
             pipeline: None,
             site: None,
             stripe_webhook_secret: None,
+            drain: Drain::default(),
+            queues: jobs::kinds::registry().queues().collect(),
         }
+    }
+
+    /// The fleet runs these queues (a registry with more kinds than production's, as in tests).
+    pub fn with_queues(mut self, queues: impl IntoIterator<Item = &'static str>) -> Self {
+        self.queues = queues.into_iter().collect();
+        self
+    }
+
+    /// LISTENs through `pool` (a direct connection) rather than the query pool.
+    pub fn with_listen_pool(mut self, pool: PgPool) -> Self {
+        self.listen_pool = pool;
+        self
     }
 
     pub fn with_stripe_webhook_secret(mut self, secret: SecretString) -> Self {
@@ -107,13 +142,18 @@ pub struct Api {
     ops_listener: Option<TcpListener>,
     /// The ops console's listener and token, when an operator token is configured.
     console: Option<(TcpListener, SecretString)>,
+    drain_readiness: Duration,
+    shutdown_grace: Duration,
 }
 
 impl Api {
     /// Builds with its own pool and metrics, bound to `LISTEN_ADDR` and `METRICS_LISTEN_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
-        let state = AppState::new(pool, Metrics::new("api"))
+        let metrics = Metrics::new("api");
+        metrics.watch_pool(&pool);
+        let state = AppState::new(pool, metrics)
+            .with_listen_pool(jobs::db::listen_pool(&config.database)?)
             .with_pipeline(ApiPipeline {
                 storage: Storage::new(&config.storage),
                 kie_webhook_hmac_key: config.kie.webhook_hmac_key.clone(),
@@ -150,6 +190,8 @@ impl Api {
             listener,
             ops_listener: Some(ops_listener),
             console,
+            drain_readiness: config.http.drain_readiness,
+            shutdown_grace: config.http.shutdown_grace,
         })
     }
 
@@ -159,12 +201,22 @@ impl Api {
         listener: TcpListener,
         ops_listener: Option<TcpListener>,
     ) -> Self {
+        // The caller (`dev`, tests, benchmarks) sits behind no load balancer: no readiness window unless asked.
         Self {
             state,
             listener,
             ops_listener,
             console: None,
+            drain_readiness: Duration::ZERO,
+            shutdown_grace: jobs::config::HttpConfig::default().shutdown_grace,
         }
+    }
+
+    /// How long `/readyz` answers 503 before the listener closes, and how long requests in flight then get.
+    pub fn with_drain(mut self, readiness: Duration, grace: Duration) -> Self {
+        self.drain_readiness = readiness;
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Serves the ops console on `listener`, behind `operator_token`.
@@ -187,15 +239,23 @@ impl Api {
         self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown`, then finishes in-flight requests.
+    /// Serves until `shutdown`, then drains in three steps: `/readyz` answers 503 for the readiness window
+    /// (load balancers and probes take this replica out while it still serves); then open event streams get a
+    /// final `shutdown` event and end (clients reconnect elsewhere) and the listener closes; then requests in
+    /// flight get the shutdown grace, after which the rest are dropped and it returns anyway.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let drain = self.state.drain.clone();
+        // The ops and console listeners stay up through the drain (readiness must be answered), and close with
+        // the main one.
+        let closed = CancellationToken::new();
         if let Some(listener) = self.ops_listener {
             let probe = Arc::new(ApiProbe(self.state.clone()));
-            tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
+            tokio::spawn(telemetry::serve_ops(listener, probe, closed.clone()));
         }
         if let Some((listener, token)) = self.console {
-            let console = console::router(self.state.pool.clone(), token);
-            let stop = shutdown.clone();
+            let console =
+                console::router(self.state.pool.clone(), self.state.queues.clone(), token);
+            let stop = closed.clone();
             tokio::spawn(async move {
                 if let Err(error) = axum::serve(listener, console)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -206,18 +266,43 @@ impl Api {
             });
         }
         tokio::spawn(events::listen(
-            self.state.pool.clone(),
+            self.state.listen_pool.clone(),
             self.state.events.clone(),
-            shutdown.clone(),
+            closed.clone(),
         ));
         let app = routes::router(self.state);
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-        Ok(())
+        let close_listener = CancellationToken::new();
+        let mut server = tokio::spawn(
+            axum::serve(
+                self.listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(close_listener.clone().cancelled_owned())
+            .into_future(),
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            result = &mut server => {
+                closed.cancel();
+                return Ok(result??);
+            }
+        }
+        drain.not_ready.cancel();
+        tracing::info!(window = ?self.drain_readiness, "draining: /readyz answers 503");
+        tokio::time::sleep(self.drain_readiness).await;
+        drain.streams_end.cancel();
+        close_listener.cancel();
+        tracing::info!(grace = ?self.shutdown_grace, "listener closed; finishing requests in flight");
+        let result = match tokio::time::timeout(self.shutdown_grace, &mut server).await {
+            Ok(result) => result?.map_err(anyhow::Error::from),
+            Err(_) => {
+                tracing::warn!("requests still running after the shutdown grace; dropping them");
+                server.abort();
+                Ok(())
+            }
+        };
+        closed.cancel();
+        result
     }
 }
 
@@ -229,8 +314,11 @@ pub fn storage_origin(endpoint: &str) -> String {
     )
 }
 
-/// Readiness of the api: the database answers, and in-process workers (if any) are alive.
+/// Readiness of the api: not draining, the database answers, and in-process workers (if any) are alive.
 pub async fn readiness(state: &AppState) -> Result<(), String> {
+    if state.drain.not_ready.is_cancelled() {
+        return Err("draining".into());
+    }
     if !jobs::db::is_reachable(&state.pool).await {
         return Err("database unreachable".into());
     }
@@ -247,14 +335,15 @@ impl OpsProbe for ApiProbe {
         let state = self.0.clone();
         Box::pin(async move {
             if state.owns_queue_gauges {
-                let queues: Vec<&str> = jobs::kinds::registry().queues().collect();
-                if let Err(error) = state
+                // `dev` and tests: this process plays the scheduler's part.
+                state
                     .metrics
-                    .refresh_queue_gauges(&state.pool, &queues)
-                    .await
-                {
-                    tracing::warn!(error = %error, "could not read queue gauges");
-                }
+                    .refresh_database_gauges(
+                        &state.pool,
+                        &state.queues,
+                        &jobs::schedule::schedules(),
+                    )
+                    .await;
             }
             state.metrics.render()
         })

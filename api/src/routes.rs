@@ -41,7 +41,7 @@ pub fn router(state: AppState) -> Router {
             get(generations::get_generation).delete(generations::delete_generation),
         )
         .route(
-            "/api/v1/generations/{id}/events",
+            crate::events::API_GENERATION_ROUTE,
             get(generations::generation_events),
         )
         .route("/api/v1/exports", post(exports::request_export))

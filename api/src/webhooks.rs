@@ -116,6 +116,7 @@ pub async fn stripe(
             .inc();
     };
     let Some(secret) = &state.stripe_webhook_secret else {
+        count("unconfigured");
         tracing::error!("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set");
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -141,12 +141,30 @@ pub async fn record_event(pool: &PgPool, event: &Value) -> anyhow::Result<bool> 
     Ok(inserted == 1)
 }
 
-/// What processing did with an event (stored in `stripe_events.outcome`).
+/// What processing did with an event: its words (stored in `stripe_events.outcome`) and, when it moved money or
+/// credits, the effect counted in the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome(pub String);
+pub struct Outcome(pub String, pub Option<Effect>);
+
+/// A change worth counting (`createimage2_stripe_purchases_total`, `_refunds_total`, `_disputes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A payment granted credits: a pack, or a subscription's period.
+    Purchase {
+        subscription: bool,
+    },
+    /// A refund took credits back.
+    Refund,
+    DisputeCreated,
+    DisputeClosed,
+}
 
 fn outcome(text: impl Into<String>) -> Outcome {
-    Outcome(text.into())
+    Outcome(text.into(), None)
+}
+
+fn with_effect(text: impl Into<String>, effect: Effect) -> Outcome {
+    Outcome(text.into(), Some(effect))
 }
 
 fn str_at<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -281,7 +299,7 @@ pub async fn process(
         }
         "charge.refunded" => charge_refunded(&mut tx, object, &refunds).await?,
         "refund.created" | "refund.updated" => match apply_refund(&mut tx, object, None).await? {
-            Some(refund) => outcome(format!("clawed back for {refund}")),
+            Some(refund) => with_effect(format!("clawed back for {refund}"), Effect::Refund),
             None => outcome("refund already applied, not applicable, or of an unknown payment"),
         },
         "charge.dispute.created" => dispute_created(&mut tx, object).await?,
@@ -311,6 +329,14 @@ pub enum ProcessError {
     /// reconciliation come in the version they were created with). Retrying will not help; a deploy will.
     #[error("a {kind} event in API version {version:?}, which this code does not read")]
     UnreadableVersion { kind: String, version: String },
+}
+
+/// The type of a recorded event (`checkout.session.completed`, …), for metrics.
+pub async fn event_type(pool: &PgPool, event_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT type FROM stripe_events WHERE id = $1")
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// How long a refund or dispute waits for its payment's event to be applied before the payment is taken to be
@@ -581,11 +607,16 @@ async fn checkout_completed(
         json!({"product": product, "checkout_session": session_id}),
     )
     .await?;
-    Ok(outcome(if granted {
-        format!("granted {credits} credits")
+    Ok(if granted {
+        with_effect(
+            format!("granted {credits} credits"),
+            Effect::Purchase {
+                subscription: false,
+            },
+        )
     } else {
-        "already granted".into()
-    }))
+        outcome("already granted")
+    })
 }
 
 async fn invoice_user(tx: &mut PgConnection, invoice: &Value) -> sqlx::Result<Option<Uuid>> {
@@ -646,11 +677,14 @@ async fn invoice_paid(
         json!({"product": product, "invoice": invoice_id}),
     )
     .await?;
-    Ok(outcome(if granted {
-        format!("granted the period's {credits} credits")
+    Ok(if granted {
+        with_effect(
+            format!("granted the period's {credits} credits"),
+            Effect::Purchase { subscription: true },
+        )
     } else {
-        "already granted".into()
-    }))
+        outcome("already granted")
+    })
 }
 
 /// Mirrors a subscription as read from Stripe: plan, status, period end.
@@ -760,11 +794,14 @@ async fn charge_refunded(
             applied.push(refund);
         }
     }
-    Ok(outcome(if applied.is_empty() {
-        "refunds already applied (or none that take credits back)".to_owned()
+    Ok(if applied.is_empty() {
+        outcome("refunds already applied (or none that take credits back)")
     } else {
-        format!("clawed back for {}", applied.join(", "))
-    }))
+        with_effect(
+            format!("clawed back for {}", applied.join(", ")),
+            Effect::Refund,
+        )
+    })
 }
 
 /// Applies one refund, once per refund id: the payment's credits in proportion to the amount refunded,
@@ -887,7 +924,10 @@ async fn record_dispute(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<
         .execute(&mut *tx)
         .await?;
     let Some(user) = user else {
-        return Ok(Some(outcome("dispute recorded")));
+        return Ok(Some(with_effect(
+            "dispute recorded",
+            Effect::DisputeCreated,
+        )));
     };
     // Credits a refund of this payment already took back are not frozen again.
     let refunded: i64 = sqlx::query_scalar(
@@ -911,9 +951,10 @@ async fn record_dispute(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<
         .bind(shortfall)
         .execute(&mut *tx)
         .await?;
-    Ok(Some(outcome(format!(
-        "froze {frozen} credits, {shortfall} owed"
-    ))))
+    Ok(Some(with_effect(
+        format!("froze {frozen} credits, {shortfall} owed"),
+        Effect::DisputeCreated,
+    )))
 }
 
 async fn dispute_created(tx: &mut PgConnection, dispute: &Value) -> sqlx::Result<Outcome> {
@@ -997,9 +1038,10 @@ async fn dispute_closed(
         return Ok(outcome("dispute already closed"));
     };
     if !release {
-        return Ok(outcome(format!(
-            "dispute {status}; frozen credits stay removed"
-        )));
+        return Ok(with_effect(
+            format!("dispute {status}; frozen credits stay removed"),
+            Effect::DisputeClosed,
+        ));
     }
     let user: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM payments WHERE id = $1")
         .bind(payment)
@@ -1027,14 +1069,17 @@ async fn dispute_closed(
             .await?;
         }
     }
-    Ok(outcome(format!(
-        "dispute {status}; released {frozen} credits{}",
-        if applied.is_empty() {
-            String::new()
-        } else {
-            format!(" after refunds {}", applied.join(", "))
-        }
-    )))
+    Ok(with_effect(
+        format!(
+            "dispute {status}; released {frozen} credits{}",
+            if applied.is_empty() {
+                String::new()
+            } else {
+                format!(" after refunds {}", applied.join(", "))
+            }
+        ),
+        Effect::DisputeClosed,
+    ))
 }
 
 async fn notify_payment_failed(

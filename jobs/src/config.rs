@@ -74,25 +74,96 @@ fn seconds_or<S: Source>(
 /// Postgres.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    /// `DATABASE_URL`: a direct (not transaction-pooled) connection: workers use LISTEN.
+    /// `DATABASE_URL`: where queries go; a direct connection, or a transaction-mode pooler (PgBouncer ≥ 1.21
+    /// with `max_prepared_statements`, e.g. Neon's pooled endpoint) when `DATABASE_POOL_MODE=transaction`.
     pub url: SecretString,
+    /// `DATABASE_LISTEN_URL` (default `DATABASE_URL`): a direct connection for LISTEN (workers wake on new jobs,
+    /// the api's live status streams), which a transaction-mode pooler cannot hold.
+    pub listen_url: Option<SecretString>,
+    /// `DATABASE_POOL_MODE` (default `direct`): `transaction` when `DATABASE_URL` is a transaction-mode pooler.
+    pub pool_mode: PoolMode,
     /// `DATABASE_MAX_CONNECTIONS` (default 20): pool size of this process.
     pub max_connections: u32,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS` (default 30000): Postgres cancels a statement running longer, so a blocked
+    /// statement cannot hold a worker's exit or a request for minutes. 0 turns it off.
+    pub statement_timeout: Duration,
+    /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS` (default 60000): Postgres ends a session idle inside a
+    /// transaction this long, releasing its locks. 0 turns it off.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+/// How `DATABASE_URL` reaches Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A session of its own per connection: the timeouts travel as startup options.
+    Direct,
+    /// A transaction-mode pooler: server sessions are shared, so the timeouts are the role's defaults in the
+    /// database (`createimage2 migrate` sets them) and LISTEN needs `DATABASE_LISTEN_URL`.
+    Transaction,
+}
+
+impl FromStr for PoolMode {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "direct" => Ok(Self::Direct),
+            "transaction" => Ok(Self::Transaction),
+            other => Err(format!("expected direct or transaction, got {other}")),
+        }
+    }
+}
+
+fn postgres_url<S: Source>(source: &S, name: &'static str) -> Result<Option<String>, ConfigError> {
+    match source.get(name) {
+        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+            Err(ConfigError::Invalid {
+                name,
+                reason: "must start with postgres:// or postgresql://".into(),
+            })
+        }
+        url => Ok(url),
+    }
 }
 
 impl DatabaseConfig {
     pub fn from_source<S: Source>(source: &S) -> Result<Self, ConfigError> {
-        let url = required(source, "DATABASE_URL")?;
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::Invalid {
-                name: "DATABASE_URL",
-                reason: "must start with postgres:// or postgresql://".into(),
+        let url = postgres_url(source, "DATABASE_URL")?.ok_or(ConfigError::Missing {
+            name: "DATABASE_URL",
+        })?;
+        let pool_mode = parsed_or(source, "DATABASE_POOL_MODE", PoolMode::Direct)?;
+        let listen_url = postgres_url(source, "DATABASE_LISTEN_URL")?;
+        if pool_mode == PoolMode::Transaction && listen_url.is_none() {
+            return Err(ConfigError::Missing {
+                name: "DATABASE_LISTEN_URL",
             });
         }
+        let millis = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            parsed_or(source, name, default).map(Duration::from_millis)
+        };
         Ok(Self {
             url: url.into(),
+            listen_url: listen_url.map(SecretString::from),
+            pool_mode,
             max_connections: parsed_or(source, "DATABASE_MAX_CONNECTIONS", 20)?,
+            statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)?,
+            idle_in_transaction_timeout: millis("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)?,
         })
+    }
+
+    /// A direct connection to `url` with `max_connections` and the default timeouts (tools and benchmarks).
+    pub fn direct(url: impl Into<String>, max_connections: u32) -> Self {
+        let url: String = url.into();
+        let mut vars = HashMap::from([("DATABASE_URL".to_owned(), url)]);
+        vars.insert(
+            "DATABASE_MAX_CONNECTIONS".to_owned(),
+            max_connections.to_string(),
+        );
+        Self::from_source(&vars).expect("a postgres:// URL")
+    }
+
+    /// A direct connection: `DATABASE_URL` itself unless that is a pooler.
+    pub fn direct_url(&self) -> &SecretString {
+        self.listen_url.as_ref().unwrap_or(&self.url)
     }
 }
 
@@ -209,6 +280,12 @@ pub struct HttpConfig {
     pub admin_listen: SocketAddr,
     /// `OPERATOR_TOKEN`: the ops console's password (HTTP Basic, any user name). Without it the console is off.
     pub operator_token: Option<SecretString>,
+    /// `DRAIN_READINESS_SECONDS` (default 5): after SIGTERM every role answers `/readyz` with 503 this long
+    /// before it stops taking work, so load balancers and probes take it out first.
+    pub drain_readiness: Duration,
+    /// `HTTP_SHUTDOWN_GRACE_SECONDS` (default 15): after the api's listener closes, requests in flight get this
+    /// long to finish. Open live-status streams are ended at once with a final `shutdown` event.
+    pub shutdown_grace: Duration,
 }
 
 impl HttpConfig {
@@ -245,6 +322,8 @@ impl HttpConfig {
                 }
                 token => token.map(SecretString::from),
             },
+            drain_readiness: seconds_or(source, "DRAIN_READINESS_SECONDS", 5)?,
+            shutdown_grace: seconds_or(source, "HTTP_SHUTDOWN_GRACE_SECONDS", 15)?,
         })
     }
 }
@@ -537,6 +616,12 @@ impl SiteConfig {
     }
 }
 
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self::from_source(&HashMap::new()).expect("defaults are valid")
+    }
+}
+
 impl Default for SiteConfig {
     fn default() -> Self {
         Self::from_source(&HashMap::new()).expect("defaults are valid")
@@ -554,6 +639,7 @@ pub struct Config {
     pub generation: GenerationConfig,
     pub stripe: Option<crate::stripe::StripeConfig>,
     pub site: SiteConfig,
+    pub mail: crate::email::MailConfig,
     /// `LOG_FORMAT` (default json): `json` in production, `pretty` for people.
     pub log_format: LogFormat,
 }
@@ -573,8 +659,83 @@ impl Config {
             generation: GenerationConfig::from_source(source)?,
             stripe: crate::stripe::StripeConfig::from_source(source)?,
             site: SiteConfig::from_source(source)?,
+            mail: crate::email::MailConfig::from_source(source)?,
             log_format: parsed_or(source, "LOG_FORMAT", LogFormat::Json)?,
         })
+    }
+}
+
+/// The roles of a fleet, as the binary's subcommands name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+    Scheduler,
+}
+
+/// Time a role needs after its drain to write what finished and close its connections.
+const EXIT_MARGIN: Duration = Duration::from_secs(5);
+
+impl Config {
+    /// The longest `role` takes to exit after SIGTERM with this configuration: the api's readiness window and
+    /// request grace, or a worker's job grace, then a margin for writing completions and handing back. A
+    /// deployment's grace period (Kubernetes' `terminationGracePeriodSeconds`, systemd's `TimeoutStopSec`)
+    /// must be longer, or the role is killed mid-drain.
+    pub fn stop_within(&self, role: Role) -> Duration {
+        let drain = match role {
+            Role::Api => self.http.drain_readiness + self.http.shutdown_grace,
+            // Workers take no traffic from a load balancer: they stop claiming at once.
+            Role::Worker => self.queue.shutdown_grace,
+            Role::Scheduler => Duration::ZERO,
+        };
+        drain + EXIT_MARGIN
+    }
+
+    /// The variables a production `role` lacks: each one that, when missing, leaves a feature of the site off
+    /// (purchases never credited without `STRIPE_WEBHOOK_SECRET`, no sign-in e-mail without SMTP, …). The
+    /// variables every role needs are already required by [`Config::from_source`].
+    pub fn production_gaps(&self, role: Role) -> Vec<&'static str> {
+        let mut gaps = Vec::new();
+        let smtp = matches!(self.mail.transport, crate::email::Transport::Smtp(_));
+        match role {
+            Role::Api => {
+                match &self.stripe {
+                    None => gaps.extend(["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"]),
+                    Some(stripe) if stripe.webhook_secret.is_none() => {
+                        gaps.push("STRIPE_WEBHOOK_SECRET")
+                    }
+                    Some(_) => {}
+                }
+                if self.kie.webhook_hmac_key.is_none() {
+                    gaps.push("KIE_WEBHOOK_HMAC_KEY");
+                }
+                if self.site.google.is_none() {
+                    gaps.extend(["GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET"]);
+                }
+                if self.site.turnstile.is_none() {
+                    gaps.extend(["TURNSTILE_SITE_KEY", "TURNSTILE_SECRET_KEY"]);
+                }
+                if self.http.operator_token.is_none() {
+                    gaps.push("OPERATOR_TOKEN");
+                }
+                // Behind a load balancer or proxy (every deployment), the peer is the proxy: without the
+                // header and the proxies trusted to set it, all visitors share one sign-in and trial budget.
+                if self.site.client_ip_header.is_none() || self.site.trusted_proxies.is_empty() {
+                    gaps.extend(["CLIENT_IP_HEADER", "TRUSTED_PROXIES"]);
+                }
+            }
+            Role::Worker => {
+                if self.stripe.is_none() {
+                    gaps.push("STRIPE_SECRET_KEY");
+                }
+            }
+            Role::Scheduler => {}
+        }
+        // The api enqueues sign-in links; workers send them. Both read the transport.
+        if role != Role::Scheduler && !smtp {
+            gaps.extend(["MAIL_TRANSPORT", "SMTP_URL"]);
+        }
+        gaps
     }
 }
 

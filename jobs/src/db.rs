@@ -15,19 +15,95 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, PoolMode};
 
-/// The application's migrations, embedded at compile time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The application's migrations, embedded at compile time. A rollback runs the previous release's `migrate` on
+/// a database the newer release migrated: migrations are expand-then-contract, so the newer ones it does not
+/// know are left alone rather than refused.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// Opens a pool. Connections are made lazily, so a role can start (and report not-ready) while the database
-/// is down; queries then fail fast after `acquire_timeout` instead of hanging.
+/// is down; queries then fail fast after `acquire_timeout` instead of hanging. Every connection carries the
+/// statement and idle-in-transaction timeouts: as startup options on a direct connection; through a
+/// transaction-mode pooler (which refuses them) they are the role's defaults in the database, set by
+/// [`set_role_timeouts`] when `createimage2 migrate` runs.
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = config.url.expose_secret().parse()?;
+    let mut options: PgConnectOptions = config.url.expose_secret().parse()?;
+    options = options.application_name("createimage2");
+    if config.pool_mode == PoolMode::Direct {
+        options = options.options(timeout_settings(config));
+    }
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("createimage2")))
+        .connect_lazy_with(options))
+}
+
+/// The pool LISTEN connections are taken from (`sqlx::postgres::PgListener::connect_with` holds one of its
+/// connections while it listens): `DATABASE_LISTEN_URL`, a direct connection, or `DATABASE_URL`. At most two
+/// per process (a worker's wake-ups and, in `dev`, the api's live status), outside `DATABASE_MAX_CONNECTIONS`.
+pub fn listen_pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.direct_url().expose_secret().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(
+            options
+                .application_name("createimage2-listen")
+                .options(timeout_settings(config)),
+        ))
+}
+
+/// A pool on the direct connection for `createimage2 migrate`: sqlx's migrator holds a session advisory lock,
+/// which a transaction-mode pooler would hand to someone else.
+pub fn migration_pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.direct_url().expose_secret().parse()?;
+    // No statement timeout: an index build may take long, and the migrator waits on another replica's lock.
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with(
+            options
+                .application_name("createimage2-migrate")
+                .options([("statement_timeout", "0"), ("lock_timeout", "0")]),
+        ))
+}
+
+fn timeout_settings(config: &DatabaseConfig) -> [(&'static str, String); 2] {
+    [
+        (
+            "statement_timeout",
+            config.statement_timeout.as_millis().to_string(),
+        ),
+        (
+            "idle_in_transaction_session_timeout",
+            config.idle_in_transaction_timeout.as_millis().to_string(),
+        ),
+    ]
+}
+
+/// Makes the configured timeouts the connecting role's defaults in this database (what a transaction-mode
+/// pooler's shared sessions start with). A role may set its own defaults; no superuser is needed.
+pub async fn set_role_timeouts(pool: &PgPool, config: &DatabaseConfig) -> sqlx::Result<()> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await?;
+    for (name, millis) in timeout_settings(config) {
+        // ALTER ROLE takes no bind parameters; the names are constants, the database name and value are quoted.
+        let statement = format!(
+            "ALTER ROLE CURRENT_USER IN DATABASE \"{}\" SET {name} = {}",
+            database.replace('"', "\"\""),
+            millis.parse::<u128>().expect("a number of milliseconds"),
+        );
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Applies apalis-postgres' migrations, the application's, then the queue's.
@@ -36,7 +112,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     apalis_postgres::PostgresStorage::<()>::setup(pool)
         .await
         .context("applying apalis-postgres migrations")?;
-    MIGRATOR
+    migrator()
         .run(pool)
         .await
         .context("applying the application's migrations")?;

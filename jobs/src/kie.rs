@@ -183,8 +183,6 @@ impl KieClient {
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .expect("a reqwest client with timeouts builds");
-        // Exported from the start, so "not paused" is a value rather than a missing series.
-        metrics.upstream_paused.with_label_values(&["kie"]).set(0);
         metrics
             .upstream_rate_limit_wait_seconds
             .with_label_values(&["kie"]);

@@ -19,6 +19,7 @@ pub mod generations;
 pub mod kie;
 pub mod kinds;
 pub mod limits;
+pub mod operator;
 pub mod policy;
 pub mod rate_limit;
 pub mod schedule;

@@ -19,6 +19,8 @@ use crate::kinds::{
 pub struct Schedule {
     pub name: &'static str,
     pub cron: Cron,
+    /// The queue its ticks go to.
+    pub queue: &'static str,
     make_job: fn() -> NewJob,
 }
 
@@ -40,6 +42,7 @@ impl Schedule {
         Self {
             name,
             cron,
+            queue: make_job().queue,
             make_job,
         }
     }
@@ -52,6 +55,28 @@ impl Schedule {
     /// The first tick after `now`.
     pub fn next_tick(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron.find_next_occurrence(&now, false).ok()
+    }
+
+    /// The `n` most recent ticks at or before `now`, newest first.
+    pub fn recent_ticks(&self, now: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut ticks = Vec::with_capacity(n);
+        let mut from = now;
+        while ticks.len() < n {
+            let Ok(tick) = self.cron.find_previous_occurrence(&from, ticks.is_empty()) else {
+                break;
+            };
+            ticks.push(tick);
+            from = tick;
+        }
+        ticks
+    }
+
+    /// The period between the ticks around `now`.
+    pub fn interval(&self, now: DateTime<Utc>) -> std::time::Duration {
+        match (self.latest_tick(now), self.next_tick(now)) {
+            (Some(last), Some(next)) => (next - last).to_std().unwrap_or_default(),
+            _ => std::time::Duration::ZERO,
+        }
     }
 
     /// The idempotency key of one tick.
@@ -76,6 +101,53 @@ impl Schedule {
         };
         enqueue_new(conn, job).await
     }
+}
+
+/// How many recent ticks [`last_successes`] looks through.
+pub const TICKS_LOOKED_BACK: usize = 10;
+
+/// For each schedule, when one of its last [`TICKS_LOOKED_BACK`] ticks most recently finished successfully
+/// (`None`: none of them did). Each tick's job row is found by its idempotency key (an index lookup), so the cost
+/// does not grow with the queue; finished rows are kept for days (`JOB_RETENTION_HOURS`), longer than any
+/// schedule's ten periods but the daily one's, whose alert threshold is three periods.
+pub async fn last_successes<'a>(
+    pool: &sqlx::PgPool,
+    schedules: &'a [Schedule],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<(&'a Schedule, Option<DateTime<Utc>>)>> {
+    // One statement for every schedule: (schedule, queue, key) of their recent ticks, each an index lookup.
+    let (mut owners, mut queues, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    for (n, schedule) in schedules.iter().enumerate() {
+        let queue = schedule.queue;
+        for tick in schedule.recent_ticks(now, TICKS_LOOKED_BACK) {
+            owners.push(n as i32);
+            queues.push(queue);
+            keys.push(schedule.tick_key(tick));
+        }
+    }
+    let done: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT t.owner, max(j.done_at)
+           FROM unnest($1::int[], $2::text[], $3::text[]) AS t(owner, queue, key)
+           JOIN apalis.jobs j ON j.job_type = t.queue AND j.idempotency_key = t.key
+          WHERE j.status = 'Done'
+          GROUP BY t.owner",
+    )
+    .bind(&owners)
+    .bind(&queues)
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    Ok(schedules
+        .iter()
+        .enumerate()
+        .map(|(n, schedule)| {
+            let last = done
+                .iter()
+                .find(|(owner, _)| *owner as usize == n)
+                .map(|(_, at)| *at);
+            (schedule, last)
+        })
+        .collect())
 }
 
 /// Every periodic job of the system.

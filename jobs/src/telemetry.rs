@@ -12,8 +12,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-    core::Collector,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder, core::Collector,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -49,15 +49,34 @@ pub struct MetricSet {
     pub upstream_requests_total: IntCounterVec,
     pub upstream_request_duration_seconds: HistogramVec,
     pub upstream_rate_limit_wait_seconds: HistogramVec,
+    /// Fleet gauges read from the database by the role that owns them ([`Metrics::refresh_fleet_gauges`]).
     pub upstream_paused: IntGaugeVec,
+    pub upstream_credit_balance: GaugeVec,
+    pub queue_paused: IntGaugeVec,
+    pub schedule_last_success_timestamp_seconds: GaugeVec,
+    pub schedule_interval_seconds: GaugeVec,
     pub generations_total: IntCounterVec,
+    pub generation_failures_total: IntCounterVec,
     pub generation_seconds: HistogramVec,
     pub credits_total: IntCounterVec,
     pub sign_ins_total: IntCounterVec,
     pub trial_checks_total: IntCounterVec,
     pub stripe_webhooks_total: IntCounterVec,
     pub stripe_events_refused_total: IntCounterVec,
+    pub stripe_event_failures_total: IntCounterVec,
+    pub stripe_purchases_total: IntCounterVec,
+    pub stripe_refunds_total: IntCounterVec,
+    pub stripe_disputes_total: IntCounterVec,
+    pub stripe_reconciliation_recoveries_total: IntCounterVec,
+    pub emails_total: IntCounterVec,
+    pub exports_built_total: IntCounterVec,
+    pub accounts_deleted_total: IntCounterVec,
+    pub sse_streams: IntGaugeVec,
+    pub db_pool_connections: IntGaugeVec,
+    pub db_pool_max_connections: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// The process's query pool, read into the `db_pool_*` gauges at each scrape.
+    pool: std::sync::OnceLock<PgPool>,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -88,6 +107,17 @@ impl Metrics {
                 IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
             )
         };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(r, IntGaugeVec::new(Opts::new(name, help), labels).unwrap())
+        };
+        let float_gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(r, GaugeVec::new(Opts::new(name, help), labels).unwrap())
+        };
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics are registered once per registry");
         let metrics = MetricSet {
             queue: queue::QueueMetrics::register(r, "createimage2")
                 .expect("queue metric names are unique"),
@@ -120,16 +150,30 @@ impl Metrics {
                 "How long work was deferred because the fleet-wide upstream budget was used up.",
                 &["upstream"],
             ),
-            upstream_paused: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "createimage2_upstream_paused",
-                        "1 while submissions to an upstream are paused (account-level error or operator).",
-                    ),
-                    &["upstream"],
-                )
-                .unwrap(),
+            upstream_paused: gauge(
+                "createimage2_upstream_paused",
+                "1 while submissions to an upstream are paused, by kind (operator: until an operator resumes; automatic: an account error, lifted by the probe). From the database.",
+                &["upstream", "kind"],
+            ),
+            upstream_credit_balance: float_gauge(
+                "createimage2_upstream_credit_balance",
+                "Credits left at an upstream, as probe_upstreams last read them. From the database.",
+                &["upstream"],
+            ),
+            queue_paused: gauge(
+                "createimage2_queue_paused",
+                "1 while an operator has paused a queue. From the database.",
+                &["queue"],
+            ),
+            schedule_last_success_timestamp_seconds: float_gauge(
+                "createimage2_schedule_last_success_timestamp_seconds",
+                "When a tick of the schedule last finished successfully (Unix seconds), among its last 10 ticks; 0 when none did.",
+                &["schedule"],
+            ),
+            schedule_interval_seconds: float_gauge(
+                "createimage2_schedule_interval_seconds",
+                "The schedule's period.",
+                &["schedule"],
             ),
             generations_total: counter(
                 "createimage2_generations_total",
@@ -140,6 +184,11 @@ impl Metrics {
                 "createimage2_generation_seconds",
                 "Intent to image stored (or to failure), by outcome and resolution.",
                 &["outcome", "resolution"],
+            ),
+            generation_failures_total: counter(
+                "createimage2_generation_failures_total",
+                "Failed generations, by reason (the failure code the user is shown the words of).",
+                &["reason"],
             ),
             credits_total: counter(
                 "createimage2_credits_total",
@@ -166,6 +215,62 @@ impl Metrics {
                 "Stripe events left unprocessed because their API version is not one the code reads, by type and version.",
                 &["type", "api_version"],
             ),
+            stripe_event_failures_total: counter(
+                "createimage2_stripe_event_failures_total",
+                "Attempts to process a recorded Stripe event that failed (the job retries), by event type.",
+                &["type"],
+            ),
+            stripe_purchases_total: counter(
+                "createimage2_stripe_purchases_total",
+                "Payments that granted credits, by kind (pack, subscription).",
+                &["kind"],
+            ),
+            stripe_refunds_total: counter(
+                "createimage2_stripe_refunds_total",
+                "Refunds seen from Stripe that took credits back.",
+                &[],
+            ),
+            stripe_disputes_total: counter(
+                "createimage2_stripe_disputes_total",
+                "Disputes, by event (created, closed).",
+                &["event"],
+            ),
+            stripe_reconciliation_recoveries_total: counter(
+                "createimage2_stripe_reconciliation_recoveries_total",
+                "Stripe events that reconciliation found and no webhook had delivered.",
+                &[],
+            ),
+            emails_total: counter(
+                "createimage2_emails_total",
+                "E-mails handed to the transport, by outcome (sent, failed: permanently, after retries or at once).",
+                &["outcome"],
+            ),
+            exports_built_total: counter(
+                "createimage2_exports_built_total",
+                "Data-export bundles built and stored.",
+                &[],
+            ),
+            accounts_deleted_total: counter(
+                "createimage2_accounts_deleted_total",
+                "Accounts whose data was deleted.",
+                &[],
+            ),
+            sse_streams: gauge(
+                "createimage2_sse_streams",
+                "Open server-sent-event streams, by route.",
+                &["route"],
+            ),
+            db_pool_connections: gauge(
+                "createimage2_db_pool_connections",
+                "Connections of this process's query pool, by state (idle, in_use).",
+                &["state"],
+            ),
+            db_pool_max_connections: gauge(
+                "createimage2_db_pool_max_connections",
+                "The size limit of this process's query pool (DATABASE_MAX_CONNECTIONS).",
+                &[],
+            ),
+            pool: std::sync::OnceLock::new(),
             build_info: register(
                 r,
                 IntGaugeVec::new(
@@ -190,6 +295,7 @@ impl Metrics {
             "bad_signature",
             "stale",
             "malformed",
+            "unconfigured",
         ] {
             metrics.stripe_webhooks_total.with_label_values(&[outcome]);
         }
@@ -204,6 +310,30 @@ impl Metrics {
         for kind in ["sign_in", "sign_up"] {
             metrics.sign_ins_total.with_label_values(&[kind]);
         }
+        for reason in crate::generations::FAILURE_REASONS {
+            metrics
+                .generation_failures_total
+                .with_label_values(&[reason]);
+        }
+        for kind in ["pack", "subscription"] {
+            metrics.stripe_purchases_total.with_label_values(&[kind]);
+        }
+        for event in ["created", "closed"] {
+            metrics.stripe_disputes_total.with_label_values(&[event]);
+        }
+        for outcome in ["sent", "failed"] {
+            metrics.emails_total.with_label_values(&[outcome]);
+        }
+        for counter in [
+            &metrics.stripe_refunds_total,
+            &metrics.stripe_reconciliation_recoveries_total,
+            &metrics.exports_built_total,
+            &metrics.accounts_deleted_total,
+        ] {
+            counter.with_label_values(&[] as &[&str]);
+        }
+        // One zero series with an empty type, so "no failure" is a value.
+        metrics.stripe_event_failures_total.with_label_values(&[""]);
         // Versions cannot be known ahead; one zero series with empty labels (absent, to Prometheus) keeps
         // "nothing refused" a value.
         metrics
@@ -239,8 +369,90 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Reports `pool` in the `createimage2_db_pool_*` gauges (the first pool given wins).
+    pub fn watch_pool(&self, pool: &PgPool) {
+        let _ = self.pool.set(pool.clone());
+    }
+
+    /// Reads every database-derived gauge into the metrics: queue depth and age ([`Self::refresh_queue_gauges`])
+    /// and the fleet-wide state: pauses of upstreams (by kind) and of queues, the upstream's credit balance, and
+    /// each schedule's last success. Exactly one role of a fleet does this at each scrape (the scheduler; `dev`),
+    /// so every pod agrees and N workers do not multiply the series or the queries. A failure is logged and the
+    /// page is served with the last values.
+    pub async fn refresh_database_gauges(
+        &self,
+        pool: &PgPool,
+        known_queues: &[&str],
+        schedules: &[crate::schedule::Schedule],
+    ) {
+        if let Err(error) = self.refresh_queue_gauges(pool, known_queues).await {
+            tracing::warn!(error = %error, "could not read queue gauges");
+        }
+        if let Err(error) = self
+            .refresh_fleet_gauges(pool, known_queues, schedules)
+            .await
+        {
+            tracing::warn!(error = %error, "could not read fleet gauges");
+        }
+    }
+
+    async fn refresh_fleet_gauges(
+        &self,
+        pool: &PgPool,
+        known_queues: &[&str],
+        schedules: &[crate::schedule::Schedule],
+    ) -> sqlx::Result<()> {
+        let pauses = crate::upstream::paused(pool).await?;
+        self.upstream_paused.reset();
+        for name in crate::upstream::KNOWN {
+            for kind in crate::upstream::PauseKind::ALL {
+                let paused = pauses
+                    .iter()
+                    .any(|p| p.upstream == *name && p.kind == *kind);
+                self.upstream_paused
+                    .with_label_values(&[name, kind.as_str()])
+                    .set(i64::from(paused));
+            }
+        }
+        for (upstream, balance) in crate::upstream::balances(pool).await? {
+            self.upstream_credit_balance
+                .with_label_values(&[&upstream])
+                .set(balance);
+        }
+        let paused_queues = queue::ops::paused_queues(pool).await?;
+        self.queue_paused.reset();
+        for queue in known_queues {
+            self.queue_paused
+                .with_label_values(&[queue])
+                .set(i64::from(paused_queues.iter().any(|q| q == queue)));
+        }
+        let now = chrono::Utc::now();
+        for (schedule, last) in crate::schedule::last_successes(pool, schedules, now).await? {
+            self.schedule_last_success_timestamp_seconds
+                .with_label_values(&[schedule.name])
+                .set(last.map_or(0.0, |at| at.timestamp_millis() as f64 / 1000.0));
+            self.schedule_interval_seconds
+                .with_label_values(&[schedule.name])
+                .set(schedule.interval(now).as_secs_f64());
+        }
+        Ok(())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(pool) = self.pool.get() {
+            let size = i64::from(pool.size());
+            let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+            self.db_pool_connections
+                .with_label_values(&["idle"])
+                .set(idle);
+            self.db_pool_connections
+                .with_label_values(&["in_use"])
+                .set((size - idle).max(0));
+            self.db_pool_max_connections
+                .with_label_values(&[] as &[&str])
+                .set(i64::from(pool.options().get_max_connections()));
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

@@ -227,10 +227,7 @@ async fn one_run(
 ) -> anyhow::Result<RunResult> {
     let mut url = url::Url::parse(&admin_url())?;
     url.set_path(&format!("/{database}"));
-    let pool = jobs::db::pool(&DatabaseConfig {
-        url: url.to_string().into(),
-        max_connections: 40,
-    })?;
+    let pool = jobs::db::pool(&DatabaseConfig::direct(url.to_string(), 40))?;
     jobs::db::migrate(&pool).await?;
 
     // 1. Bulk enqueue.
@@ -276,10 +273,7 @@ async fn one_run(
     // The same with apalis-postgres at its defaults, in the same run, in a database holding only apalis' own
     // schema (`PostgresStorage::setup`: its indexes and per-row insert trigger, none of this project's changes).
     url.set_path(&format!("/{database}_apalis"));
-    let apalis_pool = jobs::db::pool(&DatabaseConfig {
-        url: url.to_string().into(),
-        max_connections: 40,
-    })?;
+    let apalis_pool = jobs::db::pool(&DatabaseConfig::direct(url.to_string(), 40))?;
     apalis_postgres::PostgresStorage::<()>::setup(&apalis_pool).await?;
     let apalis =
         crate::apalis_defaults::measure(&apalis_pool, args.apalis_jobs, args.apalis_samples)
@@ -442,10 +436,7 @@ pub struct WorkerArgs {
 pub async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt as _;
 
-    let pool = jobs::db::pool(&DatabaseConfig {
-        url: args.database_url.into(),
-        max_connections: 40,
-    })?;
+    let pool = jobs::db::pool(&DatabaseConfig::direct(args.database_url, 40))?;
     let (worker, stop) = start_noop_worker(&pool, args.concurrency).await?;
     println!("ready");
     let mut sink = Vec::new();

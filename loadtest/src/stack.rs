@@ -57,10 +57,10 @@ impl Database {
 
     /// A pool of the project's own kind (`jobs::db::pool`).
     pub fn pool(&self, max_connections: u32) -> anyhow::Result<PgPool> {
-        Ok(jobs::db::pool(&DatabaseConfig {
-            url: self.url.clone().into(),
+        Ok(jobs::db::pool(&DatabaseConfig::direct(
+            self.url.clone(),
             max_connections,
-        })?)
+        ))?)
     }
 
     pub async fn drop(self) -> anyhow::Result<()> {

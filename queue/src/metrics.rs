@@ -23,7 +23,17 @@ pub struct QueueMetrics {
     pub jobs_completed_total: IntCounterVec,
     pub jobs_retried_total: IntCounterVec,
     pub jobs_snoozed_total: IntCounterVec,
+    /// Jobs that died: out of attempts or failed permanently in a runner, or out of attempts when the reaper found
+    /// them abandoned.
     pub jobs_dead_total: IntCounterVec,
+    /// Abandoned jobs the reaper found, by queue and outcome (`handed_back`, `dead`).
+    pub jobs_reaped_total: IntCounterVec,
+    /// Unfinished jobs a draining worker handed back to the queue.
+    pub jobs_handed_back_total: IntCounterVec,
+    /// Attempts that panicked (caught; the job is retried).
+    pub job_panics_total: IntCounterVec,
+    /// Queue runners that died and were restarted by their supervisor.
+    pub job_runner_restarts_total: IntCounterVec,
     /// Queue runners alive in this process.
     pub workers_alive: IntGaugeVec,
     /// Jobs by queue and state (`waiting`, `scheduled`, `running`, `dead`), read from the database.
@@ -90,7 +100,29 @@ impl QueueMetrics {
             )?,
             jobs_dead_total: counter(
                 "jobs_dead_total",
-                "Jobs that failed permanently or ran out of attempts.",
+                "Jobs that failed permanently or ran out of attempts (in a runner or found abandoned by the reaper).",
+            )?,
+            jobs_reaped_total: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("jobs_reaped_total"),
+                        "Abandoned jobs (worker silent, or attempt far past its timeout) found by the reaper, by outcome (handed_back, dead).",
+                    ),
+                    &["queue", "outcome"],
+                )?,
+            )?,
+            jobs_handed_back_total: counter(
+                "jobs_handed_back_total",
+                "Unfinished jobs a draining worker handed back to the queue.",
+            )?,
+            job_panics_total: counter(
+                "job_panics_total",
+                "Attempts that panicked (caught, and retried).",
+            )?,
+            job_runner_restarts_total: counter(
+                "job_runner_restarts_total",
+                "Queue runners that died and were restarted by their supervisor.",
             )?,
             workers_alive: gauge(
                 "workers_alive",
@@ -128,9 +160,29 @@ impl QueueMetrics {
             &self.jobs_retried_total,
             &self.jobs_snoozed_total,
             &self.jobs_dead_total,
+            &self.jobs_handed_back_total,
+            &self.job_panics_total,
+            &self.job_runner_restarts_total,
         ] {
             counter.with_label_values(&[queue]);
         }
+        for outcome in ["handed_back", "dead"] {
+            self.jobs_reaped_total.with_label_values(&[queue, outcome]);
+        }
+    }
+
+    /// Counts one reaper pass: abandoned jobs handed back, and those out of attempts as dead (every way a job dies
+    /// is in `jobs_dead_total`).
+    pub fn record_reaped(&self, queue: &str, reaped: crate::runtime::Reaped) {
+        self.jobs_reaped_total
+            .with_label_values(&[queue, "handed_back"])
+            .inc_by(reaped.handed_back);
+        self.jobs_reaped_total
+            .with_label_values(&[queue, "dead"])
+            .inc_by(reaped.dead);
+        self.jobs_dead_total
+            .with_label_values(&[queue])
+            .inc_by(reaped.dead);
     }
 
     /// Reads queue depth by state and the oldest waiting age from the database (one grouped query) into the

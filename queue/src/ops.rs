@@ -2,7 +2,7 @@
 //! An application's operator commands and console, its metrics exporter and tests stand on these.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 /// Depth of one queue by state, and how long its oldest due job has waited.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,7 +64,7 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
     .bind(STUCK_AFTER_SECONDS)
     .fetch_all(pool)
     .await?;
-    Ok(rows
+    let stats: Vec<QueueStats> = rows
         .into_iter()
         .map(|row| QueueStats {
             queue: row.queue,
@@ -76,7 +76,27 @@ pub async fn queue_stats(pool: &PgPool) -> sqlx::Result<Vec<QueueStats>> {
             oldest_waiting_age_seconds: row.oldest.unwrap_or(0.0).max(0.0),
             paused: row.paused,
         })
-        .collect())
+        .collect();
+    Ok(stats)
+}
+
+/// As [`queue_stats`], with a row (at zero) for every one of `known_queues` that has nothing to show, so idle
+/// queues are listed too.
+pub async fn queue_stats_with_idle(
+    pool: &PgPool,
+    known_queues: &[&str],
+) -> sqlx::Result<Vec<QueueStats>> {
+    let mut stats = queue_stats(pool).await?;
+    for queue in known_queues {
+        if !stats.iter().any(|s| s.queue == *queue) {
+            stats.push(QueueStats {
+                queue: (*queue).to_owned(),
+                ..QueueStats::default()
+            });
+        }
+    }
+    stats.sort_by(|a, b| a.queue.cmp(&b.queue));
+    Ok(stats)
 }
 
 /// A job as operators see it.
@@ -129,65 +149,126 @@ pub async fn find_job(pool: &PgPool, id: &str) -> sqlx::Result<Option<JobRow>> {
 
 /// Re-runs a dead or cancelled job from scratch (attempts reset). Returns false when the job is not dead or
 /// cancelled (it may be waiting, running or done).
-pub async fn retry_job(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+pub async fn retry_job<'e>(conn: impl PgExecutor<'e>, id: &str) -> sqlx::Result<bool> {
     let result = sqlx::query(
         "UPDATE apalis.jobs
             SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL, lock_by = NULL, lock_at = NULL
           WHERE id = $1 AND status IN ('Failed', 'Killed')",
     )
     .bind(id)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
 }
 
 /// Cancels a job that has not started (waiting or scheduled): it will not run. Returns false otherwise.
-pub async fn cancel_job(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+pub async fn cancel_job<'e>(conn: impl PgExecutor<'e>, id: &str) -> sqlx::Result<bool> {
     let result = sqlx::query(
         "UPDATE apalis.jobs SET status = 'Killed', done_at = now(),
                 last_result = jsonb_build_object('Err', 'cancelled by an operator')
           WHERE id = $1 AND status = 'Pending'",
     )
     .bind(id)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
 }
 
 /// Deletes a dead job for good. Returns false when the job is not dead.
-pub async fn discard_job(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+pub async fn discard_job<'e>(conn: impl PgExecutor<'e>, id: &str) -> sqlx::Result<bool> {
     let result = sqlx::query("DELETE FROM apalis.jobs WHERE id = $1 AND status = 'Failed'")
         .bind(id)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(result.rows_affected() == 1)
 }
 
-/// Stops workers claiming from `queue` (running jobs finish). Idempotent.
-pub async fn pause_queue(pool: &PgPool, queue: &str, reason: &str) -> sqlx::Result<()> {
+/// Stops workers claiming from `queue` (running jobs finish). Returns false when it was paused already (the first
+/// reason is kept).
+pub async fn pause_queue<'e>(
+    conn: impl PgExecutor<'e>,
+    queue: &str,
+    reason: &str,
+) -> sqlx::Result<bool> {
     sqlx::query(
         "INSERT INTO queue_pauses (queue, reason) VALUES ($1, $2) ON CONFLICT (queue) DO NOTHING",
     )
     .bind(queue)
     .bind(reason)
-    .execute(pool)
+    .execute(conn)
     .await
-    .map(drop)
+    .map(|r| r.rows_affected() == 1)
 }
 
-/// Lets workers claim from `queue` again. Idempotent.
-pub async fn resume_queue(pool: &PgPool, queue: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM queue_pauses WHERE queue = $1")
-        .bind(queue)
-        .execute(pool)
-        .await?;
-    // Wake idle workers of that queue now rather than at their next poll.
-    sqlx::query("SELECT pg_notify($1, json_build_object('job_type', $2::text)::text)")
-        .bind(crate::runtime::INSERT_CHANNEL)
-        .bind(queue)
-        .execute(pool)
+/// Lets workers claim from `queue` again, and wakes its idle workers now rather than at their next poll. Returns
+/// false when it was not paused.
+pub async fn resume_queue<'e>(conn: impl PgExecutor<'e>, queue: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "WITH resumed AS (DELETE FROM queue_pauses WHERE queue = $2 RETURNING queue)
+         SELECT count(pg_notify($1, json_build_object('job_type', queue)::text)) FROM resumed",
+    )
+    .bind(crate::runtime::INSERT_CHANNEL)
+    .bind(queue)
+    .fetch_one(conn)
+    .await
+    .map(|resumed: i64| resumed > 0)
+}
+
+/// The queues an operator has paused.
+pub async fn paused_queues<'e>(conn: impl PgExecutor<'e>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT queue FROM queue_pauses ORDER BY queue")
+        .fetch_all(conn)
         .await
-        .map(drop)
+}
+
+/// Which dead jobs a bulk action takes: those of `queue` whose last error contains `error_contains` (any, when
+/// `None`; case-insensitive), at most `limit` of them, newest first.
+#[derive(Debug, Clone)]
+pub struct DeadJobFilter<'a> {
+    pub queue: &'a str,
+    pub error_contains: Option<&'a str>,
+    pub limit: i64,
+}
+
+const DEAD_MATCHING: &str = "SELECT id FROM apalis.jobs
+          WHERE status = 'Failed' AND job_type = $1
+            AND ($2::text IS NULL OR strpos(lower(coalesce(last_result ->> 'Err', '')), lower($2)) > 0)
+          ORDER BY done_at DESC NULLS LAST LIMIT $3
+          FOR UPDATE SKIP LOCKED";
+
+/// Runs the dead jobs `filter` selects again from their first attempt. Returns how many.
+pub async fn retry_dead<'e>(
+    conn: impl PgExecutor<'e>,
+    filter: &DeadJobFilter<'_>,
+) -> sqlx::Result<u64> {
+    // Only a constant subquery is interpolated.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE apalis.jobs
+            SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL, lock_by = NULL, lock_at = NULL
+          WHERE id IN ({DEAD_MATCHING})"
+    )))
+    .bind(filter.queue)
+    .bind(filter.error_contains)
+    .bind(filter.limit)
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+/// Deletes the dead jobs `filter` selects for good. Returns how many.
+pub async fn discard_dead<'e>(
+    conn: impl PgExecutor<'e>,
+    filter: &DeadJobFilter<'_>,
+) -> sqlx::Result<u64> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM apalis.jobs WHERE id IN ({DEAD_MATCHING})"
+    )))
+    .bind(filter.queue)
+    .bind(filter.error_contains)
+    .bind(filter.limit)
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected())
 }
 
 /// Deletes finished rows past their retention, in batches so no statement holds locks for long. Returns the

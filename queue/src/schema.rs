@@ -16,5 +16,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.dangerous_set_table_name("apalis._queue_migrations");
+    // A rollback runs the previous release's `migrate` on a database the newer one migrated: the newer
+    // (expand-only) migrations it does not know are left alone, not refused.
+    migrator.set_ignore_missing(true);
     migrator
 }

@@ -24,7 +24,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 pub struct Scheduler {
     pool: PgPool,
-    schedules: Vec<Schedule>,
+    schedules: Arc<[Schedule]>,
     metrics: Metrics,
     ops_listener: Option<TcpListener>,
 }
@@ -33,10 +33,12 @@ impl Scheduler {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
         let listener = telemetry::bind(config.http.metrics_listen).await?;
+        let metrics = Metrics::new("scheduler");
+        metrics.watch_pool(&pool);
         Ok(Self::with_parts(
             pool,
             jobs::schedule::schedules(),
-            Metrics::new("scheduler"),
+            metrics,
             Some(listener),
         ))
     }
@@ -49,7 +51,7 @@ impl Scheduler {
     ) -> Self {
         Self {
             pool,
-            schedules,
+            schedules: schedules.into(),
             metrics,
             ops_listener,
         }
@@ -74,6 +76,7 @@ impl Scheduler {
             let probe = Arc::new(QueueGaugeProbe {
                 pool: self.pool.clone(),
                 metrics: self.metrics.clone(),
+                schedules: self.schedules.clone(),
             });
             tokio::spawn(telemetry::serve_ops(listener, probe, shutdown.clone()));
         }
@@ -118,16 +121,21 @@ async fn tick_all(
 pub struct QueueGaugeProbe {
     pub pool: PgPool,
     pub metrics: Metrics,
+    pub schedules: Arc<[Schedule]>,
 }
 
 impl OpsProbe for QueueGaugeProbe {
     fn metrics(&self) -> std::pin::Pin<Box<dyn Future<Output = String> + Send>> {
-        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let (pool, metrics, schedules) = (
+            self.pool.clone(),
+            self.metrics.clone(),
+            self.schedules.clone(),
+        );
         Box::pin(async move {
             let queues: Vec<&str> = jobs::kinds::registry().queues().collect();
-            if let Err(error) = metrics.refresh_queue_gauges(&pool, &queues).await {
-                tracing::warn!(error = %error, "could not read queue gauges");
-            }
+            metrics
+                .refresh_database_gauges(&pool, &queues, &schedules)
+                .await;
             metrics.render()
         })
     }

@@ -13,7 +13,6 @@ use jobs::{
     storage::Storage,
     telemetry::{self, Metrics},
 };
-use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 /// The seeded demo account.
@@ -43,10 +42,7 @@ pub async fn run(
     )
     .await?;
     tracing::info!(source = database.source, "database");
-    let pool = jobs::db::pool(&DatabaseConfig {
-        url: SecretString::from(database.url.clone()),
-        max_connections: 30,
-    })?;
+    let pool = jobs::db::pool(&DatabaseConfig::direct(database.url.clone(), 30))?;
     jobs::db::migrate(&pool).await?;
 
     let s3 = fakes::s3::S3Server::start(
@@ -109,6 +105,7 @@ pub async fn run(
 
     let api_key = seed_demo_account(&pool).await?;
     let metrics = Metrics::new("dev");
+    metrics.watch_pool(&pool);
     let generation = GenerationConfig::default();
     let pipeline = Pipeline {
         storage: storage.clone().with_metrics(metrics.clone()),

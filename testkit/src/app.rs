@@ -39,6 +39,8 @@ pub struct TestAppBuilder {
     kie_timeout: Duration,
     /// Adjusts the trial's Turnstile configuration once the stand-in's is in place.
     turnstile: Option<ConfigureTurnstile>,
+    /// The api's drain: readiness window, then grace for requests in flight.
+    drain: (Duration, Duration),
 }
 
 /// A test's adjustment of the trial's Turnstile configuration.
@@ -99,6 +101,12 @@ impl TestAppBuilder {
     /// Start without a worker (to look at queued rows before anything runs them).
     pub fn without_worker(mut self) -> Self {
         self.start_worker = false;
+        self
+    }
+
+    /// The api's drain on shutdown: `/readyz` answers 503 for `readiness`, then requests in flight get `grace`.
+    pub fn drain(mut self, readiness: Duration, grace: Duration) -> Self {
+        self.drain = (readiness, grace);
         self
     }
 
@@ -235,6 +243,7 @@ impl TestAppBuilder {
 
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new("test");
+        metrics.watch_pool(&pool);
         let pipeline = Pipeline {
             storage: storage.clone().with_metrics(metrics.clone()),
             kie: KieClient::new(&kie_config, metrics.clone()),
@@ -282,6 +291,7 @@ impl TestAppBuilder {
             None
         };
         let state = api::AppState::new(pool.clone(), metrics.clone())
+            .with_queues(self.registry.queues())
             .owning_queue_gauges()
             .with_pipeline(api::ApiPipeline {
                 storage: storage.clone(),
@@ -302,7 +312,8 @@ impl TestAppBuilder {
             .await
             .unwrap();
         let api = api::Api::with_parts(state, listener, Some(ops_listener))
-            .with_console(console_listener, OPERATOR_TOKEN.to_owned().into());
+            .with_console(console_listener, OPERATOR_TOKEN.to_owned().into())
+            .with_drain(self.drain.0, self.drain.1);
         let ops_addr = api.ops_addr().unwrap();
         let console_addr = api.console_addr().unwrap();
         let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
@@ -447,6 +458,7 @@ impl TestApp {
             kie_budget: ((20, Duration::from_millis(10_500)), 10),
             kie_timeout: Duration::from_secs(10),
             turnstile: None,
+            drain: (Duration::ZERO, Duration::from_secs(5)),
         }
     }
 
@@ -731,6 +743,11 @@ impl TestApp {
         self.stop().await;
         testing::assert_nothing_left(&self.pool, self.expected_dead).await;
         self.finished = true;
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would) and returns at once; `finish` then waits for the drain.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
     }
 
     /// Stops api and worker (draining) without checking the queue.

@@ -36,7 +36,7 @@ fn url_on(admin_url: &str, database: &str) -> String {
 fn template_name() -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"apalis-postgres 1.0.0\n");
-    for migration in jobs::db::MIGRATOR
+    for migration in jobs::db::migrator()
         .iter()
         .chain(queue::schema::migrator().iter())
     {

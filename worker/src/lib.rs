@@ -93,6 +93,7 @@ pub struct Worker {
     services: Arc<Services>,
     plans: Vec<QueuePlan>,
     ops_listener: Option<TcpListener>,
+    listen_pool: Option<PgPool>,
 }
 
 impl Worker {
@@ -104,18 +105,22 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let pool = jobs::db::pool(&config.database)?;
         let metrics = Metrics::new("worker");
+        metrics.watch_pool(&pool);
         let services = Arc::new(
             Services::new(config.queue.clone(), metrics.clone())
                 .with_pipeline(pipeline(config, metrics)),
         );
         let listener = telemetry::bind(config.http.metrics_listen).await?;
-        Ok(Self::with_parts(
-            pool,
-            registry,
-            services,
-            plans,
-            Some(listener),
-        ))
+        Ok(
+            Self::with_parts(pool, registry, services, plans, Some(listener))
+                .listen_via(jobs::db::listen_pool(&config.database)?),
+        )
+    }
+
+    /// LISTENs through `pool` (a direct connection) rather than the query pool.
+    pub fn listen_via(mut self, pool: PgPool) -> Self {
+        self.listen_pool = Some(pool);
+        self
     }
 
     /// Builds from shared parts (the `dev` command runs every role in one process). Without a listener the
@@ -133,6 +138,7 @@ impl Worker {
             services,
             plans,
             ops_listener,
+            listen_pool: None,
         }
     }
 
@@ -143,7 +149,12 @@ impl Worker {
     /// Starts the runners and returns their health handle together with a future that drains them once
     /// `shutdown` fires.
     pub async fn start(self, shutdown: CancellationToken) -> anyhow::Result<StartedWorker> {
-        let running = queue::Worker::new(self.pool.clone(), self.registry, self.services.clone())
+        let mut worker =
+            queue::Worker::new(self.pool.clone(), self.registry, self.services.clone());
+        if let Some(listen_pool) = self.listen_pool {
+            worker = worker.listen_via(listen_pool);
+        }
+        let running = worker
             .config(self.services.queue.clone())
             .metrics(self.services.metrics.queue.clone())
             .storage_name(jobs::services::WORKER_STORAGE_NAME)

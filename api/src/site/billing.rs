@@ -133,9 +133,13 @@ pub async fn intent_events(
         let data = json!({"status": status, "url": url}).to_string();
         yield Ok::<_, std::convert::Infallible>(Event::default().event("intent").data(data));
     };
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(Sse::new(crate::events::supervised(
+        &state,
+        crate::events::INTENT_ROUTE,
+        stream,
+    ))
+    .keep_alive(KeepAlive::default())
+    .into_response())
 }
 
 /// `GET /billing/intents/{id}`: 303 to Stripe once the worker has the URL; until then a waiting page (whose

@@ -119,7 +119,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/uploads", post(pages::create_upload))
         .route("/gallery", get(pages::gallery))
         .route("/generations/{id}", get(pages::generation))
-        .route("/generations/{id}/events", get(pages::generation_events))
+        .route(
+            crate::events::SITE_GENERATION_ROUTE,
+            get(pages::generation_events),
+        )
         .route("/generations/{id}/download", get(pages::download))
         .route("/generations/{id}/reference", post(pages::use_as_reference))
         .route(
@@ -131,7 +134,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/billing/checkout", post(billing::checkout))
         .route("/billing/portal", post(billing::portal))
         .route("/billing/intents/{id}", get(billing::intent))
-        .route("/billing/intents/{id}/events", get(billing::intent_events))
+        .route(crate::events::INTENT_ROUTE, get(billing::intent_events))
         .route("/privacy-policy", get(pages::privacy_policy))
         .route("/terms", get(pages::terms))
         .route("/consent", post(pages::consent))

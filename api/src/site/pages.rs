@@ -318,7 +318,13 @@ pub async fn generation_events(
 ) -> Result<Response, PageError> {
     let receiver = state.events.subscribe();
     let generation = visible(&state, &visitor, id).await?;
-    Ok(generations::status_stream(&state, receiver, generation).into_response())
+    Ok(generations::status_stream(
+        &state,
+        crate::events::SITE_GENERATION_ROUTE,
+        receiver,
+        generation,
+    )
+    .into_response())
 }
 
 /// `GET /generations/{id}/download`: a short-lived link that saves the original file.

@@ -5,7 +5,7 @@ use fakes::stripe::{DISPUTE_CARD, DeliveryFaults, DisputeClose, INQUIRY_CARD};
 use queue::{EnqueueOptions, enqueue_with};
 use testkit::{Browser, STRIPE_WEBHOOK_SECRET, TestApp};
 
-use crate::support::sign_in;
+use crate::support::{metric, sign_in};
 
 async fn balance(app: &TestApp, email: &str) -> (i64, i64) {
     sqlx::query_as(
@@ -61,6 +61,11 @@ async fn buying_a_pack_grants_its_credits_once_however_often_the_event_arrives()
     }
     settle(&app).await;
     assert_eq!(balance(&app, "ann@example.com").await, (120, 0));
+    assert_eq!(
+        metric(&app, "createimage2_stripe_purchases_total{kind=\"pack\"}").await,
+        1.0,
+        "counted once, however often the event came"
+    );
     let (product, amount, credits): (String, i64, i64) =
         sqlx::query_as("SELECT product_id, amount_minor, credits FROM payments")
             .fetch_one(&app.pool)
@@ -216,6 +221,7 @@ async fn a_missed_webhook_is_healed_by_reconciliation() {
     .unwrap();
     app.drain().await;
     assert_eq!(balance(&app, "dot@example.com").await, (120, 0));
+    assert!(metric(&app, "createimage2_stripe_reconciliation_recoveries_total").await >= 1.0);
     app.finish().await;
 }
 
@@ -289,6 +295,7 @@ async fn a_partial_refund_claws_back_in_proportion() {
         (70, 0),
         "half the pack (50) is taken back"
     );
+    assert_eq!(metric(&app, "createimage2_stripe_refunds_total").await, 1.0);
     app.finish().await;
 }
 
@@ -318,6 +325,17 @@ async fn a_dispute_freezes_the_purchase_and_winning_releases_it_while_losing_kee
         .unwrap();
     settle(&app).await;
     assert_eq!(balance(&app, "hub@example.com").await, (0, 30));
+    for event in ["created", "closed"] {
+        assert_eq!(
+            metric(
+                &app,
+                &format!("createimage2_stripe_disputes_total{{event=\"{event}\"}}")
+            )
+            .await,
+            2.0,
+            "{event}"
+        );
+    }
     app.finish().await;
 }
 

@@ -7,18 +7,22 @@ fn console_url(app: &TestApp, path: &str) -> String {
     format!("http://{}{}", app.console_addr, path)
 }
 
-/// The CSRF token the console's own page puts in its forms.
-async fn form_token(app: &TestApp) -> String {
-    let page = app
-        .client
-        .get(console_url(app, "/"))
-        .basic_auth("ops", Some(OPERATOR_TOKEN))
+/// The console's page at `path`, as the operator `user` sees it.
+async fn console_page(app: &TestApp, user: &str, path: &str) -> String {
+    app.client
+        .get(console_url(app, path))
+        .basic_auth(user, Some(OPERATOR_TOKEN))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The CSRF token the console's own pages put in their forms (the upstream's page has one).
+async fn form_token(app: &TestApp) -> String {
+    let page = console_page(app, "ops", "/upstreams/kie").await;
     let field = "name=\"csrf\" value=\"";
     let start = page.find(field).expect("a form with a token") + field.len();
     page[start..start + 64].to_owned()
@@ -73,16 +77,7 @@ async fn the_console_shows_a_dead_job_and_its_retry_button_runs_it_again() {
         panic!()
     };
     app.drain().await;
-    let page = app
-        .client
-        .get(console_url(&app, "/"))
-        .basic_auth("ops", Some(OPERATOR_TOKEN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = console_page(&app, "ops", "/").await;
     assert!(
         page.contains(&id) && page.contains("upstream said no (attempt 3)"),
         "dead job not shown"
@@ -110,7 +105,10 @@ async fn the_console_shows_a_dead_job_and_its_retry_button_runs_it_again() {
     let retried = no_redirects
         .post(console_url(&app, &format!("/jobs/{id}/retry")))
         .basic_auth("ops", Some(OPERATOR_TOKEN))
-        .form(&[("csrf", form_token(&app).await)])
+        .form(&[
+            ("csrf", form_token(&app).await),
+            ("reason", "the upstream is back".into()),
+        ])
         .send()
         .await
         .unwrap();
@@ -136,7 +134,7 @@ async fn pausing_a_queue_from_the_console_stops_claims_until_resumed() {
         app.client
             .post(console_url(&app, &path))
             .basic_auth("ops", Some(OPERATOR_TOKEN))
-            .form(&[("csrf", token.as_str())])
+            .form(&[("csrf", token.as_str()), ("reason", "maintenance")])
             .send()
     };
     assert!(
@@ -184,7 +182,12 @@ async fn pausing_a_queue_from_the_console_stops_claims_until_resumed() {
 #[tokio::test]
 async fn the_console_cannot_be_framed_sniffed_or_cached() {
     let app = TestApp::spawn().await;
-    for path in ["/", "/jobs/no-such-job"] {
+    for path in [
+        "/",
+        "/jobs/no-such-job",
+        "/queues/test_record",
+        "/upstreams/kie",
+    ] {
         let response = app
             .client
             .get(console_url(&app, path))
@@ -214,7 +217,7 @@ async fn a_console_form_needs_its_token_and_a_foreign_origin_is_refused_without_
             .post(console_url(&app, "/queues/test_record/pause"))
             .basic_auth("ops", Some(OPERATOR_TOKEN));
         if let Some(csrf) = csrf {
-            request = request.form(&[("csrf", csrf)]);
+            request = request.form(&[("csrf", csrf), ("reason", "maintenance")]);
         }
         if let Some(origin) = origin {
             request = request.header("origin", origin);
@@ -242,5 +245,148 @@ async fn a_console_form_needs_its_token_and_a_foreign_origin_is_refused_without_
     let accepted = pause(Some(&token), Some(&own_origin)).await.unwrap();
     assert!(accepted.status().is_success(), "{}", accepted.status());
     assert!(paused().await);
+    app.finish().await;
+}
+
+/// Inserts a dead `test_record` job whose last error is `error`.
+async fn dead_job(app: &TestApp, id: &str, error: &str) {
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, done_at, last_result)
+         VALUES ($1, 'test_record', convert_to('{\"label\": \"bulk\"}', 'UTF8'), 'Failed', 5, 5, now(), now(),
+                 jsonb_build_object('Err', $2::text))",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn console_actions_are_recorded_with_who_and_why_and_unknown_queues_are_refused() {
+    let app = TestApp::spawn().await;
+    dead_job(&app, "dead-timeout-1", "kie.ai timed out after 30 s").await;
+    dead_job(&app, "dead-timeout-2", "kie.ai TIMED OUT after 30 s").await;
+    dead_job(&app, "dead-invalid", "payload did not decode").await;
+    let token = form_token(&app).await;
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        let mut form = vec![("csrf", token.as_str())];
+        form.extend_from_slice(fields);
+        app.client
+            .post(console_url(&app, path))
+            .basic_auth("bob", Some(OPERATOR_TOKEN))
+            .form(&form)
+            .send()
+    };
+
+    // Bulk retry of one queue's dead jobs whose error says "timed out" (any case), then discard of the rest.
+    let retried = post(
+        "/queues/test_record/retry-dead",
+        &[("error_contains", "timed out"), ("reason", "kie recovered")],
+    )
+    .await
+    .unwrap();
+    assert!(retried.status().is_success(), "{}", retried.status());
+    app.drain().await;
+    assert_eq!(testkit::test_jobs::runs(&app.pool, "bulk").await.len(), 2);
+    assert_eq!(
+        app.job_status("dead-invalid").await,
+        queue::JobState::Failed
+    );
+    let discarded = post(
+        "/queues/test_record/discard-dead",
+        &[("reason", "bad payload, reported in #123")],
+    )
+    .await
+    .unwrap();
+    assert!(discarded.status().is_success());
+    assert!(
+        ops::find_job(&app.pool, "dead-invalid")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A queue the registry does not know is refused with a page naming the ones it knows, an action without a
+    // reason too, and nothing is recorded for either.
+    let unknown = post("/queues/no_such_queue/pause", &[("reason", "typo")])
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let said = unknown.text().await.unwrap();
+    assert!(
+        said.contains("<!DOCTYPE html>")
+            && said.contains("no_such_queue")
+            && said.contains("test_record"),
+        "{said}"
+    );
+    let unexplained = post("/queues/test_record/pause", &[("reason", "  ")])
+        .await
+        .unwrap();
+    assert_eq!(unexplained.status(), 422);
+    assert!(
+        unexplained
+            .text()
+            .await
+            .unwrap()
+            .contains("a reason is required")
+    );
+    assert!(
+        !ops::paused_queues(&app.pool)
+            .await
+            .unwrap()
+            .contains(&"no_such_queue".to_owned())
+    );
+
+    let actions = jobs::operator::recent_actions(&app.pool, 10).await.unwrap();
+    let seen: Vec<(&str, &str, &str, &str, &str)> = actions
+        .iter()
+        .map(|a| {
+            (
+                a.actor.as_str(),
+                a.via.as_str(),
+                a.action.as_str(),
+                a.target.as_str(),
+                a.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "bob",
+                "console",
+                "jobs.discard_dead",
+                "test_record",
+                "bad payload, reported in #123"
+            ),
+            (
+                "bob",
+                "console",
+                "jobs.retry_dead",
+                "test_record",
+                "kie recovered"
+            ),
+        ]
+    );
+    assert_eq!(actions[1].detail["jobs"], 2);
+    assert_eq!(actions[1].detail["error_contains"], "timed out");
+    assert_eq!(actions[0].detail["jobs"], 1);
+
+    // The page shows the trail, idle queues too, and is laid out for a phone.
+    let page = console_page(&app, "bob", "/").await;
+    assert!(page.contains("Recent operator actions") && page.contains("kie recovered"));
+    assert!(
+        page.contains("href=\"/queues/reconcile_stripe_events\""),
+        "an idle queue is listed"
+    );
+    assert!(page.contains("name=\"viewport\" content=\"width=device-width, initial-scale=1\""));
+    // The overview refreshes itself, so it holds no form a refresh could wipe; each queue's page has them.
+    assert!(page.contains("http-equiv=\"refresh\"") && !page.contains("<form"));
+    let queue_page = console_page(&app, "bob", "/queues/test_record").await;
+    assert!(!queue_page.contains("http-equiv=\"refresh\""));
+    assert!(queue_page.contains("action=\"/queues/test_record/pause\""));
+    assert!(queue_page.contains("name=\"reason\" required"));
     app.finish().await;
 }

@@ -126,6 +126,15 @@ async fn the_bundle_matches_the_database_and_the_bucket_byte_for_byte() {
         .await
         .unwrap();
     assert_eq!(mail, "export_ready");
+    assert_eq!(
+        crate::support::metric(&app, "createimage2_exports_built_total").await,
+        1.0
+    );
+    // The e-mail went out (the test transport is the outbox row itself) and was counted.
+    testkit::eventually("the export e-mail to be sent", || async {
+        crate::support::metric(&app, "createimage2_emails_total{outcome=\"sent\"}").await >= 1.0
+    })
+    .await;
     app.finish().await;
 }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use fakes::kie::{CallbackMode, FailCodes};
 use jobs::config::GenerationConfig;
+use jobs::operator::{Operator, Via};
+use jobs::upstream::PauseKind;
 use serde_json::{Value, json};
 use testkit::{TestApp, TestUser, images};
 
@@ -281,6 +283,16 @@ async fn a_content_policy_refusal_fails_the_generation_and_refunds_it_once() {
         .await
         .unwrap();
     assert!(!succeeded);
+    // Counted once by its reason (duplicated callbacks and all), so the failure-ratio alert can tell the user's
+    // refusals from the service's failures.
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("createimage2_generation_failures_total{reason=\"content_policy\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("createimage2_generation_failures_total{reason=\"generation_failed\"} 0")
+    );
     app.finish().await;
 }
 
@@ -1108,7 +1120,7 @@ async fn an_account_level_error_pauses_submissions_without_failing_users_until_r
     assert!(
         app.metrics_text()
             .await
-            .contains("createimage2_upstream_paused{upstream=\"kie\"} 1")
+            .contains("createimage2_upstream_paused{kind=\"automatic\",upstream=\"kie\"} 1")
     );
     let (_, waiting) = app.generation(&user, &id).await;
     assert_eq!(waiting["status"], "submitting", "not failed: {waiting}");
@@ -1284,13 +1296,24 @@ async fn every_pipeline_queue_and_kie_operation_shows_up_in_the_worker_metrics_a
 #[tokio::test]
 async fn the_automatic_probe_resumes_paused_submissions_once_kie_answers_again() {
     let app = TestApp::spawn().await;
-    jobs::upstream::pause(&app.pool, "kie", "kie.ai answered code 402: out of credits")
-        .await
-        .unwrap();
-    // Not due yet: the probe leaves it paused.
+    jobs::upstream::pause(
+        &app.pool,
+        "kie",
+        PauseKind::Automatic,
+        "kie.ai answered code 402: out of credits",
+    )
+    .await
+    .unwrap();
+    // Not due yet: the probe leaves it paused (and reads the balance, which the fleet exports).
     app.enqueue(&jobs::kinds::ProbeUpstreams {}).await;
     app.drain().await;
     assert!(jobs::upstream::is_paused(&app.pool, "kie").await.unwrap());
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("createimage2_upstream_paused{kind=\"automatic\",upstream=\"kie\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("createimage2_upstream_credit_balance{upstream=\"kie\"}"));
     // Due: the stand-in's credit endpoint answers, so submissions resume.
     sqlx::query("UPDATE upstream_pauses SET probe_after = now() - interval '1 second'")
         .execute(&app.pool)
@@ -1306,7 +1329,72 @@ async fn the_automatic_probe_resumes_paused_submissions_once_kie_answers_again()
     assert!(
         app.metrics_text()
             .await
-            .contains("createimage2_upstream_paused{upstream=\"kie\"} 0")
+            .contains("createimage2_upstream_paused{kind=\"automatic\",upstream=\"kie\"} 0")
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_operators_pause_holds_through_the_probe_until_an_operator_resumes_it() {
+    let app = TestApp::spawn().await;
+    let operator = Operator::new("alice", Via::Cli).unwrap();
+    // An automatic pause is taken over by the operator's; a later automatic pause does not weaken it.
+    jobs::upstream::pause(&app.pool, "kie", PauseKind::Automatic, "code 402")
+        .await
+        .unwrap();
+    assert!(
+        operator
+            .pause_upstream(&app.pool, "kie", "kie incident INC-42")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !jobs::upstream::pause(&app.pool, "kie", PauseKind::Automatic, "code 401")
+            .await
+            .unwrap()
+    );
+    // The probe is due by any clock and kie's credit endpoint answers: an automatic pause would be lifted.
+    sqlx::query("UPDATE upstream_pauses SET probe_after = now() - interval '1 hour'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for key in ["probe 1", "probe 2"] {
+        app.enqueue_with(
+            &jobs::kinds::ProbeUpstreams {},
+            queue::EnqueueOptions::key(key),
+        )
+        .await;
+        app.drain().await;
+    }
+    let pauses = jobs::upstream::paused(&app.pool).await.unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].kind, PauseKind::Operator);
+    assert_eq!(pauses[0].reason, "kie incident INC-42");
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("createimage2_upstream_paused{kind=\"operator\",upstream=\"kie\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("createimage2_upstream_paused{kind=\"automatic\",upstream=\"kie\"} 0"));
+
+    assert!(
+        operator
+            .resume_upstream(&app.pool, "kie", "incident over")
+            .await
+            .unwrap()
+    );
+    assert!(!jobs::upstream::is_paused(&app.pool, "kie").await.unwrap());
+    let actions = jobs::operator::recent_actions(&app.pool, 10).await.unwrap();
+    let done: Vec<(&str, &str, &str)> = actions
+        .iter()
+        .map(|a| (a.actor.as_str(), a.action.as_str(), a.reason.as_str()))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            ("alice", "upstream.resume", "incident over"),
+            ("alice", "upstream.pause", "kie incident INC-42"),
+        ]
     );
     app.finish().await;
 }

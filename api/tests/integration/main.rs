@@ -3,6 +3,7 @@
 mod billing;
 mod browser;
 mod console;
+mod drain;
 mod exports;
 mod generations;
 mod pages;

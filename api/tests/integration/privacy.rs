@@ -168,6 +168,10 @@ async fn deleting_an_account_closes_it_at_once_and_leaves_nothing_but_pseudonymi
             .await
             .unwrap();
     assert_eq!(record, ("user_request".into(), true));
+    assert_eq!(
+        crate::support::metric(&app, "createimage2_accounts_deleted_total").await,
+        1.0
+    );
 
     // The same address can sign up again.
     let mut tx = app.pool.begin().await.unwrap();

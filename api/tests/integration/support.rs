@@ -58,3 +58,11 @@ pub async fn wait_finished(app: &TestApp, id: uuid::Uuid) -> Status {
     }
     panic!("generation {id} did not finish")
 }
+
+/// The value of one series (`name{labels}` exactly as exposed) on the app's `/metrics`; 0 when absent.
+pub async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.metrics_text().await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}

@@ -285,7 +285,7 @@ pub async fn page_for_user(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> sqlx::Result<(Vec<Generation>, bool)> {
-    let mut rows: Vec<Generation> = sqlx::query_as(
+    let rows: Vec<Generation> = sqlx::query_as(
         "SELECT * FROM generations
           WHERE user_id = $1 AND deleted_at IS NULL
             AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
@@ -298,9 +298,14 @@ pub async fn page_for_user(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
+    Ok(split_page(rows, limit))
+}
+
+/// Rows fetched with `LIMIT limit + 1`: the page's `limit` rows, and whether more follow.
+fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit.max(0) as usize);
-    Ok((rows, more))
+    (rows, more)
 }
 
 /// A gallery card's data: the generation and its first image's key, if stored.
@@ -321,7 +326,7 @@ pub async fn gallery_page(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> sqlx::Result<(Vec<GalleryRow>, bool)> {
-    let mut rows: Vec<GalleryRow> = sqlx::query_as(
+    let rows: Vec<GalleryRow> = sqlx::query_as(
         "SELECT g.id, g.prompt, g.status, g.created_at,
                 (SELECT object_key FROM generated_images i WHERE i.generation_id = g.id ORDER BY n LIMIT 1) AS object_key
            FROM generations g
@@ -336,9 +341,7 @@ pub async fn gallery_page(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit.max(0) as usize);
-    Ok((rows, more))
+    Ok(split_page(rows, limit))
 }
 
 /// A stored image of a generation.
@@ -582,6 +585,20 @@ pub fn record_ending(metrics: &Metrics, generation: &Generation, ending: Ending)
     }
 }
 
+/// Every failure code a generation can end with (the `reason` label of `createimage2_generation_failures_total`).
+/// `content_policy` is the user's prompt or image being refused; the others are the service's failures.
+pub const FAILURE_REASONS: &[&str] = &[
+    "content_policy",
+    "generation_failed",
+    "deadline_exceeded",
+    "status_unavailable",
+    "submit_unconfirmed",
+    "reference_invalid",
+    "upstream_rejected",
+    "upstream_unavailable",
+    "store_failed",
+];
+
 /// Fails a generation in its own transaction and counts it. For jobs.
 pub async fn fail_now(
     pool: &sqlx::PgPool,
@@ -596,6 +613,14 @@ pub async fn fail_now(
     if failed {
         tracing::info!(generation.id = %generation.id, trace_id = %generation.trace_id, code, "generation failed");
         record_ending(metrics, generation, Ending::Failed);
+        debug_assert!(
+            FAILURE_REASONS.contains(&code),
+            "unlisted failure code {code}"
+        );
+        metrics
+            .generation_failures_total
+            .with_label_values(&[code])
+            .inc();
     }
     Ok(())
 }

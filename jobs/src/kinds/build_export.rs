@@ -89,6 +89,11 @@ impl Job for BuildExport {
         )
         .await?;
         tx.commit().await?;
+        ctx.app
+            .metrics
+            .exports_built_total
+            .with_label_values(&[] as &[&str])
+            .inc();
         tracing::info!(export.id = %self.export_id, bytes = stats.bytes, files = stats.files, peak_buffered = stats.peak_buffered, "export ready");
         Ok(Outcome::Done)
     }

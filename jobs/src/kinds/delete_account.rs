@@ -110,6 +110,13 @@ impl Job for DeleteAccount {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        if deleted > 0 {
+            ctx.app
+                .metrics
+                .accounts_deleted_total
+                .with_label_values(&[] as &[&str])
+                .inc();
+        }
         tracing::info!(deletion.id = %self.deletion_id, rows = deleted, "account deleted");
         Ok(Outcome::Done)
     }

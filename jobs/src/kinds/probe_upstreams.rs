@@ -1,5 +1,6 @@
-//! Checks paused upstreams and resumes them when they work again (the automatic half of "resume"; operators
-//! have `createimage2 upstream resume`).
+//! Reads kie.ai's credit balance every minute (kept in the database, exported by the scheduler), and lifts an
+//! automatic pause once the account works again. An operator's pause is left alone: only an operator resumes it
+//! (`createimage2 upstream resume`).
 //!
 //! Why: an account-level error (out of credits, bad key) pauses kie.ai submissions for the whole fleet; once
 //! the account is fixed, work should continue without waiting for a person.
@@ -27,30 +28,27 @@ impl Job for ProbeUpstreams {
     };
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let metrics = &ctx.app.metrics;
-        let paused = upstream::paused(&ctx.pool).await?;
-        // Keep the gauge true in this process also after an operator resumed an upstream elsewhere.
-        if !paused.iter().any(|(name, ..)| name == upstream::KIE) {
-            metrics
-                .upstream_paused
-                .with_label_values(&[upstream::KIE])
-                .set(0);
+        // The credit endpoint answers 401 for a bad key; a positive balance means tasks can be created. Read it
+        // every minute: the balance is exported (by the scheduler, from the database) and alerted on before it
+        // runs out.
+        let balance = ctx.app.pipeline()?.kie.credit().await;
+        if let Ok(balance) = balance {
+            upstream::record_balance(&ctx.pool, upstream::KIE, balance).await?;
         }
-        for (name, reason, _, probe_due) in paused {
-            metrics.upstream_paused.with_label_values(&[&name]).set(1);
-            if name != upstream::KIE || !probe_due {
+        for pause in upstream::paused(&ctx.pool).await? {
+            // An operator's pause holds until an operator resumes it.
+            if pause.upstream != upstream::KIE || !pause.probe_due {
                 continue;
             }
-            // The credit endpoint answers 401 for a bad key; a positive balance means tasks can be created.
-            match ctx.app.pipeline()?.kie.credit().await {
-                Ok(balance) if balance > 0.0 => {
-                    upstream::resume(&ctx.pool, &name).await?;
-                    metrics.upstream_paused.with_label_values(&[&name]).set(0);
-                    tracing::info!(upstream = %name, was = %reason, balance, "upstream works again; submissions resumed");
+            match &balance {
+                Ok(balance) if *balance > 0.0 => {
+                    if upstream::lift_automatic(&ctx.pool, &pause.upstream).await? {
+                        tracing::info!(upstream = %pause.upstream, was = %pause.reason, balance, "upstream works again; submissions resumed");
+                    }
                 }
                 outcome => {
-                    tracing::warn!(upstream = %name, ?outcome, "upstream still unusable; staying paused");
-                    upstream::probe_later(&ctx.pool, &name, 5).await?;
+                    tracing::warn!(upstream = %pause.upstream, ?outcome, "upstream still unusable; staying paused");
+                    upstream::probe_later(&ctx.pool, &pause.upstream, 5).await?;
                 }
             }
         }

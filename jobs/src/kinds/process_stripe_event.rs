@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use queue::{Job, JobError, Outcome, RetryPolicy};
 
-use crate::billing::{self, ProcessError};
+use crate::billing::{self, Effect, ProcessError};
 use crate::services::JobContext;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,12 +39,27 @@ impl Job for ProcessStripeEvent {
         match billing::process(&ctx.pool, stripe, &self.event_id).await {
             Ok(Some(outcome)) => {
                 tracing::info!(event = %self.event_id, outcome = %outcome.0, "Stripe event applied");
+                if let Some(effect) = outcome.1 {
+                    count(&ctx, effect);
+                }
                 Ok(Outcome::Done)
             }
             Ok(None) => Ok(Outcome::Done),
-            Err(ProcessError::Database(error)) => Err(JobError::Retryable(error.into())),
-            Err(ProcessError::Stripe(error)) => Err(JobError::Retryable(error.into())),
-            Err(error @ ProcessError::PaymentNotRecorded(_)) => {
+            Err(
+                error @ (ProcessError::Database(_)
+                | ProcessError::Stripe(_)
+                | ProcessError::PaymentNotRecorded(_)),
+            ) => {
+                let kind = billing::event_type(&ctx.pool, &self.event_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                ctx.app
+                    .metrics
+                    .stripe_event_failures_total
+                    .with_label_values(&[&kind])
+                    .inc();
                 Err(JobError::Retryable(error.into()))
             }
             Err(ProcessError::UnreadableVersion { kind, version }) => {
@@ -64,5 +79,28 @@ impl Job for ProcessStripeEvent {
                 Ok(Outcome::Done)
             }
         }
+    }
+}
+
+/// Counts what an applied event changed.
+fn count(ctx: &JobContext, effect: Effect) {
+    let metrics = &ctx.app.metrics;
+    match effect {
+        Effect::Purchase { subscription } => metrics
+            .stripe_purchases_total
+            .with_label_values(&[if subscription { "subscription" } else { "pack" }])
+            .inc(),
+        Effect::Refund => metrics
+            .stripe_refunds_total
+            .with_label_values(&[] as &[&str])
+            .inc(),
+        Effect::DisputeCreated => metrics
+            .stripe_disputes_total
+            .with_label_values(&["created"])
+            .inc(),
+        Effect::DisputeClosed => metrics
+            .stripe_disputes_total
+            .with_label_values(&["closed"])
+            .inc(),
     }
 }

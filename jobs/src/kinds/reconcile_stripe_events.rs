@@ -39,6 +39,11 @@ impl Job for ReconcileStripeEvents {
             .await
             .map_err(|error| JobError::Retryable(anyhow::anyhow!(error)))?;
         if recorded > 0 {
+            ctx.app
+                .metrics
+                .stripe_reconciliation_recoveries_total
+                .with_label_values(&[] as &[&str])
+                .inc_by(recorded as u64);
             tracing::warn!(
                 recorded,
                 "reconciliation found Stripe events the webhook missed"

@@ -76,6 +76,19 @@ impl Job for SendEmail {
         .bind(&error)
         .execute(&ctx.pool)
         .await?;
+        let counted = match &result {
+            Ok(()) => Some("sent"),
+            Err(DeliveryError::Permanent(_)) => Some("failed"),
+            Err(DeliveryError::Transient(_)) if ctx.is_last_attempt() => Some("failed"),
+            Err(DeliveryError::Transient(_)) => None,
+        };
+        if let Some(outcome) = counted {
+            ctx.app
+                .metrics
+                .emails_total
+                .with_label_values(&[outcome])
+                .inc();
+        }
         match result {
             Ok(()) => Ok(Outcome::Done),
             Err(DeliveryError::Permanent(reason)) => {

@@ -199,11 +199,13 @@ impl SubmitGeneration {
                 }
                 ErrorClass::AccountLevel => {
                     uncount_attempt(&ctx, generation.id).await?;
-                    upstream::pause(&ctx.pool, upstream::KIE, &error.to_string()).await?;
-                    metrics
-                        .upstream_paused
-                        .with_label_values(&[upstream::KIE])
-                        .set(1);
+                    upstream::pause(
+                        &ctx.pool,
+                        upstream::KIE,
+                        upstream::PauseKind::Automatic,
+                        &error.to_string(),
+                    )
+                    .await?;
                     tracing::error!(error = %error, "kie.ai account problem: submissions paused for the whole fleet");
                     Ok(Outcome::Snooze(Duration::from_secs(30)))
                 }

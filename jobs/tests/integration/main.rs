@@ -4,6 +4,7 @@
 
 mod email;
 mod ledger;
+mod pools;
 mod queue;
 mod rate_limit;
 mod schema;

@@ -55,7 +55,7 @@ async fn migrations_are_idempotent_when_run_again() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(applied as usize, jobs::db::MIGRATOR.iter().count());
+    assert_eq!(applied as usize, jobs::db::migrator().iter().count());
 }
 
 #[tokio::test]

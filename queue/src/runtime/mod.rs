@@ -46,7 +46,7 @@ pub use listener::INSERT_CHANNEL;
 
 /// The `apalis.workers.storage_name` of workers whose application names none ([`Worker::storage_name`]).
 pub const DEFAULT_STORAGE_NAME: &str = "queue";
-pub use reaper::reap_queue;
+pub use reaper::{Reaped, reap_queue};
 
 use crate::{QueueConfig, QueueMetrics, Registry};
 use runner::Runner;
@@ -170,6 +170,7 @@ pub struct Worker<C> {
     config: QueueConfig,
     metrics: Option<QueueMetrics>,
     storage_name: String,
+    listen_pool: Option<PgPool>,
 }
 
 impl<C: Clone + Send + Sync + 'static> Worker<C> {
@@ -183,7 +184,16 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             config: QueueConfig::default(),
             metrics: None,
             storage_name: DEFAULT_STORAGE_NAME.to_owned(),
+            listen_pool: None,
         }
+    }
+
+    /// LISTENs for new jobs through a connection made with `pool`'s options rather than the worker's own pool's:
+    /// for a worker whose queries go through a transaction-mode pooler (PgBouncer), which cannot hold a LISTEN,
+    /// `pool` names the database directly. Only its connect options are used; it lends no connection.
+    pub fn listen_via(mut self, pool: PgPool) -> Self {
+        self.listen_pool = Some(pool);
+        self
     }
 
     /// The name this application's workers are listed under in `apalis.workers.storage_name` (what
@@ -218,6 +228,7 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             config,
             metrics,
             storage_name,
+            listen_pool,
         } = self;
         let metrics = match metrics {
             Some(metrics) => metrics,
@@ -272,10 +283,16 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             tracing::warn!(error = %error, "could not register workers yet; will retry");
         }
 
+        let worker_ids: Vec<String> = registration
+            .workers
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        let deregister_pool = pool.clone();
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(listener::listen_for_inserts(
-            pool.clone(),
+            listen_pool.unwrap_or_else(|| pool.clone()),
             wakers,
             background.clone(),
         ));
@@ -293,6 +310,7 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             pool.clone(),
             queues,
             config.clone(),
+            metrics.clone(),
             background.clone(),
         ));
 
@@ -307,6 +325,11 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             while supervised.join_next().await.is_some() {}
             background.cancel();
             while tasks.join_next().await.is_some() {}
+            // A clean stop leaves no worker behind in the console or the gauges: its rows go, unless a job is
+            // still locked by one (a hand-back that failed), which the reaper must then see.
+            if let Err(error) = reaper::deregister_workers(&deregister_pool, &worker_ids).await {
+                tracing::warn!(error = %error, "could not deregister workers; they age out");
+            }
         });
         Ok(RunningWorker { health, handle })
     }
@@ -328,6 +351,10 @@ async fn supervise<C: Clone + Send + Sync + 'static>(
             Err(error) => {
                 runner.health.running.store(false, Ordering::Relaxed);
                 runner.health.restarts.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .job_runner_restarts_total
+                    .with_label_values(&[queue])
+                    .inc();
                 tracing::error!(job.queue = queue, error = %error, "queue runner died; restarting it");
                 tokio::select! {
                     () = shutdown.cancelled() => break,

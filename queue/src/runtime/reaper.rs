@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::QueueConfig;
+use crate::{QueueConfig, QueueMetrics};
 
 /// Returns this worker's unfinished jobs to `Pending` (the interrupted attempt does not count).
 pub(super) async fn hand_back(pool: &PgPool, worker_id: &str) -> sqlx::Result<u64> {
@@ -48,6 +48,18 @@ pub(super) async fn register_workers(
     .map(drop)
 }
 
+/// Removes this process's worker rows after a drain, except those still holding a job.
+pub(super) async fn deregister_workers(pool: &PgPool, ids: &[String]) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM apalis.workers w WHERE w.id = ANY($1)
+            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id AND j.status IN ('Queued', 'Running'))",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
 pub(super) async fn heartbeat(
     pool: PgPool,
     registration: Registration,
@@ -79,6 +91,7 @@ pub(super) async fn reap(
     pool: PgPool,
     queues: Vec<(String, Duration)>,
     config: QueueConfig,
+    metrics: QueueMetrics,
     stop: CancellationToken,
 ) {
     let mut interval = tokio::time::interval(config.heartbeat_interval.max(Duration::from_secs(1)));
@@ -94,9 +107,15 @@ pub(super) async fn reap(
             let reaped = reap_queue(&pool, queue, config.dead_worker_after, stuck_after);
             match stop.run_until_cancelled(reaped).await {
                 None => return,
-                Some(Ok(0)) => {}
-                Some(Ok(count)) => {
-                    tracing::warn!(job.queue = %queue, count, "reaped abandoned jobs")
+                Some(Ok(reaped)) if reaped.handed_back + reaped.dead == 0 => {}
+                Some(Ok(reaped)) => {
+                    metrics.record_reaped(queue, reaped);
+                    tracing::warn!(
+                        job.queue = %queue,
+                        handed_back = reaped.handed_back,
+                        dead = reaped.dead,
+                        "reaped abandoned jobs"
+                    )
                 }
                 Some(Err(error)) => {
                     tracing::warn!(job.queue = %queue, error = %error, "reaping failed")
@@ -106,14 +125,21 @@ pub(super) async fn reap(
     }
 }
 
+/// What one reaper pass did: jobs handed back to run again, and jobs out of attempts declared dead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub handed_back: u64,
+    pub dead: u64,
+}
+
 /// One reaper pass over a queue. Public for tests and the ops command.
 pub async fn reap_queue(
     pool: &PgPool,
     queue: &str,
     dead_worker_after: Duration,
     stuck_after: Duration,
-) -> sqlx::Result<u64> {
-    sqlx::query(
+) -> sqlx::Result<Reaped> {
+    let (handed_back, dead): (i64, i64) = sqlx::query_as(
         "WITH abandoned AS (
              SELECT j.id FROM apalis.jobs j
                LEFT JOIN apalis.workers w ON w.id = j.lock_by
@@ -123,6 +149,7 @@ pub async fn reap_queue(
                      OR j.lock_at < now() - make_interval(secs => $3))
                 FOR UPDATE OF j SKIP LOCKED
          )
+         , reaped AS (
          UPDATE apalis.jobs j
             SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'Failed' ELSE 'Pending' END,
                 done_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
@@ -132,12 +159,18 @@ pub async fn reap_queue(
                 last_result = jsonb_build_object('Err', 'abandoned by worker ' || coalesce(j.lock_by, '?')
                                                  || ' (stopped heartbeating or exceeded its timeout)')
            FROM abandoned
-          WHERE j.id = abandoned.id",
+          WHERE j.id = abandoned.id
+      RETURNING j.status
+         )
+         SELECT count(*) FILTER (WHERE status = 'Pending'), count(*) FILTER (WHERE status = 'Failed') FROM reaped",
     )
     .bind(queue)
     .bind(dead_worker_after.as_secs_f64())
     .bind(stuck_after.as_secs_f64())
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected())
+    .fetch_one(pool)
+    .await?;
+    Ok(Reaped {
+        handed_back: handed_back as u64,
+        dead: dead as u64,
+    })
 }

@@ -76,6 +76,8 @@ struct RunnerMetrics {
     snoozed: prometheus::Histogram,
     failed: prometheus::Histogram,
     completed: prometheus::IntCounter,
+    panics: prometheus::IntCounter,
+    handed_back: prometheus::IntCounter,
     retried: prometheus::IntCounter,
     snoozes: prometheus::IntCounter,
     dead: prometheus::IntCounter,
@@ -94,6 +96,8 @@ impl RunnerMetrics {
             snoozed: duration("snoozed"),
             failed: duration("failed"),
             completed: metrics.jobs_completed_total.with_label_values(&[queue]),
+            panics: metrics.job_panics_total.with_label_values(&[queue]),
+            handed_back: metrics.jobs_handed_back_total.with_label_values(&[queue]),
             retried: metrics.jobs_retried_total.with_label_values(&[queue]),
             snoozes: metrics.jobs_snoozed_total.with_label_values(&[queue]),
             dead: metrics.jobs_dead_total.with_label_values(&[queue]),
@@ -302,12 +306,15 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         }
         match hand_back(&self.pool, &self.worker_id).await {
             Ok(0) => {}
-            Ok(count) => tracing::info!(
-                job.queue = self.queue,
-                count,
-                unstarted,
-                "handed unfinished jobs back to the queue"
-            ),
+            Ok(count) => {
+                self.metrics.handed_back.inc_by(count);
+                tracing::info!(
+                    job.queue = self.queue,
+                    count,
+                    unstarted,
+                    "handed unfinished jobs back to the queue"
+                )
+            }
             Err(error) => {
                 tracing::error!(job.queue = self.queue, error = %error, "could not hand jobs back; the reaper will")
             }
@@ -383,10 +390,13 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             Err(_) => Err(JobError::Retryable(anyhow::anyhow!(
                 "attempt timed out after {timeout:?}"
             ))),
-            Ok(Err(panic)) => Err(JobError::Retryable(anyhow::anyhow!(
-                "attempt panicked: {}",
-                panic_message(&*panic)
-            ))),
+            Ok(Err(panic)) => {
+                self.metrics.panics.inc();
+                Err(JobError::Retryable(anyhow::anyhow!(
+                    "attempt panicked: {}",
+                    panic_message(&*panic)
+                )))
+            }
             Ok(Ok(result)) => result,
         };
         let took = started.elapsed();

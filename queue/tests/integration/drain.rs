@@ -161,6 +161,12 @@ async fn shutdown_hands_back_jobs_that_cannot_finish_within_the_grace_period() {
         (JobState::Pending, 0, None),
         "handed back, attempt not counted"
     );
+    assert!(
+        app.metrics_text()
+            .contains("queue_jobs_handed_back_total{queue=\"test_slow\"} 1"),
+        "{}",
+        app.metrics_text()
+    );
     app.discard_unrun_jobs().await;
     app.finish().await;
 }
@@ -274,5 +280,27 @@ async fn a_backlog_of_short_jobs_is_claimed_ahead_and_unstarted_ones_are_handed_
         .execute(&app.pool)
         .await
         .unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_stopped_cleanly_leaves_no_row_for_the_console_to_list() {
+    let app = TestQueue::builder().without_worker().spawn().await;
+    let worker = app
+        .start_worker(&[("test_record", 2)], QueueConfig::default())
+        .await;
+    let listed = || async {
+        ops::workers(
+            &app.pool,
+            queue::runtime::DEFAULT_STORAGE_NAME,
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
+        .len()
+    };
+    assert_eq!(listed().await, 1);
+    worker.stop().await;
+    assert_eq!(listed().await, 0, "deregistered once drained");
     app.finish().await;
 }

@@ -138,6 +138,13 @@ async fn a_panicking_job_fails_that_job_with_the_panic_kept_and_the_worker_keeps
     );
     assert_eq!(count_runs(&app, "after-panic").await, 1);
     assert!(app.worker_health.as_ref().unwrap().readiness().is_ok());
+    // Both attempts panicked, and are counted as such for the alerts.
+    assert!(
+        app.metrics_text()
+            .contains("queue_job_panics_total{queue=\"test_panics\"} 2"),
+        "{}",
+        app.metrics_text()
+    );
     app.expect_dead(1);
     app.finish().await;
 }

@@ -1,7 +1,7 @@
 //! Subcommands: `api`, `worker`, `scheduler`, `migrate`, `dev`, and the operator commands under `jobs`.
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use jobs::{
     config::{Config, DatabaseConfig, Env, LogFormat, PoolMode},
     operator::{Operator, Via},
@@ -173,30 +173,9 @@ pub enum JobsCommand {
         reason: String,
     },
     /// Run a queue's dead jobs again (those whose last error contains a text, or all), at most --limit.
-    RetryDead {
-        #[arg(long)]
-        queue: String,
-        /// Only jobs whose last error contains this text (case-insensitive).
-        #[arg(long)]
-        error_contains: Option<String>,
-        #[arg(long, default_value_t = 1000)]
-        limit: i64,
-        /// Why, for the audit trail (required).
-        #[arg(long)]
-        reason: String,
-    },
+    RetryDead(DeadJobs),
     /// Delete a queue's dead jobs for good (those whose last error contains a text, or all), at most --limit.
-    DiscardDead {
-        #[arg(long)]
-        queue: String,
-        #[arg(long)]
-        error_contains: Option<String>,
-        #[arg(long, default_value_t = 1000)]
-        limit: i64,
-        /// Why, for the audit trail (required).
-        #[arg(long)]
-        reason: String,
-    },
+    DiscardDead(DeadJobs),
     /// Stop workers claiming from a queue (running jobs finish). Unknown queue names are refused.
     Pause {
         queue: String,
@@ -211,6 +190,31 @@ pub enum JobsCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// The dead jobs a bulk action takes.
+#[derive(Debug, Args)]
+pub struct DeadJobs {
+    #[arg(long)]
+    queue: String,
+    /// Only jobs whose last error contains this text (case-insensitive).
+    #[arg(long)]
+    error_contains: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: i64,
+    /// Why, for the audit trail (required).
+    #[arg(long)]
+    reason: String,
+}
+
+impl DeadJobs {
+    fn filter(&self) -> DeadJobFilter<'_> {
+        DeadJobFilter {
+            queue: &self.queue,
+            error_contains: self.error_contains.as_deref(),
+            limit: self.limit,
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -432,11 +436,6 @@ async fn jobs_command(
     command: JobsCommand,
     operator: impl Fn() -> anyhow::Result<Operator>,
 ) -> anyhow::Result<()> {
-    let filter = |queue, error_contains, limit| DeadJobFilter {
-        queue,
-        error_contains,
-        limit,
-    };
     match command {
         JobsCommand::Stats => {
             println!(
@@ -483,25 +482,17 @@ async fn jobs_command(
             operator()?.discard_job(pool, &id, &reason).await?;
             println!("discarded {id}");
         }
-        JobsCommand::RetryDead {
-            queue,
-            error_contains,
-            limit,
-            reason,
-        } => {
-            let filter = filter(&queue, error_contains.as_deref(), limit);
-            let count = operator()?.retry_dead(pool, &filter, &reason).await?;
-            println!("retrying {count} dead jobs of {queue}");
+        JobsCommand::RetryDead(dead) => {
+            let count = operator()?
+                .retry_dead(pool, &dead.filter(), &dead.reason)
+                .await?;
+            println!("retrying {count} dead jobs of {}", dead.queue);
         }
-        JobsCommand::DiscardDead {
-            queue,
-            error_contains,
-            limit,
-            reason,
-        } => {
-            let filter = filter(&queue, error_contains.as_deref(), limit);
-            let count = operator()?.discard_dead(pool, &filter, &reason).await?;
-            println!("discarded {count} dead jobs of {queue}");
+        JobsCommand::DiscardDead(dead) => {
+            let count = operator()?
+                .discard_dead(pool, &dead.filter(), &dead.reason)
+                .await?;
+            println!("discarded {count} dead jobs of {}", dead.queue);
         }
         JobsCommand::Pause { queue, reason } => {
             let changed = operator()?.pause_queue(pool, &queue, &reason).await?;

@@ -241,18 +241,13 @@ pub async fn retry_dead<'e>(
     conn: impl PgExecutor<'e>,
     filter: &DeadJobFilter<'_>,
 ) -> sqlx::Result<u64> {
-    // Only a constant subquery is interpolated.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    on_dead_matching(
+        conn,
         "UPDATE apalis.jobs
-            SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL, lock_by = NULL, lock_at = NULL
-          WHERE id IN ({DEAD_MATCHING})"
-    )))
-    .bind(filter.queue)
-    .bind(filter.error_contains)
-    .bind(filter.limit)
-    .execute(conn)
+            SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL, lock_by = NULL, lock_at = NULL",
+        filter,
+    )
     .await
-    .map(|r| r.rows_affected())
 }
 
 /// Deletes the dead jobs `filter` selects for good. Returns how many.
@@ -260,8 +255,18 @@ pub async fn discard_dead<'e>(
     conn: impl PgExecutor<'e>,
     filter: &DeadJobFilter<'_>,
 ) -> sqlx::Result<u64> {
+    on_dead_matching(conn, "DELETE FROM apalis.jobs", filter).await
+}
+
+/// Runs `statement` (an UPDATE or DELETE of `apalis.jobs`, without its WHERE) on the rows `filter` selects.
+async fn on_dead_matching<'e>(
+    conn: impl PgExecutor<'e>,
+    statement: &'static str,
+    filter: &DeadJobFilter<'_>,
+) -> sqlx::Result<u64> {
+    // Only constant text is interpolated; the filter is bound.
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM apalis.jobs WHERE id IN ({DEAD_MATCHING})"
+        "{statement} WHERE id IN ({DEAD_MATCHING})"
     )))
     .bind(filter.queue)
     .bind(filter.error_contains)

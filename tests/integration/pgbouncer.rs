@@ -151,6 +151,26 @@ fn pooled_env(command: &mut Command, app: &TestApp, pooled: &str, direct: &str) 
         .stderr(Stdio::null());
 }
 
+/// Asks the api at `api_url` for a generation of `prompt`; returns its id.
+async fn create_generation(
+    client: &reqwest::Client,
+    api_url: &str,
+    key: &str,
+    prompt: &str,
+) -> String {
+    let created: Value = client
+        .post(format!("{api_url}/api/v1/generations"))
+        .bearer_auth(key)
+        .json(&json!({ "prompt": prompt }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().expect("an id").to_owned()
+}
+
 #[tokio::test]
 async fn the_api_and_workers_run_through_pgbouncer_in_transaction_mode_and_listen_directly() {
     let app = TestApp::builder().without_worker().spawn().await;
@@ -205,17 +225,7 @@ async fn the_api_and_workers_run_through_pgbouncer_in_transaction_mode_and_liste
     let api_url = format!("http://127.0.0.1:{api_port}");
     let client = reqwest::Client::new();
     let user = app.create_user(1000).await;
-    let first: Value = client
-        .post(format!("{api_url}/api/v1/generations"))
-        .bearer_auth(&user.api_key)
-        .json(&json!({"prompt": "the first of many"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let first_id = first["id"].as_str().expect("an id").to_owned();
+    let first_id = create_generation(&client, &api_url, &user.api_key, "the first of many").await;
     // Its live status comes over the api's direct LISTEN connection.
     let mut events = client
         .get(format!("{api_url}/api/v1/generations/{first_id}/events"))
@@ -226,20 +236,8 @@ async fn the_api_and_workers_run_through_pgbouncer_in_transaction_mode_and_liste
     assert_eq!(events.status(), 200);
     let mut ids = vec![first_id.clone()];
     let posts = (0..15).map(|n| {
-        let (client, url, key) = (client.clone(), api_url.clone(), user.api_key.clone());
-        async move {
-            let created: Value = client
-                .post(format!("{url}/api/v1/generations"))
-                .bearer_auth(key)
-                .json(&json!({"prompt": format!("generation {n}")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            created["id"].as_str().expect("an id").to_owned()
-        }
+        let (client, url, key) = (&client, &api_url, &user.api_key);
+        async move { create_generation(client, url, key, &format!("generation {n}")).await }
     });
     ids.extend(futures::future::join_all(posts).await);
 

@@ -39,7 +39,7 @@ DASHBOARDS = {
         ("kie.ai credit balance", "max by (upstream) (createimage2_upstream_credit_balance)", "short"),
         ("Generations by outcome / s", "sum by (outcome, resolution) (rate(createimage2_generations_total[5m]))", "ops"),
         ("Generation failures / s by reason", "sum by (reason) (rate(createimage2_generation_failures_total[5m]))", "ops"),
-        ("Generation failure ratio (content policy excluded; alert > 10%)", "sum(rate(createimage2_generation_failures_total{reason!=\"content_policy\"}[10m])) / sum(rate(createimage2_generations_total[10m]))", "percentunit"),
+        ("Generation failure ratio (content policy and cancellations excluded; alert > 10%)", "sum(rate(createimage2_generation_failures_total{reason!=\"content_policy\"}[10m])) / sum(rate(createimage2_generations_total{outcome!=\"cancelled\"}[10m]))", "percentunit"),
         ("Intent → stored p50", "histogram_quantile(0.5, sum by (le) (rate(createimage2_generation_seconds_bucket{outcome=\"succeeded\"}[5m])))", "s"),
         ("Intent → stored p95", "histogram_quantile(0.95, sum by (le) (rate(createimage2_generation_seconds_bucket{outcome=\"succeeded\"}[5m])))", "s"),
     ]),

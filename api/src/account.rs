@@ -5,7 +5,7 @@ use jobs::accounts::{self, DeletionReason};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{AppError, AppState, routes::ApiUser};
+use crate::{AppError, AppState, caller::ApiUser};
 
 /// What the user must type to confirm.
 pub const DELETE_CONFIRMATION: &str = "delete my account";
@@ -20,7 +20,7 @@ pub struct DeleteAccountRequest {
 pub async fn delete_account(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    crate::error::ApiJson(body): crate::error::ApiJson<DeleteAccountRequest>,
+    crate::extract::ApiJson(body): crate::extract::ApiJson<DeleteAccountRequest>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     if body.confirm.as_deref().map(str::trim) != Some(DELETE_CONFIRMATION) {
         return Err(AppError::Invalid {

@@ -10,9 +10,13 @@ use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// Missing or invalid credentials.
+    /// Missing or invalid credentials of a webhook or the site's script.
     #[error("authentication required")]
     Unauthorized,
+    /// The JSON API without an API key (`invalid_token`: one was sent, and it is not a live key). Answered with
+    /// `WWW-Authenticate: Bearer` (RFC 6750 §3).
+    #[error("{}", if *invalid_token { "the API key is not valid (revoked, mistyped, or its account deleted)" } else { "send an API key: Authorization: Bearer <key>" })]
+    BearerRequired { invalid_token: bool },
     /// Not found — also what another user's resource looks like (never 403).
     #[error("not found")]
     NotFound,
@@ -22,10 +26,31 @@ pub enum AppError {
         field: &'static str,
         message: String,
     },
-    /// A JSON body that does not parse or does not fit the request's type, naming where (`prompt`,
-    /// `reference_upload_ids[0]`, or `body` when the document as a whole is broken).
+    /// A JSON body or query string that does not parse or does not fit the request's type, naming where
+    /// (`prompt`, `reference_upload_ids[0]`, `limit`, or `body` when the document as a whole is broken).
     #[error("{field}: {message}")]
     InvalidBody { field: String, message: String },
+    /// Fields (or query parameters) the request does not take, by path.
+    #[error("{}: not a field of this request", .0.join(", "))]
+    UnknownFields(Vec<String>),
+    /// A path parameter that cannot name anything (`/generations/not-a-uuid`).
+    #[error("{field}: {message}")]
+    NoSuchId { field: String, message: String },
+    /// A body that is not declared as JSON.
+    #[error("send the body as JSON, with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// A body over the route's limit.
+    #[error("the body is too large")]
+    PayloadTooLarge,
+    /// A body that could not be read.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A route that exists, with another method.
+    #[error("{method} is not allowed here")]
+    MethodNotAllowed { method: String },
+    /// No route.
+    #[error("no such endpoint: {path}")]
+    NoRoute { path: String },
     /// Not enough credits.
     #[error("this needs {cost} credits; the balance is {balance}")]
     PaymentRequired { balance: i64, cost: i64 },
@@ -50,9 +75,15 @@ impl AppError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Invalid { .. } | Self::InvalidBody { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized | Self::BearerRequired { .. } => StatusCode::UNAUTHORIZED,
+            Self::NotFound | Self::NoSuchId { .. } | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::Invalid { .. } | Self::InvalidBody { .. } | Self::UnknownFields(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -64,51 +95,63 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let message = self.to_string();
-        let (status, body) = match &self {
-            Self::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": message}),
-            ),
-            Self::NotFound => (
-                StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "message": "not found"}),
-            ),
-            Self::Invalid { field, message } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error": "invalid", "field": field, "message": message}),
-            ),
-            Self::InvalidBody { field, message } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error": "invalid", "field": field, "message": message}),
-            ),
-            Self::PaymentRequired { balance, cost } => (
-                StatusCode::PAYMENT_REQUIRED,
-                json!({"error": "insufficient_credits", "message": message, "balance": balance, "cost": cost}),
-            ),
-            Self::TooManyRequests { retry_after_secs } => {
-                let mut response = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Json(json!({"error": "rate_limited", "message": message, "retry_after": retry_after_secs})),
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-                return response;
+        let status = self.status();
+        let body = match &self {
+            Self::Unauthorized | Self::BearerRequired { .. } => {
+                json!({"error": "unauthorized", "message": message})
             }
-            Self::Conflict(_) => (
-                StatusCode::CONFLICT,
-                json!({"error": "conflict", "message": message}),
-            ),
+            Self::NotFound => json!({"error": "not_found", "message": "not found"}),
+            Self::NoSuchId { field, .. } => {
+                json!({"error": "not_found", "field": field, "message": message})
+            }
+            Self::NoRoute { .. } => json!({"error": "not_found", "message": message}),
+            Self::UnknownFields(fields) => json!({
+                "error": "invalid", "field": fields[0], "unknown_fields": fields, "message": message,
+            }),
+            Self::UnsupportedMediaType => {
+                json!({"error": "unsupported_media_type", "message": message})
+            }
+            Self::PayloadTooLarge => json!({"error": "too_large", "message": message}),
+            Self::BadRequest(_) => json!({"error": "bad_request", "message": message}),
+            Self::MethodNotAllowed { .. } => {
+                json!({"error": "method_not_allowed", "message": message})
+            }
+            Self::Invalid { field, message } => {
+                json!({"error": "invalid", "field": field, "message": message})
+            }
+            Self::InvalidBody { field, message } => {
+                json!({"error": "invalid", "field": field, "message": message})
+            }
+            Self::PaymentRequired { balance, cost } => {
+                json!({"error": "insufficient_credits", "message": message, "balance": balance, "cost": cost})
+            }
+            Self::TooManyRequests { retry_after_secs } => {
+                json!({"error": "rate_limited", "message": message, "retry_after": retry_after_secs})
+            }
+            Self::Conflict(_) => json!({"error": "conflict", "message": message}),
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": "internal", "message": "something went wrong"}),
-                )
+                json!({"error": "internal", "message": "something went wrong"})
             }
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if let Self::BearerRequired { invalid_token } = self {
+            let challenge = if invalid_token {
+                r#"Bearer realm="createimage2", error="invalid_token""#
+            } else {
+                r#"Bearer realm="createimage2""#
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
     }
 }
 
@@ -180,6 +223,15 @@ impl From<jobs::generations::DeleteError> for AppError {
     }
 }
 
+impl From<jobs::generations::CancelError> for AppError {
+    fn from(error: jobs::generations::CancelError) -> Self {
+        match error {
+            jobs::generations::CancelError::Started(_) => Self::Conflict(error.to_string()),
+            jobs::generations::CancelError::Database(error) => error.into(),
+        }
+    }
+}
+
 impl From<jobs::uploads::UploadError> for AppError {
     fn from(error: jobs::uploads::UploadError) -> Self {
         use jobs::uploads::UploadError;
@@ -202,50 +254,6 @@ impl From<jobs::export_requests::RequestError> for AppError {
             RequestError::Database(error) => error.into(),
         }
     }
-}
-
-/// `Json<T>` whose refusals are the API's own: a body that is not JSON, or JSON that does not fit `T` (a wrong
-/// type, a lone surrogate in a string, a missing field), is a 422 naming the field as every other invalid input
-/// is; other refusals (no JSON content type, an unreadable body) keep axum's status.
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = Response;
-
-    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Response> {
-        use axum::extract::rejection::JsonRejection;
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(
-                rejection @ (JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_)),
-            ) => {
-                let (field, message) = located(&rejection)
-                    .unwrap_or_else(|| ("body".to_owned(), rejection.body_text()));
-                Err(AppError::InvalidBody { field, message }.into_response())
-            }
-            Err(other) => Err(other.into_response()),
-        }
-    }
-}
-
-/// Where in the document deserializing stopped, and why (serde_path_to_error's path and error, which axum keeps
-/// as the rejection's source).
-fn located(rejection: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
-    let mut source = Some(rejection);
-    while let Some(error) = source {
-        if let Some(located) = error.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>()
-        {
-            let path = located.path().to_string();
-            let field = if path == "." { "body".to_owned() } else { path };
-            return Some((field, located.inner().to_string()));
-        }
-        source = error.source();
-    }
-    None
 }
 
 impl From<jobs::export_requests::DownloadError> for AppError {

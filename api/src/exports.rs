@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
@@ -13,7 +13,7 @@ use jobs::export_requests::{self, Download, ExportStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{AppError, AppState, routes::ApiUser};
+use crate::{AppError, AppState, caller::ApiUser, extract::ApiPath};
 
 const DOWNLOAD_TTL: Duration = Duration::from_secs(300);
 
@@ -54,7 +54,7 @@ async fn view(state: &AppState, user: Uuid, id: Uuid) -> Result<Value, AppError>
 pub async fn get_export(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>, AppError> {
     Ok(Json(view(&state, user, id).await?))
 }
@@ -63,7 +63,7 @@ pub async fn get_export(
 pub async fn download_export(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, AppError> {
     match download(&state, user, id).await? {
         Download::Link(url) => Ok(Redirect::to(&url).into_response()),

@@ -5,7 +5,7 @@ use std::{collections::HashMap, convert::Infallible, time::Duration};
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
@@ -23,7 +23,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{ApiPipeline, AppError, AppState, routes::ApiUser};
+use crate::{
+    ApiPipeline, AppError, AppState,
+    caller::ApiUser,
+    extract::{ApiJson, ApiPath, ApiQuery},
+};
 
 /// How long a download link is valid.
 const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(10 * 60);
@@ -45,7 +49,7 @@ pub struct NewUpload {
 pub async fn create_upload(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    crate::error::ApiJson(body): crate::error::ApiJson<NewUpload>,
+    ApiJson(body): ApiJson<NewUpload>,
 ) -> Result<Response, AppError> {
     Ok((
         StatusCode::CREATED,
@@ -93,7 +97,7 @@ pub async fn create_generation(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     headers: HeaderMap,
-    crate::error::ApiJson(body): crate::error::ApiJson<NewGeneration>,
+    ApiJson(body): ApiJson<NewGeneration>,
 ) -> Result<Response, AppError> {
     let idempotency_key = match headers.get("idempotency-key") {
         Some(value) => {
@@ -141,7 +145,7 @@ pub async fn owned(state: &AppState, user: Uuid, id: Uuid) -> Result<Generation,
 pub async fn get_generation(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>, AppError> {
     let generation = owned(&state, user, id).await?;
     Ok(Json(view(&state, &generation).await?))
@@ -227,7 +231,7 @@ pub struct ListQuery {
 pub async fn list_generations(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, AppError> {
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let after = match &query.cursor {
@@ -266,11 +270,25 @@ pub fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
 pub async fn delete_generation(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, AppError> {
     let generation = owned(&state, user, id).await?;
     remove(&state, &generation).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /api/v1/generations/{id}/cancel`: a queued generation is cancelled and refunded at once (200 with the
+/// generation); one that has started answers 409. Cancelling a cancelled generation again is a 200.
+pub async fn cancel_generation(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Value>, AppError> {
+    let generation = owned(&state, user, id).await?;
+    let cancelled = generations::cancel(&state.pool, &state.metrics, &generation).await?;
+    Ok(Json(
+        view_with_images(&state, &cancelled, Vec::new()).await?,
+    ))
 }
 
 /// Hides a finished generation at once and enqueues the job that deletes its rows and objects.
@@ -282,7 +300,7 @@ pub async fn remove(state: &AppState, generation: &Generation) -> Result<(), App
 pub async fn generation_events(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     // Subscribe before reading the row, so no change between the two is missed.
     let receiver = state.events.subscribe();

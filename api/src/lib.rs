@@ -5,10 +5,12 @@
 //! `Api::build(config)` → [`Api::run_until_stopped`]; tests start it on port 0.
 
 mod account;
+mod caller;
 mod console;
 mod error;
 mod events;
 mod exports;
+mod extract;
 mod generations;
 mod routes;
 pub mod site;
@@ -28,6 +30,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use caller::ApiBudgets;
 pub use error::AppError;
 
 /// What every handler can reach.
@@ -55,6 +58,8 @@ pub struct AppState {
     pub drain: Drain,
     /// The queues of the job registry the fleet runs (what the ops console lists and acts on).
     pub queues: Arc<[&'static str]>,
+    /// The JSON API's request budgets.
+    pub api_budgets: ApiBudgets,
 }
 
 /// The phases of the api's drain. Cheap to clone.
@@ -93,7 +98,13 @@ impl AppState {
             stripe_webhook_secret: None,
             drain: Drain::default(),
             queues: jobs::kinds::registry().queues().collect(),
+            api_budgets: ApiBudgets::default(),
         }
+    }
+
+    pub fn with_api_budgets(mut self, budgets: ApiBudgets) -> Self {
+        self.api_budgets = budgets;
+        self
     }
 
     /// The fleet runs these queues (a registry with more kinds than production's, as in tests).
@@ -153,6 +164,7 @@ impl Api {
         let metrics = Metrics::new("api");
         metrics.watch_pool(&pool);
         let state = AppState::new(pool, metrics)
+            .with_api_budgets(ApiBudgets::from_config(&config.http))
             .with_listen_pool(jobs::db::listen_pool(&config.database)?)
             .with_pipeline(ApiPipeline {
                 storage: Storage::new(&config.storage),

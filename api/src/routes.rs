@@ -4,17 +4,17 @@ use std::time::Instant;
 
 use axum::{
     Json, Router,
-    extract::{FromRequestParts, MatchedPath, Request, State},
-    http::{StatusCode, request::Parts},
+    extract::{MatchedPath, Request, State},
+    http::{Method, StatusCode, Uri},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use maud::Markup;
 use serde_json::json;
-use uuid::Uuid;
 
-use crate::{AppError, AppState, account, exports, generations, site, views, webhooks};
+use crate::caller::ApiUser;
+use crate::{AppError, AppState, account, caller, exports, generations, site, views, webhooks};
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
@@ -26,30 +26,7 @@ pub fn router(state: AppState) -> Router {
     let router = router
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/api/v1/me", get(me))
-        .route(
-            "/api/v1/account",
-            axum::routing::delete(account::delete_account),
-        )
-        .route("/api/v1/uploads", post(generations::create_upload))
-        .route(
-            "/api/v1/generations",
-            post(generations::create_generation).get(generations::list_generations),
-        )
-        .route(
-            "/api/v1/generations/{id}",
-            get(generations::get_generation).delete(generations::delete_generation),
-        )
-        .route(
-            crate::events::API_GENERATION_ROUTE,
-            get(generations::generation_events),
-        )
-        .route("/api/v1/exports", post(exports::request_export))
-        .route("/api/v1/exports/{id}", get(exports::get_export))
-        .route(
-            "/api/v1/exports/{id}/download",
-            get(exports::download_export),
-        )
+        .nest(crate::events::API_PREFIX, api(&state))
         .route(
             "/webhooks/kie/{generation}/{secret}",
             post(webhooks::kie_callback),
@@ -74,6 +51,55 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Everything under `/api`: JSON in and out, every answer (a 404 or 405 too) in the API's error shape and
+/// counted against the caller's request budget ([`caller::count_request`]).
+fn api(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/me", get(me))
+        .route(
+            "/v1/account",
+            axum::routing::delete(account::delete_account),
+        )
+        .route("/v1/uploads", post(generations::create_upload))
+        .route(
+            "/v1/generations",
+            post(generations::create_generation).get(generations::list_generations),
+        )
+        .route(
+            "/v1/generations/{id}",
+            get(generations::get_generation).delete(generations::delete_generation),
+        )
+        .route(
+            "/v1/generations/{id}/cancel",
+            post(generations::cancel_generation),
+        )
+        .route(
+            crate::events::API_GENERATION_PATH,
+            get(generations::generation_events),
+        )
+        .route("/v1/exports", post(exports::request_export))
+        .route("/v1/exports/{id}", get(exports::get_export))
+        .route("/v1/exports/{id}/download", get(exports::download_export))
+        .fallback(api_no_route)
+        .method_not_allowed_fallback(api_method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            caller::count_request,
+        ))
+}
+
+async fn api_no_route(uri: Uri) -> AppError {
+    AppError::NoRoute {
+        path: uri.path().to_owned(),
+    }
+}
+
+async fn api_method_not_allowed(method: Method) -> AppError {
+    AppError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+}
+
 async fn home() -> Markup {
     views::home()
 }
@@ -90,28 +116,6 @@ async fn ready(State(state): State<AppState>) -> Response {
             format!("not ready: {reason}\n"),
         )
             .into_response(),
-    }
-}
-
-/// The caller of the JSON API, from `Authorization: Bearer <API key>`.
-pub struct ApiUser(pub Uuid);
-
-impl FromRequestParts<AppState> for ApiUser {
-    type Rejection = AppError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let key = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthorized)?;
-        let user = jobs::accounts::user_for_api_key(&state.pool, key.trim()).await?;
-        user.map(ApiUser).ok_or(AppError::Unauthorized)
     }
 }
 

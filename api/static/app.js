@@ -48,9 +48,28 @@ const csrf = () => document.body.dataset.csrf || "";
   const files = document.getElementById("reference-files");
   const status = document.getElementById("upload-status");
   const submit = document.getElementById("generate");
+  const attached = () => previews.querySelectorAll("input[name=reference_upload_ids]").length;
+  const announce = () => {
+    const n = attached();
+    status.textContent = n === 0 ? "No reference images attached."
+      : n === 1 ? "1 reference image attached." : n + " reference images attached.";
+  };
+  const removeButton = (name) => {
+    const button = document.createElement("button");
+    button.type = "button"; button.className = "remove"; button.textContent = "Remove";
+    button.setAttribute("aria-label", "Remove reference image " + name);
+    return button;
+  };
+  previews.addEventListener("click", (event) => {
+    const button = event.target.closest("button.remove");
+    if (!button) return;
+    button.closest("figure").remove();
+    announce();
+    update();
+  });
   files.addEventListener("change", async () => {
     const chosen = Array.from(files.files);
-    const present = previews.querySelectorAll("input[name=reference_upload_ids]").length;
+    const present = attached();
     if (present + chosen.length > 16) { status.textContent = "At most 16 reference images."; return; }
     submit.disabled = true;
     let done = 0;
@@ -73,7 +92,7 @@ const csrf = () => document.body.dataset.csrf || "";
         img.alt = "Reference image " + file.name;
         const input = document.createElement("input");
         input.type = "hidden"; input.name = "reference_upload_ids"; input.value = body.upload_id;
-        figure.append(img, input);
+        figure.append(img, input, removeButton(file.name));
         previews.appendChild(figure);
         done += 1;
       } catch (error) {
@@ -83,7 +102,7 @@ const csrf = () => document.body.dataset.csrf || "";
         return;
       }
     }
-    status.textContent = done + " reference image(s) attached.";
+    announce();
     files.value = "";
     submit.disabled = false;
     update();
@@ -96,13 +115,15 @@ const csrf = () => document.body.dataset.csrf || "";
   if (!section || !section.dataset.events) return;
   const badge = document.getElementById("status");
   const labels = { queued: "Queued", submitting: "Sending to the model", generating: "Generating",
-    storing: "Saving your image", succeeded: "Ready", failed: "Failed" };
+    storing: "Saving your image", succeeded: "Ready", failed: "Failed", cancelled: "Cancelled" };
+  const cancel = document.getElementById("cancel-form");
   const source = new EventSource(section.dataset.events);
   source.addEventListener("status", (event) => {
     const status = JSON.parse(event.data).status;
     badge.textContent = labels[status] || "In progress";
     badge.dataset.status = status;
-    if (status === "succeeded" || status === "failed") { source.close(); window.location.reload(); }
+    if (cancel && status !== "queued") cancel.hidden = true;
+    if (status === "succeeded" || status === "failed" || status === "cancelled") { source.close(); window.location.reload(); }
   });
   source.onerror = () => { source.close(); setTimeout(() => window.location.reload(), 3000); };
 })();

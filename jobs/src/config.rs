@@ -286,6 +286,11 @@ pub struct HttpConfig {
     /// `HTTP_SHUTDOWN_GRACE_SECONDS` (default 15): after the api's listener closes, requests in flight get this
     /// long to finish. Open live-status streams are ended at once with a final `shutdown` event.
     pub shutdown_grace: Duration,
+    /// `API_REQUESTS_PER_MINUTE` (default 600): a member's JSON API requests per minute, all keys together.
+    pub api_budget: crate::api_requests::Budget,
+    /// `API_ANONYMOUS_REQUESTS_PER_MINUTE` (default 60): JSON API requests per minute without a live key, per
+    /// client address.
+    pub anonymous_api_budget: crate::api_requests::Budget,
 }
 
 impl HttpConfig {
@@ -324,6 +329,14 @@ impl HttpConfig {
             },
             drain_readiness: seconds_or(source, "DRAIN_READINESS_SECONDS", 5)?,
             shutdown_grace: seconds_or(source, "HTTP_SHUTDOWN_GRACE_SECONDS", 15)?,
+            api_budget: crate::api_requests::Budget {
+                limit: parsed_or(source, "API_REQUESTS_PER_MINUTE", 600)?,
+                window: Duration::from_secs(60),
+            },
+            anonymous_api_budget: crate::api_requests::Budget {
+                limit: parsed_or(source, "API_ANONYMOUS_REQUESTS_PER_MINUTE", 60)?,
+                window: Duration::from_secs(60),
+            },
         })
     }
 }

@@ -6,6 +6,7 @@
 //! [`telemetry`].
 
 pub mod accounts;
+pub mod api_requests;
 pub mod billing;
 pub mod checkout;
 pub mod config;

@@ -177,12 +177,12 @@ impl Metrics {
             ),
             generations_total: counter(
                 "createimage2_generations_total",
-                "Generations finished, by outcome (succeeded, failed) and resolution.",
+                "Generations finished, by outcome (succeeded, failed, cancelled) and resolution.",
                 &["outcome", "resolution"],
             ),
             generation_seconds: job_histogram(
                 "createimage2_generation_seconds",
-                "Intent to image stored (or to failure), by outcome and resolution.",
+                "Intent to image stored (or to failure or cancellation), by outcome and resolution.",
                 &["outcome", "resolution"],
             ),
             generation_failures_total: counter(

@@ -209,8 +209,18 @@ impl Stack {
             None => (None, None),
         };
         let api_pool = database.pool(config.api_connections)?;
-        let state =
-            api::AppState::new(api_pool.clone(), api_metrics).with_pipeline(api::ApiPipeline {
+        // A load test is many requests from few members: the request budget is counted (the same statement as
+        // in production) but set high enough that it never refuses.
+        let unlimited = jobs::api_requests::Budget {
+            limit: u32::MAX,
+            window: std::time::Duration::from_secs(60),
+        };
+        let state = api::AppState::new(api_pool.clone(), api_metrics)
+            .with_api_budgets(api::ApiBudgets {
+                member: unlimited,
+                anonymous: unlimited,
+            })
+            .with_pipeline(api::ApiPipeline {
                 storage,
                 kie_webhook_hmac_key: kie_config.webhook_hmac_key.clone(),
                 generation: config.generation.clone(),

@@ -41,6 +41,8 @@ pub struct TestAppBuilder {
     turnstile: Option<ConfigureTurnstile>,
     /// The api's drain: readiness window, then grace for requests in flight.
     drain: (Duration, Duration),
+    /// The JSON API's request budgets.
+    api_budgets: api::ApiBudgets,
 }
 
 /// A test's adjustment of the trial's Turnstile configuration.
@@ -95,6 +97,12 @@ impl TestAppBuilder {
     /// The kie client's request timeout (10 s by default).
     pub fn kie_timeout(mut self, timeout: Duration) -> Self {
         self.kie_timeout = timeout;
+        self
+    }
+
+    /// The JSON API's request budgets (defaults: the production defaults).
+    pub fn api_budgets(mut self, budgets: api::ApiBudgets) -> Self {
+        self.api_budgets = budgets;
         self
     }
 
@@ -291,6 +299,7 @@ impl TestAppBuilder {
             None
         };
         let state = api::AppState::new(pool.clone(), metrics.clone())
+            .with_api_budgets(self.api_budgets)
             .with_queues(self.registry.queues())
             .owning_queue_gauges()
             .with_pipeline(api::ApiPipeline {
@@ -459,6 +468,7 @@ impl TestApp {
             kie_timeout: Duration::from_secs(10),
             turnstile: None,
             drain: (Duration::ZERO, Duration::from_secs(5)),
+            api_budgets: api::ApiBudgets::default(),
         }
     }
 

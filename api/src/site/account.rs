@@ -2,7 +2,7 @@
 //! credits and plan, usage log, API keys, sessions, consent, export and deletion.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Query, State},
     http::HeaderMap,
     response::{IntoResponse, Redirect, Response},
 };
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{
-    PageError,
+    PageError, PagePath,
     pages::{Empty, analytics_consent, chrome, privacy_signal},
     session::{self, CsrfForm, Member},
     views::{self, AccountView},
@@ -243,7 +243,7 @@ pub async fn create_api_key(
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     member: Member,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
     if !accounts::revoke_api_key(&state.pool, member.user_id, id).await? {
@@ -289,7 +289,7 @@ const DOWNLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 pub async fn download_export(
     State(state): State<AppState>,
     member: Member,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Response, PageError> {
     let storage = &crate::generations::pipeline(&state)?.storage;
     match export_requests::download(&state.pool, storage, member.user_id, id, DOWNLOAD_TTL).await {

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::{HeaderMap, header},
     response::{IntoResponse, Redirect, Response},
 };
@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    PageError,
+    PageError, PagePath,
     pages::{Empty, chrome},
     session::{CsrfForm, Member, Visitor},
     views,
@@ -103,7 +103,7 @@ pub async fn portal(
 pub async fn intent_events(
     State(state): State<AppState>,
     member: Member,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Response, PageError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     // Subscribe before reading, so a change in between is not missed.
@@ -148,7 +148,7 @@ pub async fn intent(
     State(state): State<AppState>,
     member: Member,
     headers: HeaderMap,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Response, PageError> {
     let intent = checkout::find_owned(&state.pool, member.user_id, id)
         .await?

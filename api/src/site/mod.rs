@@ -125,6 +125,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         )
         .route("/generations/{id}/download", get(pages::download))
         .route("/generations/{id}/reference", post(pages::use_as_reference))
+        .route("/generations/{id}/cancel", post(pages::cancel))
         .route(
             "/generations/{id}/delete",
             get(pages::confirm_delete).post(pages::delete),
@@ -262,6 +263,48 @@ pub fn client_ip(site: &SiteState, headers: &HeaderMap, peer: Peer) -> String {
         return client.to_string();
     }
     peer_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+/// The client's address of any request (the JSON API's too): [`client_ip`] where the site is configured (its
+/// trusted proxies), else the TCP peer. Used only inside keyed hashes; never stored or logged.
+pub fn client_address(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> String {
+    let peer = Peer(
+        extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+    );
+    match &state.site {
+        Some(site) => client_ip(site, headers, peer),
+        None => peer
+            .0
+            .map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string()),
+    }
+}
+
+/// Path parameters of a page: one that does not parse (`/generations/not-a-uuid`) is the site's own 404 page,
+/// like any other address that names nothing.
+pub struct PagePath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for PagePath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, PageError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|_| PageError::NotFound)
+    }
 }
 
 /// An error on a page: rendered as a page of the site, never as JSON.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    extract::{OriginalUri, Path, Query, State},
+    extract::{OriginalUri, Query, State},
     http::{HeaderMap, Method, StatusCode},
     response::{IntoResponse, Redirect, Response},
 };
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
-    PageError,
+    PageError, PagePath,
     session::{self, CsrfForm, Member, Visitor},
     views::{self, Chrome, GalleryItem, GenerationView, GeneratorForm},
 };
@@ -231,7 +231,7 @@ pub async fn create_upload(
     member: Member,
     headers: HeaderMap,
     method: Method,
-    crate::error::ApiJson(body): crate::error::ApiJson<generations::NewUpload>,
+    crate::extract::ApiJson(body): crate::extract::ApiJson<generations::NewUpload>,
 ) -> Result<Response, AppError> {
     session::check_header(&member.visitor, &headers, &method)
         .await
@@ -295,7 +295,7 @@ pub async fn generation(
     State(state): State<AppState>,
     visitor: Visitor,
     headers: HeaderMap,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Markup, PageError> {
     let generation = visible(&state, &visitor, id).await?;
     let view = generation_view(&state, &generation).await?;
@@ -314,7 +314,7 @@ pub async fn generation(
 pub async fn generation_events(
     State(state): State<AppState>,
     visitor: Visitor,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Response, PageError> {
     let receiver = state.events.subscribe();
     let generation = visible(&state, &visitor, id).await?;
@@ -331,7 +331,7 @@ pub async fn generation_events(
 pub async fn download(
     State(state): State<AppState>,
     visitor: Visitor,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Response, PageError> {
     let generation = visible(&state, &visitor, id).await?;
     let key = image_keys(&state, generation.id)
@@ -356,10 +356,30 @@ pub struct Empty {}
 
 /// `POST /generations/{id}/reference`: copies the image into the member's uploads and opens the generator
 /// with it attached.
+/// `POST /generations/{id}/cancel`: cancels the member's queued generation and refunds it, back to its page
+/// (which shows what happened: cancelled, or already started).
+pub async fn cancel(
+    State(state): State<AppState>,
+    member: Member,
+    PagePath(id): PagePath<Uuid>,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    let generation = visible(&state, &member.visitor, id).await?;
+    if generation.user_id != Some(member.user_id) {
+        return Err(PageError::NotFound);
+    }
+    match domain::cancel(&state.pool, &state.metrics, &generation).await {
+        Ok(_) | Err(domain::CancelError::Started(_)) => {
+            Ok(Redirect::to(&format!("/generations/{id}")).into_response())
+        }
+        Err(domain::CancelError::Database(error)) => Err(AppError::from(error).into()),
+    }
+}
+
 pub async fn use_as_reference(
     State(state): State<AppState>,
     member: Member,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
     let generation = visible(&state, &member.visitor, id).await?;
@@ -392,7 +412,7 @@ pub async fn confirm_delete(
     State(state): State<AppState>,
     member: Member,
     headers: HeaderMap,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Markup, PageError> {
     let generation = visible(&state, &member.visitor, id).await?;
     let view = generation_view(&state, &generation).await?;
@@ -405,7 +425,7 @@ pub async fn confirm_delete(
 pub async fn delete(
     State(state): State<AppState>,
     member: Member,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
     let generation = visible(&state, &member.visitor, id).await?;
@@ -564,7 +584,7 @@ pub async fn dev_outbox_message(
     State(state): State<AppState>,
     visitor: Visitor,
     headers: HeaderMap,
-    Path(id): Path<Uuid>,
+    PagePath(id): PagePath<Uuid>,
 ) -> Result<Markup, PageError> {
     let row = jobs::email::find(&state.pool, id)
         .await?

@@ -223,6 +223,7 @@ pub fn generator(chrome: &Chrome, csrf: &str, balance: i64, form: &GeneratorForm
                                 figure.preview {
                                     img src=(url) alt="Reference image";
                                     input type="hidden" name="reference_upload_ids" value=(id);
+                                    button.remove.js-only type="button" aria-label="Remove this reference image" { "Remove" }
                                 }
                             }
                         }
@@ -311,6 +312,7 @@ fn status_label(status: Status) -> &'static str {
         Status::Storing => "Saving your image",
         Status::Succeeded => "Ready",
         Status::Failed => "Failed",
+        Status::Cancelled => "Cancelled",
     }
 }
 
@@ -337,6 +339,17 @@ pub fn generation(
                 @if !generation.finished() {
                     div.spinner aria-hidden="true" {}
                     p.muted { "This usually takes under a minute. You can leave this page: the image will be in your gallery." }
+                }
+                @if generation.status == Status::Queued && !trial && let Some(csrf) = csrf {
+                    form method="post" action={ "/generations/" (generation.id) "/cancel" } id="cancel-form" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button type="submit" id="cancel" { "Cancel and refund" }
+                        " " span.muted { "Possible until the model starts on it." }
+                    }
+                }
+                @if generation.status == Status::Cancelled {
+                    p { "You cancelled this generation before it started." }
+                    @if generation.credits > 0 { p.muted { "The " (generation.credits) " credits reserved for it were returned." } }
                 }
                 @if let Some(reason) = &generation.failure_reason {
                     p.error { (reason) }

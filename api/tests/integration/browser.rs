@@ -73,7 +73,26 @@ async fn a_visitor_tries_once_signs_up_by_email_generates_with_a_reference_downl
         .unwrap();
     chrome.wait_for("#reference-previews img", SLOW).await;
     chrome
-        .wait_for_text("1 reference image(s) attached", SLOW)
+        .wait_for_text("1 reference image attached.", SLOW)
+        .await;
+    // A second one, counted, then removed again: the generation goes with the first only.
+    let second = dir.path().join("second.png");
+    std::fs::write(&second, images::png(24, 16)).unwrap();
+    chrome
+        .wait_for("#reference-files", SLOW)
+        .await
+        .send_keys(second.to_str().unwrap())
+        .await
+        .unwrap();
+    chrome
+        .wait_for_text("2 reference images attached.", SLOW)
+        .await;
+    chrome.screenshot("06-generator-with-two-references").await;
+    chrome
+        .click("#reference-previews figure:last-child button.remove")
+        .await;
+    chrome
+        .wait_for_text("1 reference image attached.", SLOW)
         .await;
     chrome.screenshot("06-generator-with-reference").await;
     chrome.click("#generate").await;
@@ -238,5 +257,57 @@ async fn a_member_buys_a_pack_on_the_pricing_page_through_the_stand_in_checkout_
     chrome.close().await;
     app.stripe.wait_for_deliveries().await;
     app.drain().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_member_cancels_a_queued_generation_and_a_watched_page_follows_a_cancel_made_elsewhere() {
+    // No worker: generations stay queued until cancelled.
+    let app = TestApp::builder().without_worker().spawn().await;
+    let chrome = Chrome::start().await;
+    chrome.goto(&app.url("/sign-in")).await;
+    chrome.fill("#email", "quitter@example.com").await;
+    chrome.click("#send-link").await;
+    chrome.wait_for("#check-email", SLOW).await;
+    chrome
+        .goto(&latest_mail_link(&app, "quitter@example.com", "/sign-in/link").await)
+        .await;
+    chrome.click("#confirm-link").await;
+    chrome.wait_for_text("Generate an image", SLOW).await;
+
+    chrome.fill("#prompt", "a queue that never moves").await;
+    chrome.click("#generate").await;
+    chrome.wait_for("#cancel", SLOW).await;
+    chrome.screenshot("40-queued-with-cancel").await;
+    chrome.click("#cancel").await;
+    chrome
+        .wait_for_text("You cancelled this generation", SLOW)
+        .await;
+    chrome.screenshot("41-cancelled").await;
+
+    // A second one, cancelled behind the open page's back: the live status brings the page along.
+    chrome.goto(&app.url("/")).await;
+    chrome.fill("#prompt", "cancelled from elsewhere").await;
+    chrome.click("#generate").await;
+    chrome.wait_for("#cancel", SLOW).await;
+    let id: uuid::Uuid = chrome
+        .path()
+        .await
+        .trim_start_matches("/generations/")
+        .parse()
+        .unwrap();
+    let generation = jobs::generations::find(&app.pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    jobs::generations::cancel(&app.pool, &app.metrics, &generation)
+        .await
+        .unwrap();
+    chrome
+        .wait_for_text("You cancelled this generation", SLOW)
+        .await;
+    assert!(!chrome.source().await.contains("id=\"cancel\""));
+    chrome.close().await;
+    app.discard_unrun_jobs().await;
     app.finish().await;
 }

@@ -1511,3 +1511,82 @@ async fn an_idempotency_key_reused_with_a_different_request_is_refused_naming_th
     app.discard_unrun_jobs().await;
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_queued_generation_is_cancelled_refunded_at_once_and_never_sent_to_kie() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(
+            &user,
+            json!({"prompt": "changed my mind", "resolution": "2K"}),
+        )
+        .await;
+    let id = id_of(&created);
+    assert_eq!(app.balance(&user).await, 80);
+    let cancel = format!("/api/v1/generations/{id}/cancel");
+    let response = app.post_json(&cancel, &user, &json!({})).await;
+    assert_eq!(response.status(), 200);
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(
+        cancelled["timings"]["finished_at"].is_string(),
+        "{cancelled}"
+    );
+    assert_eq!(app.balance(&user).await, 100, "refunded at once");
+
+    let again = app.post_json(&cancel, &user, &json!({})).await;
+    assert_eq!(again.status(), 200, "cancelling twice is the same cancel");
+    assert_eq!(
+        ledger(&app, &user).await,
+        [("reserve".to_owned(), -20), ("refund".to_owned(), 20)],
+        "one reservation, one refund"
+    );
+    let events = app
+        .get_with_key(&format!("/api/v1/generations/{id}/events"), &user.api_key)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        events.contains(r#"{"status":"cancelled"}"#),
+        "the stream says so and ends: {events}"
+    );
+
+    // The submit job was already queued: when a worker runs it, it finds nothing to do.
+    let worker = app
+        .start_worker(&[("submit_generation", 1)], Default::default())
+        .await;
+    app.drain().await;
+    worker.stop().await;
+    assert_eq!(app.kie.stats().create_calls, 0, "kie was never asked");
+    assert_eq!(app.generation(&user, &id).await.1["status"], "cancelled");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_generation_that_has_started_cannot_be_cancelled() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let (_, created) = app
+        .create_generation(&user, json!({"prompt": "too late"}))
+        .await;
+    let id = id_of(&created);
+    app.wait_until_finished(&user, &id).await;
+    let response = app
+        .post_json(
+            &format!("/api/v1/generations/{id}/cancel"),
+            &user,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "conflict", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("succeeded"),
+        "{body}"
+    );
+    assert_eq!(app.balance(&user).await, 90, "still charged for the image");
+    app.finish().await;
+}

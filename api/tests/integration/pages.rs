@@ -827,3 +827,64 @@ async fn the_dev_outbox_page_lists_what_would_have_been_mailed() {
     assert!(outbox.contains("ned@example.com") && outbox.contains("Your sign-in link"));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_queued_generation_is_cancelled_from_its_page_and_the_credits_come_back() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let browser = sign_in(&app, "cal@example.com").await;
+    let home = browser.visit("/").await;
+    let posted = browser
+        .post(
+            "/generate",
+            &[
+                ("csrf", &home.csrf()),
+                ("idempotency_key", &home.field("idempotency_key").unwrap()),
+                ("prompt", "not this one"),
+                ("resolution", "1K"),
+            ],
+        )
+        .await;
+    let location = posted.location().unwrap().to_owned();
+    let id = generation_id(&location);
+    let waiting = browser.visit(&location).await;
+    assert!(waiting.contains("id=\"cancel\""), "{}", waiting.body);
+    let user_id: uuid::Uuid = sqlx::query_scalar("SELECT user_id FROM generations WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let balance = || async { jobs::credits::balance(&app.pool, user_id).await.unwrap() };
+    let reserved = balance().await;
+    let cancelled = browser
+        .post(
+            &format!("/generations/{id}/cancel"),
+            &[("csrf", &waiting.csrf())],
+        )
+        .await;
+    assert_eq!(cancelled.status, 303, "{}", cancelled.body);
+    assert_eq!(cancelled.location(), Some(location.as_str()));
+    let page = browser.visit(&location).await;
+    assert!(
+        page.contains("You cancelled this generation"),
+        "{}",
+        page.body
+    );
+    assert!(page.contains("10 credits reserved for it were returned"));
+    assert!(!page.contains("id=\"cancel\""), "nothing left to cancel");
+    assert_eq!(balance().await, reserved + 10);
+    app.discard_unrun_jobs().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_address_with_a_malformed_id_is_the_sites_own_not_found_page() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "dee@example.com").await;
+    for path in ["/generations/not-a-uuid", "/generations/42/delete"] {
+        let page = browser.visit(path).await;
+        assert_eq!(page.status, 404, "{path}");
+        assert!(page.contains("<html"), "{path}: {}", page.body);
+        assert!(page.contains("app.css"), "{path}: a page of the site");
+    }
+    app.finish().await;
+}

@@ -32,6 +32,8 @@ text_enum! {
         Storing = "storing",
         Succeeded = "succeeded",
         Failed = "failed",
+        /// Cancelled by its owner while still queued ([`cancel`]); refunded.
+        Cancelled = "cancelled",
     }
 }
 
@@ -39,18 +41,19 @@ impl Status {
     /// Whether nothing more will happen to the generation.
     pub fn is_final(self) -> bool {
         match self {
-            Self::Succeeded | Self::Failed => true,
+            Self::Succeeded | Self::Failed | Self::Cancelled => true,
             Self::Queued | Self::Submitting | Self::Generating | Self::Storing => false,
         }
     }
 
     /// The moves the pipeline makes: forward through submit, generate and store; back to `Queued` once when
     /// kie.ai fails a task on its side (a new task is submitted); to `Failed` from anything unfinished; to
-    /// `Succeeded` only once the images are stored.
+    /// `Succeeded` only once the images are stored; to `Cancelled` only from `Queued`.
     pub fn can_become(self, to: Self) -> bool {
         use Status::*;
         match (self, to) {
             (Queued, Submitting) | (Queued | Submitting, Generating) => true,
+            (Queued, Cancelled) => true,
             (Generating, Storing) | (Generating, Queued) => true,
             (Storing, Succeeded) => true,
             (from, Failed) => !from.is_final(),
@@ -457,6 +460,66 @@ pub async fn transition(
 pub enum Ending {
     Succeeded,
     Failed,
+    Cancelled,
+}
+
+/// Why a generation cannot be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("the generation has already started ({0}); only a queued generation can be cancelled")]
+    Started(Status),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Cancels the member's generation while it is still queued: it is final at once (`cancelled`), its
+/// reservation refunded in the same transaction (once: the refund shares the reservation's ledger key), and
+/// its submit job, which claims only an unfinished generation, does nothing when it runs. Cancelling a
+/// cancelled generation again changes nothing; one that has started (or finished otherwise) is refused.
+pub async fn cancel(
+    pool: &PgPool,
+    metrics: &Metrics,
+    generation: &Generation,
+) -> Result<Generation, CancelError> {
+    let mut tx = pool.begin().await?;
+    let cancelled: Option<Generation> = sqlx::query_as(
+        "UPDATE generations SET status = $2, finished_at = now(), updated_at = now()
+          WHERE id = $1 AND status = $3 AND finished_at IS NULL AND upstream_task_id IS NULL
+          RETURNING *",
+    )
+    .bind(generation.id)
+    .bind(Status::Cancelled)
+    .bind(Status::Queued)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(cancelled) = cancelled else {
+        drop(tx);
+        let now = find(pool, generation.id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        return match now.status {
+            Status::Cancelled => Ok(now),
+            other => Err(CancelError::Started(other)),
+        };
+    };
+    if let Some(user) = cancelled.user_id
+        && cancelled.credits_reserved > 0
+    {
+        credits::apply(
+            &mut tx,
+            user,
+            Kind::Refund,
+            i64::from(cancelled.credits_reserved),
+            &cancelled.ledger_key(),
+            serde_json::json!({ "generation": cancelled.id, "reason": "cancelled" }),
+        )
+        .await?;
+    }
+    notify(&mut tx, cancelled.id, Status::Cancelled).await?;
+    tx.commit().await?;
+    tracing::info!(generation.id = %cancelled.id, trace_id = %cancelled.trace_id, "generation cancelled");
+    record_ending(metrics, &cancelled, Ending::Cancelled);
+    Ok(cancelled)
 }
 
 /// Fails an unfinished generation: refunds its reservation (once), records the reason shown to the user and
@@ -563,6 +626,7 @@ pub fn record_ending(metrics: &Metrics, generation: &Generation, ending: Ending)
     let outcome = match ending {
         Ending::Succeeded => "succeeded",
         Ending::Failed => "failed",
+        Ending::Cancelled => "cancelled",
     };
     let labels = [outcome, generation.resolution.as_str()];
     metrics.generations_total.with_label_values(&labels).inc();
@@ -573,10 +637,9 @@ pub fn record_ending(metrics: &Metrics, generation: &Generation, ending: Ending)
         .observe(seconds.max(0.0));
     let credits = u64::try_from(generation.credits_reserved).unwrap_or(0);
     if generation.user_id.is_some() {
-        let kind = if ending == Ending::Succeeded {
-            "settled"
-        } else {
-            "refunded"
+        let kind = match ending {
+            Ending::Succeeded => "settled",
+            Ending::Failed | Ending::Cancelled => "refunded",
         };
         metrics
             .credits_total
@@ -722,6 +785,7 @@ mod tests {
             (Generating, Storing),
             (Generating, Queued),
             (Storing, Succeeded),
+            (Queued, Cancelled),
             (Queued, Failed),
             (Submitting, Failed),
             (Generating, Failed),

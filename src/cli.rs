@@ -30,6 +30,9 @@ pub enum Command {
     /// when OPERATOR_TOKEN is set, the ops console (ADMIN_LISTEN_ADDR).
     /// Records intents and enqueues jobs; never calls an external service on a request path.
     Api,
+    /// Print the JSON API's OpenAPI 3.1 document (what `/api/v1/openapi.json` serves), for client generators and
+    /// validators. Needs no configuration.
+    Openapi,
     /// Run background jobs from the given queues. Start several workers with different queues and
     /// concurrency to scale each queue independently. SIGTERM drains: no new jobs are claimed, running ones get
     /// QUEUE_SHUTDOWN_GRACE_SECONDS to finish, the rest are handed back to the queue.
@@ -233,6 +236,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let api = api::Api::build(&config).await?;
             tracing::info!(addr = %api.addr(), metrics = ?api.ops_addr(), "api listening");
             api.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Openapi => {
+            println!("{}", api::openapi::DOCUMENT.to_pretty_json()?);
+            Ok(())
         }
         Command::Worker {
             queues,

@@ -6,7 +6,6 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -60,6 +59,9 @@ pub enum AppError {
     /// The resource is in a state that does not allow this.
     #[error("{0}")]
     Conflict(String),
+    /// The resource existed and has expired.
+    #[error("{0}")]
+    Expired(String),
     /// Anything else: logged, shown as an opaque 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -87,54 +89,101 @@ impl AppError {
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Expired(_) => StatusCode::GONE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The JSON body of every error the API answers with (and what its OpenAPI document shows).
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong, as a stable code: `unauthorized`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `expired`, `too_large`, `unsupported_media_type`, `bad_request`, `invalid`, `insufficient_credits`, `rate_limited`,
+    /// `internal`.
+    pub error: &'static str,
+    /// The same in words for a person.
+    pub message: String,
+    /// The field, query parameter, path parameter or header at fault, by its path (`reference_upload_ids[0]`;
+    /// `body` for a document that does not parse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every field the request does not take (`invalid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_fields: Option<Vec<String>>,
+    /// The spendable credits (`insufficient_credits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    /// What the request would cost (`insufficient_credits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<i64>,
+    /// Seconds to wait before trying again (`rate_limited`; also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl AppError {
+    /// The JSON body this error answers with. Internal errors are logged here, once, and shown opaque.
+    fn body(&self) -> ErrorBody {
+        let message = self.to_string();
+        let plain = |error| ErrorBody {
+            error,
+            message: message.clone(),
+            ..ErrorBody::default()
+        };
+        let naming = |error, field: &str, message: &str| ErrorBody {
+            error,
+            message: message.to_owned(),
+            field: Some(field.to_owned()),
+            ..ErrorBody::default()
+        };
+        match self {
+            Self::Unauthorized | Self::BearerRequired { .. } => plain("unauthorized"),
+            Self::NotFound => ErrorBody {
+                error: "not_found",
+                message: "not found".into(),
+                ..ErrorBody::default()
+            },
+            Self::NoSuchId { field, .. } => naming("not_found", field, &message),
+            Self::NoRoute { .. } => plain("not_found"),
+            Self::UnknownFields(fields) => ErrorBody {
+                field: fields.first().cloned(),
+                unknown_fields: Some(fields.clone()),
+                ..plain("invalid")
+            },
+            Self::UnsupportedMediaType => plain("unsupported_media_type"),
+            Self::PayloadTooLarge => plain("too_large"),
+            Self::BadRequest(_) => plain("bad_request"),
+            Self::MethodNotAllowed { .. } => plain("method_not_allowed"),
+            Self::Invalid { field, message } => naming("invalid", field, message),
+            Self::InvalidBody { field, message } => naming("invalid", field, message),
+            Self::PaymentRequired { balance, cost } => ErrorBody {
+                balance: Some(*balance),
+                cost: Some(*cost),
+                ..plain("insufficient_credits")
+            },
+            Self::TooManyRequests { retry_after_secs } => ErrorBody {
+                retry_after: Some(*retry_after_secs),
+                ..plain("rate_limited")
+            },
+            Self::Conflict(_) => plain("conflict"),
+            Self::Expired(_) => plain("expired"),
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                ErrorBody {
+                    error: "internal",
+                    message: "something went wrong".into(),
+                    ..ErrorBody::default()
+                }
+            }
         }
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
-        let status = self.status();
-        let body = match &self {
-            Self::Unauthorized | Self::BearerRequired { .. } => {
-                json!({"error": "unauthorized", "message": message})
-            }
-            Self::NotFound => json!({"error": "not_found", "message": "not found"}),
-            Self::NoSuchId { field, .. } => {
-                json!({"error": "not_found", "field": field, "message": message})
-            }
-            Self::NoRoute { .. } => json!({"error": "not_found", "message": message}),
-            Self::UnknownFields(fields) => json!({
-                "error": "invalid", "field": fields[0], "unknown_fields": fields, "message": message,
-            }),
-            Self::UnsupportedMediaType => {
-                json!({"error": "unsupported_media_type", "message": message})
-            }
-            Self::PayloadTooLarge => json!({"error": "too_large", "message": message}),
-            Self::BadRequest(_) => json!({"error": "bad_request", "message": message}),
-            Self::MethodNotAllowed { .. } => {
-                json!({"error": "method_not_allowed", "message": message})
-            }
-            Self::Invalid { field, message } => {
-                json!({"error": "invalid", "field": field, "message": message})
-            }
-            Self::InvalidBody { field, message } => {
-                json!({"error": "invalid", "field": field, "message": message})
-            }
-            Self::PaymentRequired { balance, cost } => {
-                json!({"error": "insufficient_credits", "message": message, "balance": balance, "cost": cost})
-            }
-            Self::TooManyRequests { retry_after_secs } => {
-                json!({"error": "rate_limited", "message": message, "retry_after": retry_after_secs})
-            }
-            Self::Conflict(_) => json!({"error": "conflict", "message": message}),
-            Self::Internal(error) => {
-                tracing::error!(error = format!("{error:#}"), "request failed");
-                json!({"error": "internal", "message": "something went wrong"})
-            }
-        };
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (self.status(), Json(self.body())).into_response();
         if let Self::TooManyRequests { retry_after_secs } = self {
             response
                 .headers_mut()

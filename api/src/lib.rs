@@ -12,6 +12,7 @@ mod events;
 mod exports;
 mod extract;
 mod generations;
+pub mod openapi;
 mod routes;
 pub mod site;
 mod views;

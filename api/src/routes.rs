@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{MatchedPath, Request, State},
     http::{Method, StatusCode, Uri},
     middleware::{self, Next},
@@ -11,10 +11,8 @@ use axum::{
     routing::{get, post},
 };
 use maud::Markup;
-use serde_json::json;
 
-use crate::caller::ApiUser;
-use crate::{AppError, AppState, account, caller, exports, generations, site, views, webhooks};
+use crate::{AppError, AppState, caller, site, views, webhooks};
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
@@ -27,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .nest(crate::events::API_PREFIX, api(&state))
+        .route("/docs/api", get(crate::openapi::reference))
         .route(
             "/webhooks/kie/{generation}/{secret}",
             post(webhooks::kie_callback),
@@ -52,34 +51,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Everything under `/api`: JSON in and out, every answer (a 404 or 405 too) in the API's error shape and
-/// counted against the caller's request budget ([`caller::count_request`]).
+/// counted against the caller's request budget ([`caller::count_request`]). The routes are the OpenAPI
+/// document's ([`crate::openapi::routes`]).
 fn api(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/v1/me", get(me))
-        .route(
-            "/v1/account",
-            axum::routing::delete(account::delete_account),
-        )
-        .route("/v1/uploads", post(generations::create_upload))
-        .route(
-            "/v1/generations",
-            post(generations::create_generation).get(generations::list_generations),
-        )
-        .route(
-            "/v1/generations/{id}",
-            get(generations::get_generation).delete(generations::delete_generation),
-        )
-        .route(
-            "/v1/generations/{id}/cancel",
-            post(generations::cancel_generation),
-        )
-        .route(
-            crate::events::API_GENERATION_PATH,
-            get(generations::generation_events),
-        )
-        .route("/v1/exports", post(exports::request_export))
-        .route("/v1/exports/{id}", get(exports::get_export))
-        .route("/v1/exports/{id}/download", get(exports::download_export))
+    let (router, _) = crate::openapi::routes().split_for_parts();
+    router
         .fallback(api_no_route)
         .method_not_allowed_fallback(api_method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -117,19 +93,6 @@ async fn ready(State(state): State<AppState>) -> Response {
         )
             .into_response(),
     }
-}
-
-/// The caller's account: id, e-mail and spendable credits.
-async fn me(
-    State(state): State<AppState>,
-    ApiUser(user_id): ApiUser,
-) -> Result<Json<serde_json::Value>, AppError> {
-    let (email, balance) = jobs::accounts::email_and_balance(&state.pool, user_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
-    Ok(Json(
-        json!({"id": user_id, "email": email, "credits": balance}),
-    ))
 }
 
 /// Counts and times every request by method, route template (never the raw path) and status.

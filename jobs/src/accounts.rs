@@ -76,29 +76,6 @@ pub async fn issue_api_key<'e>(
     Ok(IssuedKey { id, secret })
 }
 
-/// The user an API key belongs to, if the key is valid, unrevoked and the account usable.
-pub async fn user_for_api_key<'e>(
-    conn: impl PgExecutor<'e>,
-    secret: &str,
-) -> sqlx::Result<Option<Uuid>> {
-    // `last_used_at` is refreshed at most once a minute: a request that only reads writes nothing, so it does
-    // not wait for a disk flush at commit.
-    sqlx::query_scalar(
-        "WITH key AS (
-             SELECT k.id, k.user_id, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id
-              WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.deletion_requested_at IS NULL
-         ), touched AS (
-             UPDATE api_keys SET last_used_at = now() FROM key
-              WHERE api_keys.id = key.id
-                AND (key.last_used_at IS NULL OR key.last_used_at < now() - interval '1 minute')
-         )
-         SELECT user_id FROM key",
-    )
-    .bind(hash_secret(secret))
-    .fetch_optional(conn)
-    .await
-}
-
 /// Why an account is deleted (recorded in `account_deletions`, with nothing else about the person).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeletionReason {

@@ -265,6 +265,12 @@ pub fn client_ip(site: &SiteState, headers: &HeaderMap, peer: Peer) -> String {
     peer_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
+/// The cache-busting URL of one of the site's assets (also for pages outside the site, such as the API
+/// reference).
+pub fn asset_url(name: &str) -> String {
+    assets::url(name)
+}
+
 /// The client's address of any request (the JSON API's too): [`client_ip`] where the site is configured (its
 /// trusted proxies), else the TCP peer. Used only inside keyed hashes; never stored or logged.
 pub fn client_address(

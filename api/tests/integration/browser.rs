@@ -12,6 +12,19 @@ async fn latest_mail_link(app: &TestApp, address: &str, path: &str) -> String {
     find_link(&mails.last().expect("a mail").body_text, &app.url(path)).expect("a link in the mail")
 }
 
+/// Signs `address` in through the e-mailed link, as a person would, and waits for the generator.
+async fn sign_in_by_email(app: &TestApp, chrome: &Chrome, address: &str) {
+    chrome.goto(&app.url("/sign-in")).await;
+    chrome.fill("#email", address).await;
+    chrome.click("#send-link").await;
+    chrome.wait_for("#check-email", SLOW).await;
+    chrome
+        .goto(&latest_mail_link(app, address, "/sign-in/link").await)
+        .await;
+    chrome.click("#confirm-link").await;
+    chrome.wait_for_text("Generate an image", SLOW).await;
+}
+
 #[tokio::test]
 async fn a_visitor_tries_once_signs_up_by_email_generates_with_a_reference_downloads_and_deletes() {
     let app = TestApp::spawn().await;
@@ -162,6 +175,7 @@ async fn a_visitor_tries_once_signs_up_by_email_generates_with_a_reference_downl
         ("12-privacy-policy", "/privacy-policy"),
         ("13-terms", "/terms"),
         ("14-not-found", "/no/such/page"),
+        ("15-api-reference", "/docs/api"),
     ] {
         chrome.goto(&app.url(path)).await;
         chrome.screenshot(name).await;
@@ -223,15 +237,7 @@ async fn a_member_buys_a_pack_on_the_pricing_page_through_the_stand_in_checkout_
  {
     let app = TestApp::spawn().await;
     let chrome = Chrome::start().await;
-    chrome.goto(&app.url("/sign-in")).await;
-    chrome.fill("#email", "payer@example.com").await;
-    chrome.click("#send-link").await;
-    chrome.wait_for("#check-email", SLOW).await;
-    chrome
-        .goto(&latest_mail_link(&app, "payer@example.com", "/sign-in/link").await)
-        .await;
-    chrome.click("#confirm-link").await;
-    chrome.wait_for_text("Generate an image", SLOW).await;
+    sign_in_by_email(&app, &chrome, "payer@example.com").await;
 
     chrome.goto(&app.url("/pricing")).await;
     chrome.screenshot("30-pricing-signed-in").await;
@@ -265,15 +271,7 @@ async fn a_member_cancels_a_queued_generation_and_a_watched_page_follows_a_cance
     // No worker: generations stay queued until cancelled.
     let app = TestApp::builder().without_worker().spawn().await;
     let chrome = Chrome::start().await;
-    chrome.goto(&app.url("/sign-in")).await;
-    chrome.fill("#email", "quitter@example.com").await;
-    chrome.click("#send-link").await;
-    chrome.wait_for("#check-email", SLOW).await;
-    chrome
-        .goto(&latest_mail_link(&app, "quitter@example.com", "/sign-in/link").await)
-        .await;
-    chrome.click("#confirm-link").await;
-    chrome.wait_for_text("Generate an image", SLOW).await;
+    sign_in_by_email(&app, &chrome, "quitter@example.com").await;
 
     chrome.fill("#prompt", "a queue that never moves").await;
     chrome.click("#generate").await;

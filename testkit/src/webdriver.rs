@@ -164,6 +164,36 @@ impl Chrome {
             .to_owned()
     }
 
+    /// Resizes the window so the page's viewport is `width` CSS pixels wide (a phone: 390).
+    pub async fn viewport_width(&self, width: u32) {
+        let current = self.script_number("return window.innerWidth").await;
+        let outer = self.script_number("return window.outerWidth").await;
+        let frame = (outer - current).max(0.0) as u32;
+        self.client
+            .set_window_size(width + frame, 900)
+            .await
+            .expect("the window resizes");
+        let now = self.script_number("return window.innerWidth").await;
+        assert_eq!(now as u32, width, "the viewport is {width} px wide");
+    }
+
+    /// How far the page reaches past the viewport's right edge, in CSS pixels (0: no sideways scrolling).
+    pub async fn sideways_overflow(&self) -> f64 {
+        self.script_number(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+        )
+        .await
+    }
+
+    async fn script_number(&self, script: &str) -> f64 {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .expect("the script runs")
+            .as_f64()
+            .expect("a number")
+    }
+
     /// The value of a cookie the site set.
     pub async fn cookie(&self, name: &str) -> Option<String> {
         self.client

@@ -1,6 +1,6 @@
 //! The generator, generation pages, gallery, legal pages, consent, and the dev outbox.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use axum::{
     Json,
@@ -86,22 +86,41 @@ pub async fn chrome(
     })
 }
 
-/// `GET /`: the generator for members, the landing page with the trial for everyone else.
+/// `GET /`: the generator for members, the landing page with the trial for everyone else. `?from=<id>` opens
+/// the generator filled in from one of the member's generations (its prompt, ratio and resolution, and its
+/// reference images unless "Use as reference" just attached others).
 pub async fn home(
     State(state): State<AppState>,
     visitor: Visitor,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Markup, PageError> {
     let chrome = chrome(&state, &visitor, &headers, "/").await?;
     let csrf = chrome.csrf.clone().unwrap_or_default();
     if let Some(user) = visitor.user_id().await {
         let mut form = GeneratorForm::default();
-        if let Some(Value::Array(ids)) = visitor.take("references").await? {
-            let ids: Vec<Uuid> = ids
-                .iter()
-                .filter_map(|v| v.as_str()?.parse().ok())
-                .collect();
-            form.references = reference_previews(&state, user, &ids).await?;
+        let attached: Option<Vec<Uuid>> = match visitor.take("references").await? {
+            Some(Value::Array(ids)) => Some(
+                ids.iter()
+                    .filter_map(|v| v.as_str()?.parse().ok())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let from = match query.get("from").and_then(|id| id.parse::<Uuid>().ok()) {
+            Some(id) => domain::find_owned(&state.pool, user, id).await?,
+            None => None,
+        };
+        if let Some(from) = &from {
+            form.prompt = from.prompt.clone();
+            form.aspect_ratio = from.aspect_ratio.to_string();
+            form.resolution = from.resolution.to_string();
+        }
+        let references = attached
+            .or_else(|| from.map(|g| g.reference_upload_ids))
+            .unwrap_or_default();
+        if !references.is_empty() {
+            form.references = reference_previews(&state, user, &references).await?;
         }
         let balance = chrome.member.as_ref().map_or(0, |m| m.1);
         return Ok(views::generator(&chrome, &csrf, balance, &form));
@@ -277,6 +296,10 @@ async fn generation_view(
     for key in image_keys(state, generation.id).await? {
         image_urls.push(storage.presign_get(&key, IMAGE_URL_TTL).await?);
     }
+    let references = match generation.user_id {
+        Some(user) => reference_previews(state, user, &generation.reference_upload_ids).await?,
+        None => Vec::new(),
+    };
     Ok(GenerationView {
         id: generation.id,
         status: generation.status,
@@ -287,6 +310,7 @@ async fn generation_view(
         failure_reason: generation.failure_reason.clone(),
         image_urls,
         credits: generation.credits_reserved,
+        references,
     })
 }
 
@@ -404,7 +428,8 @@ pub async fn use_as_reference(
     };
     ids.push(json!(upload));
     member.visitor.set("references", Value::Array(ids)).await?;
-    Ok(Redirect::to("/").into_response())
+    // Back to the generator with this generation's prompt and settings, the image attached.
+    Ok(Redirect::to(&format!("/?from={id}")).into_response())
 }
 
 /// `GET /generations/{id}/delete`: the confirmation.

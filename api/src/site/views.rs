@@ -296,6 +296,8 @@ pub struct GenerationView {
     pub failure_reason: Option<String>,
     pub image_urls: Vec<String>,
     pub credits: i32,
+    /// The reference images it was made with: `(upload id, preview URL)`.
+    pub references: Vec<(Uuid, String)>,
 }
 
 impl GenerationView {
@@ -338,7 +340,11 @@ pub fn generation(
                 blockquote.prompt { (generation.prompt) }
                 @if !generation.finished() {
                     div.spinner aria-hidden="true" {}
-                    p.muted { "This usually takes under a minute. You can leave this page: the image will be in your gallery." }
+                    @if trial {
+                        p.muted { "This usually takes under a minute. Keep this page open: a trial image lives only in this browser." }
+                    } @else {
+                        p.muted { "This usually takes under a minute. You can leave this page: the image will be in your gallery." }
+                    }
                 }
                 @if generation.status == Status::Queued && !trial && let Some(csrf) = csrf {
                     form method="post" action={ "/generations/" (generation.id) "/cancel" } id="cancel-form" {
@@ -371,6 +377,32 @@ pub fn generation(
                         }
                         @if !trial {
                             a.button.danger href={ "/generations/" (generation.id) "/delete" } id="delete" { "Delete" }
+                        }
+                    }
+                }
+                @if generation.finished() && !trial && let Some(csrf) = csrf {
+                    div.actions id="iterate" {
+                        form method="post" action="/generate" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="hidden" name="idempotency_key" value=(Uuid::new_v4());
+                            input type="hidden" name="prompt" value=(generation.prompt);
+                            input type="hidden" name="aspect_ratio" value=(generation.aspect_ratio);
+                            input type="hidden" name="resolution" value=(generation.resolution);
+                            @for (id, _) in &generation.references {
+                                input type="hidden" name="reference_upload_ids" value=(id);
+                            }
+                            button type="submit" id="again" { "Again" }
+                        }
+                        a.button href={ "/?from=" (generation.id) } id="edit-prompt" { "Edit prompt" }
+                    }
+                }
+                @if !generation.references.is_empty() {
+                    figure.references-used {
+                        figcaption.muted { "Made with " (generation.references.len()) @if generation.references.len() == 1 { " reference image" } @else { " reference images" } }
+                        div.previews {
+                            @for (n, (_, url)) in generation.references.iter().enumerate() {
+                                img.thumb src=(url) alt={ "Reference image " (n + 1) };
+                            }
                         }
                     }
                 }
@@ -590,12 +622,14 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                     }
                 }
                 @if !view.ledger.is_empty() {
-                    table {
-                        caption { "Recent credit movements" }
-                        thead { tr { th { "Date" } th { "What" } th.num { "Credits" } th { "For" } } }
-                        tbody {
-                            @for (at, kind, amount, key) in &view.ledger {
-                                tr { td { (at.format("%Y-%m-%d %H:%M")) } td { (kind) } td.num { (amount) } td.muted { (key) } }
+                    div.table-scroll {
+                        table {
+                            caption { "Recent credit movements" }
+                            thead { tr { th { "Date" } th { "What" } th.num { "Credits" } th { "For" } } }
+                            tbody {
+                                @for (at, kind, amount, key) in &view.ledger {
+                                    tr { td { (at.format("%Y-%m-%d %H:%M")) } td { (kind) } td.num { (amount) } td.muted.breakable { (key) } }
+                                }
                             }
                         }
                     }
@@ -605,7 +639,7 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                 h2 { "Usage log" }
                 @if view.usage.is_empty() { p.muted { "No generations yet." } }
                 @else {
-                    table {
+                    div.table-scroll { table {
                         thead { tr { th { "Date" } th { "Model" } th.num { "Time" } th { "Result" } } }
                         tbody {
                             @for (at, model, ms, ok) in &view.usage {
@@ -616,7 +650,7 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                                 }
                             }
                         }
-                    }
+                    } }
                 }
             }
             section.panel id="api-keys" {
@@ -829,30 +863,34 @@ pub fn privacy_policy(
     )
 }
 
-/// Plain-text legal document to HTML: numbered headings, bullet and numbered items, paragraphs.
+/// Plain-text legal document to HTML: numbered headings, bullet items (`<ul>`) and numbered items (`<ol>`, whose
+/// numbers the list shows, so the text's own are dropped), paragraphs. The document's own date line is left out:
+/// the page shows the date once, as "Last updated".
 fn render_document(text: &str) -> Markup {
     let mut blocks = String::new();
-    let mut in_list = false;
+    let mut open_list: Option<&'static str> = None;
     for (index, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         let escaped = html_escape(trimmed);
-        if trimmed.is_empty() {
+        if trimmed.is_empty() || chrono::NaiveDate::parse_from_str(trimmed, "%b %d, %Y").is_ok() {
             continue;
         }
-        let is_item = line.starts_with("  ");
-        if !is_item && in_list {
-            blocks.push_str("</ul>");
-            in_list = false;
+        let item = line.starts_with("  ").then(|| list_item(trimmed));
+        let wanted = item.map(|(kind, _)| kind);
+        if let Some(open) = open_list
+            && wanted != Some(open)
+        {
+            blocks.push_str(&format!("</{open}>"));
+            open_list = None;
         }
         if index == 0 {
             blocks.push_str(&format!("<h1>{escaped}</h1>"));
-        } else if is_item {
-            if !in_list {
-                blocks.push_str("<ul>");
-                in_list = true;
+        } else if let Some((kind, text)) = item {
+            if open_list.is_none() {
+                blocks.push_str(&format!("<{kind}>"));
+                open_list = Some(kind);
             }
-            let item = trimmed.trim_start_matches(['•', ' ']);
-            blocks.push_str(&format!("<li>{}</li>", html_escape(item)));
+            blocks.push_str(&format!("<li>{}</li>", html_escape(text)));
         } else if is_heading(trimmed) {
             let id = if trimmed.contains("Cookies") {
                 " id=\"cookies\""
@@ -864,10 +902,22 @@ fn render_document(text: &str) -> Markup {
             blocks.push_str(&format!("<p>{escaped}</p>"));
         }
     }
-    if in_list {
-        blocks.push_str("</ul>");
+    if let Some(open) = open_list {
+        blocks.push_str(&format!("</{open}>"));
     }
     PreEscaped(blocks)
+}
+
+/// A list item's kind (`ol` when the text numbers it, else `ul`) and its text without the number or bullet.
+fn list_item(text: &str) -> (&'static str, &str) {
+    match text.split_once(". ") {
+        Some((number, rest))
+            if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) =>
+        {
+            ("ol", rest)
+        }
+        _ => ("ul", text.trim_start_matches(['•', ' '])),
+    }
 }
 
 fn is_heading(line: &str) -> bool {

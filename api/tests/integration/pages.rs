@@ -306,6 +306,131 @@ async fn use_as_reference_opens_the_generator_with_the_image_attached() {
         app.storage.head(&key).await.unwrap().is_some(),
         "the copy exists in the bucket"
     );
+    assert!(
+        generator.contains(">first</textarea>"),
+        "the prompt is kept: {}",
+        generator.body
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn again_makes_the_same_generation_and_edit_prompt_opens_it_in_the_generator() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "iris@example.com").await;
+    let user: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM users WHERE email = 'iris@example.com'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    jobs::credits::apply(
+        &mut conn,
+        user,
+        jobs::credits::Kind::Grant,
+        100,
+        "test:top-up",
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let home = browser.visit("/").await;
+    let reference = browser
+        .client()
+        .post(app.url("/uploads"))
+        .header("x-csrf-token", home.csrf())
+        .json(
+            &serde_json::json!({"content_type": "image/png", "byte_size": images::png(8, 8).len()}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let upload_url = reference["upload_url"].as_str().unwrap();
+    let put = app
+        .client
+        .put(upload_url)
+        .header("content-type", "image/png")
+        .body(images::png(8, 8))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let upload = reference["upload_id"].as_str().unwrap().to_owned();
+    let posted = browser
+        .post(
+            "/generate",
+            &[
+                ("csrf", &home.csrf()),
+                ("prompt", "a kite over dunes"),
+                ("aspect_ratio", "16:9"),
+                ("resolution", "2K"),
+                ("reference_upload_ids", &upload),
+            ],
+        )
+        .await;
+    let first = generation_id(posted.location().unwrap());
+    wait_finished(&app, first).await;
+    let page = browser.visit(&format!("/generations/{first}")).await;
+    assert!(
+        page.contains("Made with 1 reference image"),
+        "{}",
+        page.body
+    );
+
+    // Again: the same request, from the page's own form.
+    let again = browser
+        .post(
+            "/generate",
+            &[
+                ("csrf", &page.csrf()),
+                ("idempotency_key", &page.field("idempotency_key").unwrap()),
+                ("prompt", &page.field("prompt").unwrap()),
+                ("aspect_ratio", &page.field("aspect_ratio").unwrap()),
+                ("resolution", &page.field("resolution").unwrap()),
+                (
+                    "reference_upload_ids",
+                    &page.field("reference_upload_ids").unwrap(),
+                ),
+            ],
+        )
+        .await;
+    let second = generation_id(again.location().unwrap_or_else(|| panic!("{}", again.body)));
+    assert_ne!(first, second);
+    let settings = |id: uuid::Uuid| {
+        sqlx::query_as::<_, (String, String, String, Vec<uuid::Uuid>)>(
+            "SELECT prompt, aspect_ratio, resolution, reference_upload_ids FROM generations WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+    };
+    assert_eq!(
+        settings(first).await.unwrap(),
+        settings(second).await.unwrap()
+    );
+
+    // Edit prompt: the generator, filled in.
+    let edit = browser.visit(&format!("/?from={first}")).await;
+    assert!(
+        edit.contains(">a kite over dunes</textarea>"),
+        "{}",
+        edit.body
+    );
+    assert!(
+        edit.contains(r#"<option value="16:9" selected>"#),
+        "{}",
+        edit.body
+    );
+    assert!(edit.contains(r#"<option value="2K" data-cost="20" selected>"#));
+    assert_eq!(edit.field("reference_upload_ids"), Some(upload));
+    // Another member's generation fills in nothing.
+    let stranger = sign_in(&app, "jon@example.com").await;
+    let blank = stranger.visit(&format!("/?from={first}")).await;
+    assert!(!blank.contains("a kite over dunes"));
+    wait_finished(&app, second).await;
     app.finish().await;
 }
 
@@ -772,6 +897,15 @@ async fn the_public_pages_render_in_the_site_layout() {
     assert!(
         policy.contains("Free-trial fingerprints: Rotated/expired automatically after 24 hours.")
     );
+    assert!(
+        !policy.contains("Apr 29, 2026"),
+        "the date is shown once, as Last updated"
+    );
+    assert!(
+        policy.contains("<ol><li>Account information."),
+        "numbered items are an ordered list, numbered once"
+    );
+    assert!(!policy.contains("<li>1. "), "no second number in the text");
     let missing = browser.get("/nothing/here").await;
     assert_eq!(missing.status, 404);
     assert!(missing.contains("Page not found") && missing.contains("site-header"));

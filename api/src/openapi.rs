@@ -349,7 +349,8 @@ fn fields(name: &str, object: &openapi::Object) -> Markup {
         @if !name.is_empty() { h3 { (name) } }
         @if let Some(description) = &object.description { p { (prose(description)) } }
         @if !object.properties.is_empty() {
-            div.table-scroll {
+            // Focusable, so a keyboard can scroll it on a narrow screen.
+            div.table-scroll role="region" tabindex="0" aria-label={ (if name.is_empty() { "Fields" } else { name }) " fields" } {
                 table {
                     thead { tr { th { "field" } th { "type" } th { "required" } th { "description" } } }
                     tbody {

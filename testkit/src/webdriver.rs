@@ -41,10 +41,49 @@ pub fn screenshot_dir() -> PathBuf {
         .join("browser-screenshots")
 }
 
+/// The colour scheme the browser asks pages for (`prefers-color-scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Light,
+    Dark,
+}
+
+/// One accessibility rule a page breaks, as axe-core reports it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Violation {
+    /// The rule (`color-contrast`, `label`, …).
+    pub id: String,
+    /// `minor`, `moderate`, `serious` or `critical`.
+    pub impact: Option<String>,
+    pub help: String,
+    /// CSS selectors of the elements at fault.
+    pub targets: Vec<String>,
+}
+
+/// axe-core's browser bundle, from `api/tests/browser/node_modules` (`npm ci` there; `.ci/run` does it).
+fn axe_source() -> &'static str {
+    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../api/tests/browser/node_modules/axe-core/axe.min.js");
+        std::fs::read_to_string(&path).unwrap_or_else(|error| {
+            panic!(
+                "the accessibility tests need axe-core at {}: (cd api/tests/browser && npm ci) ({error})",
+                path.display()
+            )
+        })
+    })
+}
+
 impl Chrome {
-    /// Starts chromedriver and a headless Chromium. Panics with what to install if they are missing: a browser
-    /// test never skips.
+    /// Starts chromedriver and a headless Chromium in the light scheme ([`Chrome::start_in`]).
     pub async fn start() -> Self {
+        Self::start_in(Scheme::Light).await
+    }
+
+    /// Starts chromedriver and a headless Chromium that asks pages for `scheme`. Panics with what to install if
+    /// they are missing: a browser test never skips.
+    pub async fn start_in(scheme: Scheme) -> Self {
         assert!(
             Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists(),
             "browser tests need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver \
@@ -59,12 +98,24 @@ impl Chrome {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            "--window-size=1280,1000",
+            "--no-first-run",
+            "--disable-extensions",
+        ];
+        if scheme == Scheme::Dark {
+            // Blink's preferredColorScheme: 0 is dark.
+            args.extend([
+                "--blink-settings=preferredColorScheme=0",
+                "--force-dark-mode",
+            ]);
+        }
         let capabilities = json!({
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                         "--window-size=1280,1000", "--no-first-run", "--disable-extensions"],
-            }
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args }
         });
         let capabilities = match capabilities {
             serde_json::Value::Object(map) => map,
@@ -166,14 +217,20 @@ impl Chrome {
 
     /// Resizes the window so the page's viewport is `width` CSS pixels wide (a phone: 390).
     pub async fn viewport_width(&self, width: u32) {
-        let current = self.script_number("return window.innerWidth").await;
-        let outer = self.script_number("return window.outerWidth").await;
-        let frame = (outer - current).max(0.0) as u32;
-        self.client
-            .set_window_size(width + frame, 900)
-            .await
-            .expect("the window resizes");
-        let now = self.script_number("return window.innerWidth").await;
+        // The window's frame (if any) is measured, not assumed: size, look, correct.
+        let mut window = width;
+        let mut now = 0.0;
+        for _ in 0..3 {
+            self.client
+                .set_window_size(window, 900)
+                .await
+                .expect("the window resizes");
+            now = self.script_number("return window.innerWidth").await;
+            if now as u32 == width {
+                break;
+            }
+            window = (i64::from(window) + i64::from(width) - now as i64).max(1) as u32;
+        }
         assert_eq!(now as u32, width, "the viewport is {width} px wide");
     }
 
@@ -192,6 +249,42 @@ impl Chrome {
             .expect("the script runs")
             .as_f64()
             .expect("a number")
+    }
+
+    /// Whether the page sees `prefers-color-scheme: dark`.
+    pub async fn prefers_dark(&self) -> bool {
+        self.client
+            .execute(
+                "return window.matchMedia('(prefers-color-scheme: dark)').matches",
+                Vec::new(),
+            )
+            .await
+            .expect("the script runs")
+            .as_bool()
+            .expect("a boolean")
+    }
+
+    /// Runs axe-core on the current page: the rules it breaks (WCAG 2.x A and AA, and axe's best practices).
+    pub async fn axe(&self) -> Vec<Violation> {
+        self.client
+            .execute(axe_source(), Vec::new())
+            .await
+            .expect("axe-core loads into the page");
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, { resultTypes: ['violations'] })
+                    .then(r => done(JSON.stringify(r.violations.map(v => ({
+                        id: v.id, impact: v.impact, help: v.help,
+                        targets: v.nodes.map(n => n.target.join(' ')) })))))
+                    .catch(e => done(JSON.stringify({ error: String(e) })));",
+                Vec::new(),
+            )
+            .await
+            .expect("axe-core runs");
+        let text = found.as_str().expect("axe's answer as JSON text");
+        serde_json::from_str(text).unwrap_or_else(|error| panic!("axe-core: {text} ({error})"))
     }
 
     /// The value of a cookie the site set.

@@ -133,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn links_read_at_aa_contrast_on_the_page_and_on_cards_in_both_colour_schemes() {
+    fn text_colours_read_at_aa_contrast_on_the_page_and_on_cards_in_both_colour_schemes() {
         let css = without_comments(include_str!("../../static/app.css"));
         let css = css.as_str();
         // The declarations between `:root {` and its `}`, after `from`.
@@ -158,12 +158,14 @@ mod tests {
                     .unwrap_or_else(|| panic!("{scheme}: {name}"))
                     .1
             };
-            for background in ["--bg", "--card"] {
-                let ratio = contrast(get("--link"), get(background));
-                assert!(
-                    ratio >= 4.5,
-                    "{scheme}: links on {background} at {ratio:.2}:1"
-                );
+            for text in ["--link", "--ok-text", "--danger-text", "--fg", "--muted"] {
+                for background in ["--bg", "--card"] {
+                    let ratio = contrast(get(text), get(background));
+                    assert!(
+                        ratio >= 4.5,
+                        "{scheme}: {text} on {background} at {ratio:.2}:1"
+                    );
+                }
             }
         }
     }

@@ -622,7 +622,7 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                     }
                 }
                 @if !view.ledger.is_empty() {
-                    div.table-scroll {
+                    div.table-scroll role="region" tabindex="0" aria-label="Recent credit movements" {
                         table {
                             caption { "Recent credit movements" }
                             thead { tr { th { "Date" } th { "What" } th.num { "Credits" } th { "For" } } }
@@ -639,7 +639,7 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                 h2 { "Usage log" }
                 @if view.usage.is_empty() { p.muted { "No generations yet." } }
                 @else {
-                    div.table-scroll { table {
+                    div.table-scroll role="region" tabindex="0" aria-label="Usage log" { table {
                         thead { tr { th { "Date" } th { "Model" } th.num { "Time" } th { "Result" } } }
                         tbody {
                             @for (at, model, ms, ok) in &view.usage {

@@ -13,7 +13,7 @@ async fn latest_mail_link(app: &TestApp, address: &str, path: &str) -> String {
 }
 
 /// Signs `address` in through the e-mailed link, as a person would, and waits for the generator.
-async fn sign_in_by_email(app: &TestApp, chrome: &Chrome, address: &str) {
+pub async fn sign_in_by_email(app: &TestApp, chrome: &Chrome, address: &str) {
     chrome.goto(&app.url("/sign-in")).await;
     chrome.fill("#email", address).await;
     chrome.click("#send-link").await;
@@ -307,40 +307,5 @@ async fn a_member_cancels_a_queued_generation_and_a_watched_page_follows_a_cance
     assert!(!chrome.source().await.contains("id=\"cancel\""));
     chrome.close().await;
     app.discard_unrun_jobs().await;
-    app.finish().await;
-}
-
-#[tokio::test]
-async fn no_page_scrolls_sideways_on_a_phone() {
-    let app = TestApp::spawn().await;
-    let chrome = Chrome::start().await;
-    sign_in_by_email(&app, &chrome, "narrow@example.com").await;
-    chrome
-        .fill("#prompt", "a lighthouse on a phone screen")
-        .await;
-    chrome.click("#generate").await;
-    chrome.wait_for("#image-0", SLOW).await;
-    let generation = chrome.path().await;
-    chrome.viewport_width(390).await;
-    for (name, path) in [
-        ("50-phone-generator", "/"),
-        ("51-phone-result", generation.as_str()),
-        ("52-phone-gallery", "/gallery"),
-        ("53-phone-account", "/account"),
-        ("54-phone-pricing", "/pricing"),
-        ("55-phone-privacy-policy", "/privacy-policy"),
-        ("56-phone-terms", "/terms"),
-        ("57-phone-api-reference", "/docs/api"),
-    ] {
-        chrome.goto(&app.url(path)).await;
-        chrome.screenshot(name).await;
-        let overflow = chrome.sideways_overflow().await;
-        assert!(
-            overflow <= 0.0,
-            "{path} scrolls sideways by {overflow} px at 390 px"
-        );
-    }
-    chrome.close().await;
-    app.drain().await;
     app.finish().await;
 }

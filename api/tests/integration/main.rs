@@ -1,5 +1,6 @@
 //! The web tier over HTTP against a real database, the S3 stand-in and the kie.ai stand-in.
 
+mod accessibility;
 mod api_errors;
 mod billing;
 mod browser;

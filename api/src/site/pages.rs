@@ -259,6 +259,16 @@ pub async fn create_upload(
     Ok((StatusCode::CREATED, Json(signed)).into_response())
 }
 
+/// The member's own generation: not a browser session's trial, which [`visible`] also shows them.
+async fn members_own(state: &AppState, member: &Member, id: Uuid) -> Result<Generation, PageError> {
+    let generation = visible(state, &member.visitor, id).await?;
+    if generation.user_id == Some(member.user_id) {
+        Ok(generation)
+    } else {
+        Err(PageError::NotFound)
+    }
+}
+
 /// A generation the visitor may see: their own, or their browser session's trial.
 async fn visible(state: &AppState, visitor: &Visitor, id: Uuid) -> Result<Generation, PageError> {
     let generation = domain::find(&state.pool, id)
@@ -378,8 +388,6 @@ pub async fn download(
 #[derive(Debug, Deserialize)]
 pub struct Empty {}
 
-/// `POST /generations/{id}/reference`: copies the image into the member's uploads and opens the generator
-/// with it attached.
 /// `POST /generations/{id}/cancel`: cancels the member's queued generation and refunds it, back to its page
 /// (which shows what happened: cancelled, or already started).
 pub async fn cancel(
@@ -388,10 +396,7 @@ pub async fn cancel(
     PagePath(id): PagePath<Uuid>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
-    let generation = visible(&state, &member.visitor, id).await?;
-    if generation.user_id != Some(member.user_id) {
-        return Err(PageError::NotFound);
-    }
+    let generation = members_own(&state, &member, id).await?;
     match domain::cancel(&state.pool, &state.metrics, &generation).await {
         Ok(_) | Err(domain::CancelError::Started(_)) => {
             Ok(Redirect::to(&format!("/generations/{id}")).into_response())
@@ -400,6 +405,8 @@ pub async fn cancel(
     }
 }
 
+/// `POST /generations/{id}/reference`: copies the image into the member's uploads and opens the generator
+/// with it attached and this generation's prompt and settings filled in.
 pub async fn use_as_reference(
     State(state): State<AppState>,
     member: Member,
@@ -453,10 +460,7 @@ pub async fn delete(
     PagePath(id): PagePath<Uuid>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, PageError> {
-    let generation = visible(&state, &member.visitor, id).await?;
-    if generation.user_id != Some(member.user_id) {
-        return Err(PageError::NotFound);
-    }
+    let generation = members_own(&state, &member, id).await?;
     match generations::remove(&state, &generation).await {
         Ok(()) => {
             member.visitor.flash("The image was deleted.").await?;

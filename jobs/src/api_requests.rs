@@ -81,7 +81,8 @@ pub async fn take_for_key(
 /// Counts a request made without a live key against the budget of the client's address (`client`), keyed by
 /// an HMAC of it under the day's pepper.
 pub async fn take_anonymous(pool: &PgPool, client: &str, budget: Budget) -> sqlx::Result<Standing> {
-    let (pepper, _) = crate::trial::current_peppers(pool).await?;
+    // Only today's pepper: a window is a minute, so yesterday's keys never count against today's.
+    let pepper = crate::trial::pepper_for(pool, chrono::Utc::now().date_naive()).await?;
     let key = crate::rate_limit::identifier_key("api:anonymous", &pepper, client);
     let (used, resets_in): (i32, f64) = sqlx::query_as(
         "WITH counted AS (

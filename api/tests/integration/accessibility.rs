@@ -97,8 +97,12 @@ async fn every_page_in(scheme: Scheme) {
         &app.url("/sign-in/link"),
     )
     .expect("a sign-in link");
-    let link_path = link.trim_start_matches(&app.url(""));
-    let link_path = format!("/{}", link_path.trim_start_matches('/'));
+    let link_url = url::Url::parse(&link).unwrap();
+    let link_path = format!(
+        "{}?{}",
+        link_url.path(),
+        link_url.query().unwrap_or_default()
+    );
     failures.extend(check(&chrome, &app, "confirm-link", &link_path).await);
     chrome.viewport_width(1280).await;
     chrome.goto(&link).await;

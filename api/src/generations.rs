@@ -141,6 +141,10 @@ pub struct NewGeneration {
     /// Up to 16 uploads (`POST /api/v1/uploads`) to use as reference images.
     #[serde(default)]
     pub reference_upload_ids: Vec<Uuid>,
+    /// How many images to make, 1–4 (default 1). Each is a generation of its own, charged (and returned) on
+    /// its own: the answer is the first, and `batch` lists them all.
+    #[schema(minimum = 1, maximum = 4, example = 1)]
+    pub n: Option<i64>,
 }
 
 /// `POST /api/v1/generations`: records the generation ([`generations::create`]: checks, rate, reservation,
@@ -148,7 +152,7 @@ pub struct NewGeneration {
 #[utoipa::path(
     post, path = "/v1/generations", tag = "generations",
     summary = "Generate an image",
-    description = "Records the request and reserves its credits (1K: 10, 2K: 20, 4K: 40); the image is made in the background. Follow it with `events_url` (server-sent events) or by reading `status_url`. The credits are charged when the image is stored, and returned if it fails or is cancelled.",
+    description = "Records the request and reserves its credits (1K: 10, 2K: 20, 4K: 40, per image); the image is made in the background. Follow it with `events_url` (server-sent events) or by reading `status_url`. The credits are charged when the image is stored, and returned if it fails or is cancelled. With `n` above 1 each image is a generation of its own: the answer is the first, and its `batch` lists every one, in order.",
     request_body = NewGeneration,
     params(("Idempotency-Key" = Option<String>, Header, description = "1–255 characters: a retried POST with the same key returns the same generation; the same key with another request is a 422")),
     responses(
@@ -177,7 +181,7 @@ pub async fn create_generation(
         }
         None => None,
     };
-    let generation = generations::create(
+    let generations = generations::create(
         &state.pool,
         &pipeline(&state)?.generation,
         &state.metrics,
@@ -187,14 +191,21 @@ pub async fn create_generation(
             aspect_ratio: body.aspect_ratio.as_deref(),
             resolution: body.resolution.as_deref(),
             reference_upload_ids: &body.reference_upload_ids,
+            variations: body.n,
             idempotency_key,
         },
     )
     .await?;
-    // Without an idempotency key the generation is new and has no images yet: nothing more to read.
+    let first = generations
+        .first()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("a request recorded no generation")))?;
+    // Without an idempotency key the generations are new and have no images yet: nothing more to read.
     let view = match idempotency_key {
-        None => view_with_images(&state, &generation, Vec::new()).await?,
-        Some(_) => view(&state, &generation).await?,
+        None => {
+            let batch = generations.iter().map(|g| g.id).collect();
+            view_with_images(&state, first, Vec::new(), batch).await?
+        }
+        Some(_) => view(&state, first).await?,
     };
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
@@ -251,6 +262,13 @@ pub struct GenerationOut {
     pub events_url: String,
     /// Once it succeeded: its images, in order.
     pub images: Vec<ImageOut>,
+    /// The request that made it: every generation of one request (`n`) shares it (the first one's id).
+    pub batch_id: Uuid,
+    /// Its place among the request's generations, from 1.
+    #[schema(example = 1)]
+    pub variation: i16,
+    /// Every generation of the request that is not deleted, in order (itself included).
+    pub batch: Vec<Uuid>,
 }
 
 /// When each step happened.
@@ -298,6 +316,7 @@ pub async fn views(
     }
     let ids: Vec<Uuid> = generations.iter().map(|g| g.id).collect();
     let images = generations::images_of(&state.pool, &ids).await?;
+    let batches = generations::batch_ids(&state.pool, generations).await?;
     let mut images_of: HashMap<Uuid, Vec<Image>> = HashMap::new();
     for image in images {
         images_of
@@ -308,7 +327,11 @@ pub async fn views(
     let mut views = Vec::with_capacity(generations.len());
     for generation in generations {
         let images = images_of.remove(&generation.id).unwrap_or_default();
-        views.push(view_with_images(state, generation, images).await?);
+        let batch = batches
+            .get(&generation.batch())
+            .cloned()
+            .unwrap_or_else(|| vec![generation.id]);
+        views.push(view_with_images(state, generation, images, batch).await?);
     }
     Ok(views)
 }
@@ -318,6 +341,7 @@ async fn view_with_images(
     state: &AppState,
     generation: &Generation,
     images: Vec<Image>,
+    batch: Vec<Uuid>,
 ) -> Result<GenerationOut, AppError> {
     let mut image_views = Vec::with_capacity(images.len());
     for image in images {
@@ -352,6 +376,9 @@ async fn view_with_images(
         status_url: format!("/api/v1/generations/{}", generation.id),
         events_url: format!("/api/v1/generations/{}/events", generation.id),
         images: image_views,
+        batch_id: generation.batch(),
+        variation: generation.variation,
+        batch,
     })
 }
 
@@ -465,9 +492,7 @@ pub async fn cancel_generation(
 ) -> Result<Json<GenerationOut>, AppError> {
     let generation = owned(&state, user, id).await?;
     let cancelled = generations::cancel(&state.pool, &state.metrics, &generation).await?;
-    Ok(Json(
-        view_with_images(&state, &cancelled, Vec::new()).await?,
-    ))
+    Ok(Json(view(&state, &cancelled).await?))
 }
 
 /// Hides a finished generation at once and enqueues the job that deletes its rows and objects.
@@ -482,7 +507,7 @@ pub async fn remove(state: &AppState, generation: &Generation) -> Result<(), App
     description = "Server-sent events: the current status first, then each change, until a final status (`succeeded`, `failed`, `cancelled`).",
     params(("id" = Uuid, Path, description = "The generation's id")),
     responses(
-        (status = 200, description = "Server-sent events: `event: status` with `data: {\"status\": \"…\"}`, first the current status, then each change; the stream ends after a final status. `event: shutdown` asks the client to reconnect (the server is restarting).", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-sent events: `event: status` with `data: {\"id\": \"…\", \"status\": \"…\"}`, first the current status, then each change; the stream ends after a final status. `event: shutdown` asks the client to reconnect (the server is restarting).", content_type = "text/event-stream", body = String),
         (status = 404, description = "No such generation", body = ErrorBody),
     ),
 )]
@@ -498,56 +523,58 @@ pub async fn generation_events(
         &state,
         crate::events::API_GENERATION_ROUTE,
         receiver,
-        generation,
+        vec![generation],
     ))
 }
 
-/// Server-sent events of one generation: its current status, then each change, until it finishes.
-/// `receiver` must be subscribed before `generation` was read, so no change between the two is missed.
+/// Server-sent events of some generations (one, or a request's variations): each one's current status, then
+/// each change, until all have finished. `receiver` must be subscribed before `generations` were read, so no
+/// change between the two is missed.
 pub fn status_stream(
     state: &AppState,
     route: &'static str,
     mut receiver: tokio::sync::broadcast::Receiver<crate::events::GenerationEvent>,
-    generation: Generation,
+    generations: Vec<Generation>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
-    let id = generation.id;
     let pool = state.pool.clone();
     let stream = async_stream::stream! {
-        let mut last = generation.status;
-        yield Ok(status_event(last));
-        if generation.is_finished() {
-            return;
+        let mut last: HashMap<Uuid, Status> = generations.iter().map(|g| (g.id, g.status)).collect();
+        for generation in &generations {
+            yield Ok(status_event(generation.id, generation.status));
         }
-        loop {
-            let status = match receiver.recv().await {
-                Ok(event) if event.id == id => match event.status.parse::<Status>() {
-                    Ok(status) => status,
+        while last.values().any(|status| !status.is_final()) {
+            let changes: Vec<(Uuid, Status)> = match receiver.recv().await {
+                Ok(event) if last.contains_key(&event.id) => match event.status.parse::<Status>() {
+                    Ok(status) => vec![(event.id, status)],
                     Err(_) => continue,
                 },
                 Ok(_) => continue,
-                // Lagged or closed: re-read the row so the stream still ends correctly.
+                // Lagged: re-read the rows so the stream still ends correctly.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    match generations::find(&pool, id).await {
-                        Ok(Some(row)) => row.status,
-                        _ => return,
+                    let mut now = Vec::with_capacity(last.len());
+                    for &id in last.keys() {
+                        match generations::find(&pool, id).await {
+                            Ok(Some(row)) => now.push((id, row.status)),
+                            _ => return,
+                        }
                     }
+                    now
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            if status != last {
-                last = status;
-                yield Ok(status_event(status));
-            }
-            if status.is_final() {
-                return;
+            for (id, status) in changes {
+                if last.get(&id) != Some(&status) {
+                    last.insert(id, status);
+                    yield Ok(status_event(id, status));
+                }
             }
         }
     };
     Sse::new(crate::events::supervised(state, route, stream)).keep_alive(KeepAlive::default())
 }
 
-pub fn status_event(status: Status) -> Event {
+pub fn status_event(id: Uuid, status: Status) -> Event {
     Event::default()
         .event("status")
-        .data(json!({ "status": status }).to_string())
+        .data(json!({ "id": id, "status": status }).to_string())
 }

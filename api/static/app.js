@@ -29,19 +29,43 @@ const csrf = () => document.body.dataset.csrf || "";
   }));
   const withoutReferences = matrix(form.dataset.allowed);
   const withReferences = matrix(form.dataset.allowedWithReferences);
-  const ratio = document.getElementById("aspect_ratio");
-  const resolution = document.getElementById("resolution");
+  const ratios = Array.from(form.querySelectorAll("input[name=aspect_ratio]"));
+  const resolutions = Array.from(form.querySelectorAll("input[name=resolution]"));
+  const counts = Array.from(form.querySelectorAll("input[name=n]"));
+  const checked = (inputs) => inputs.find((input) => input.checked);
   const cost = document.getElementById("cost");
   const previews = document.getElementById("reference-previews");
+  const name = (ratio) => ratio === "auto" ? "Auto" : ratio;
+  // A choice the other one rules out is disabled, and says why under it.
+  const explain = (input, why) => {
+    input.disabled = why !== "";
+    input.closest("label").classList.toggle("unavailable", why !== "");
+    const note = document.getElementById(input.id + "-why");
+    if (note) note.textContent = why;
+  };
   const update = () => {
     const referenced = previews.querySelector("input[name=reference_upload_ids]") !== null;
-    const ok = (referenced ? withReferences : withoutReferences)[ratio.value] || ["1K"];
-    for (const option of resolution.options) option.disabled = !ok.includes(option.value);
-    if (resolution.selectedOptions[0].disabled) resolution.value = ok[0];
-    cost.textContent = resolution.selectedOptions[0].dataset.cost;
+    const rules = referenced ? withReferences : withoutReferences;
+    const allowed = (ratio, res) => (rules[ratio] || ["1K"]).includes(res);
+    const also = referenced ? " with references" : "";
+    const ratio = checked(ratios);
+    // Attaching a reference can rule out the chosen pair: keep the ratio, take the first resolution it allows.
+    const current = checked(resolutions);
+    if (ratio && current && !allowed(ratio.value, current.value)) {
+      const first = resolutions.find((res) => allowed(ratio.value, res.value));
+      if (first) first.checked = true;
+    }
+    const res = checked(resolutions);
+    for (const input of resolutions) {
+      explain(input, !ratio || allowed(ratio.value, input.value) ? "" : "Not at " + name(ratio.value) + also);
+    }
+    for (const input of ratios) {
+      explain(input, !res || allowed(input.value, res.value) ? "" : "Not at " + res.value + also);
+    }
+    const images = Number((checked(counts) || { value: "1" }).value);
+    cost.textContent = String(Number((res || resolutions[0]).dataset.cost) * images);
   };
-  ratio.addEventListener("change", update);
-  resolution.addEventListener("change", update);
+  for (const input of ratios.concat(resolutions, counts)) input.addEventListener("change", update);
   update();
 
   // Reference images go straight to the bucket through a presigned PUT; the form carries their ids.
@@ -109,21 +133,53 @@ const csrf = () => document.body.dataset.csrf || "";
   });
 })();
 
-// Status page: follow the generation live (server-sent events) and show the image when it is ready.
+// Status page: follow the generation (and the other images of its request) live over server-sent events;
+// show the image when it is ready, and count the wait.
 (function liveStatus() {
   const section = document.getElementById("generation");
-  if (!section || !section.dataset.events) return;
+  if (!section) return;
+  const words = (seconds) => seconds < 60 ? seconds + " s"
+    : seconds < 3600 ? Math.floor(seconds / 60) + " min" + (seconds % 60 ? " " + (seconds % 60) + " s" : "")
+    : Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
+  const elapsed = document.getElementById("elapsed");
+  if (elapsed) {
+    const shown = Number(elapsed.dataset.seconds), loaded = Date.now();
+    setInterval(() => { elapsed.textContent = words(shown + Math.floor((Date.now() - loaded) / 1000)); }, 1000);
+  }
+  if (!section.dataset.events) return;
+  const own = section.dataset.id;
   const badge = document.getElementById("status");
   const labels = { queued: "Queued", submitting: "Sending to the model", generating: "Generating",
     storing: "Saving your image", succeeded: "Ready", failed: "Failed", cancelled: "Cancelled" };
+  const final = (status) => status === "succeeded" || status === "failed" || status === "cancelled";
   const cancel = document.getElementById("cancel-form");
+  // Another image of the request finished: fetch the page again for its picture, and swap in the set.
+  const refreshSet = async () => {
+    try {
+      const page = new DOMParser().parseFromString(await (await fetch(window.location.href)).text(), "text/html");
+      const fresh = page.getElementById("set"), set = document.getElementById("set");
+      if (fresh && set) set.replaceWith(fresh);
+    } catch (_) { /* the next event or the end of the stream reloads the page */ }
+  };
   const source = new EventSource(section.dataset.events);
   source.addEventListener("status", (event) => {
-    const status = JSON.parse(event.data).status;
+    const body = JSON.parse(event.data);
+    const id = body.id || own, status = body.status;
+    const tile = document.querySelector("#set li[data-generation='" + id + "']");
+    if (tile && tile.dataset.status !== status) {
+      tile.dataset.status = status;
+      const tileBadge = tile.querySelector(".badge");
+      tileBadge.textContent = labels[status] || "In progress";
+      tileBadge.dataset.status = status;
+      if (final(status) && id !== own) refreshSet();
+    }
+    if (id !== own || badge.dataset.status === status) return;
     badge.textContent = labels[status] || "In progress";
     badge.dataset.status = status;
     if (cancel && status !== "queued") cancel.hidden = true;
-    if (status === "succeeded" || status === "failed" || status === "cancelled") { source.close(); window.location.reload(); }
+    const ahead = document.getElementById("ahead");
+    if (ahead && status !== "queued") ahead.hidden = true;
+    if (final(status)) { source.close(); window.location.reload(); }
   });
   source.onerror = () => { source.close(); setTimeout(() => window.location.reload(), 3000); };
 })();
@@ -140,4 +196,29 @@ const csrf = () => document.body.dataset.csrf || "";
     else window.location.reload();
   });
   source.onerror = () => { source.close(); setTimeout(() => window.location.reload(), 2000); };
+})();
+
+// After checkout: the payment's credits arrive as one server-sent event; the notice and the balance follow.
+(function purchase() {
+  const section = document.getElementById("purchase");
+  if (!section || !section.dataset.events) return;
+  const source = new EventSource(section.dataset.events);
+  source.addEventListener("purchase", (event) => {
+    source.close();
+    const body = JSON.parse(event.data);
+    const status = document.getElementById("purchase-status");
+    const pending = document.getElementById("credits-pending");
+    if (pending) {
+      pending.id = "credits-arrived";
+      pending.textContent = "";
+      const strong = document.createElement("strong");
+      strong.textContent = body.credits + " credits";
+      pending.append(strong, " were added to your balance.");
+    }
+    status.dataset.credited = String(body.credits);
+    document.getElementById("live-balance").textContent = String(body.balance);
+    const header = document.querySelector(".balance .credits");
+    if (header) { header.textContent = String(body.balance); header.dataset.balance = String(body.balance); }
+  });
+  source.onerror = () => { source.close(); setTimeout(() => window.location.reload(), 3000); };
 })();

@@ -472,6 +472,9 @@ async fn link_customer(
     Ok(())
 }
 
+/// The status word announced on the user's id when a payment's credits arrive (`generations::EVENTS_CHANNEL`).
+pub const CREDITED: &str = "credited";
+
 /// Grants `credits` for a payment, paying off any shortfall first. Returns false if granted before.
 async fn grant(
     tx: &mut PgConnection,
@@ -494,6 +497,8 @@ async fn grant(
     if credits::apply(tx, user, Kind::Grant, credits, key, detail).await? != Applied::Yes {
         return Ok(false);
     }
+    // A page waiting for the purchase (the post-checkout notice) reads the new balance at commit.
+    crate::generations::announce(tx, user, CREDITED).await?;
     let owed: i64 =
         sqlx::query_scalar("SELECT shortfall FROM credit_accounts WHERE user_id = $1 FOR UPDATE")
             .bind(user)

@@ -59,6 +59,9 @@ pub struct Intent {
     pub url: Option<String>,
     /// Why it failed, in words for the member.
     pub error: Option<String>,
+    /// The Checkout Session the worker opened for it.
+    pub stripe_session_id: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Records an intent and its job in one transaction, after taking one from the member's checkout (or portal)
@@ -94,7 +97,7 @@ pub async fn record_intent(
     Ok(id)
 }
 
-const COLUMNS: &str = "id, user_id, kind, status, product_id, stripe_price_id, credits, url, error";
+const COLUMNS: &str = "id, user_id, kind, status, product_id, stripe_price_id, credits, url, error, stripe_session_id, created_at";
 
 /// The intent, whoever's it is (for the worker).
 pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Intent>> {
@@ -112,6 +115,39 @@ pub async fn find_owned(pool: &PgPool, user: Uuid, id: Uuid) -> sqlx::Result<Opt
     Ok(find(pool, id)
         .await?
         .filter(|intent| intent.user_id == user))
+}
+
+/// The credits a paid checkout added, once the worker has granted them (`None` until then, and for a portal).
+/// A pack's grant is the one keyed by its Checkout Session; a plan's is its product's first grant since the
+/// intent was recorded (the first invoice of the subscription the session started).
+pub async fn credited(pool: &PgPool, intent: &Intent) -> sqlx::Result<Option<i64>> {
+    match intent.kind {
+        IntentKind::Portal => Ok(None),
+        IntentKind::Pack => {
+            let Some(session) = &intent.stripe_session_id else {
+                return Ok(None);
+            };
+            sqlx::query_scalar(
+                "SELECT amount FROM credit_ledger WHERE user_id = $1 AND kind = 'grant' AND business_key = $2",
+            )
+            .bind(intent.user_id)
+            .bind(format!("pack:{session}"))
+            .fetch_optional(pool)
+            .await
+        }
+        IntentKind::Plan => {
+            sqlx::query_scalar(
+                "SELECT amount FROM credit_ledger
+                  WHERE user_id = $1 AND kind = 'grant' AND detail->>'product' = $2 AND created_at >= $3
+                  ORDER BY id LIMIT 1",
+            )
+            .bind(intent.user_id)
+            .bind(intent.product_id.as_deref().unwrap_or_default())
+            .bind(intent.created_at)
+            .fetch_optional(pool)
+            .await
+        }
+    }
 }
 
 /// Marks a pending intent ready with Stripe's session, announcing it at commit.

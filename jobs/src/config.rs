@@ -433,7 +433,7 @@ pub struct SiteConfig {
     /// is believed only from those peers; otherwise the peer address is the client.
     pub client_ip_header: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// `CREDIT_PACKS` and `PLANS`: `id:credits:stripe_price_id:amount_minor:currency`, comma-separated.
+    /// `CREDIT_PACKS` and `PLANS`: `id:credits:stripe_price_id:amount_minor:currency[:name]`, comma-separated.
     pub packs: Vec<Product>,
     pub plans: Vec<Product>,
     /// Dev-only pages (the e-mail outbox). Never set from the environment: only `createimage2 dev` sets it.
@@ -469,6 +469,8 @@ pub struct TurnstileConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
     pub id: String,
+    /// What people read ("Starter pack", "Monthly"): the sixth field, or the credits in words.
+    pub name: String,
     /// Credits granted (per purchase for a pack, per paid month for a plan).
     pub credits: i64,
     pub stripe_price_id: String,
@@ -488,9 +490,17 @@ impl Product {
     }
 }
 
+/// Packs or plans: what a product is decides the words for a product without a name.
+#[derive(Debug, Clone, Copy)]
+enum ProductKind {
+    Pack,
+    Plan,
+}
+
 fn products<S: Source>(
     source: &S,
     name: &'static str,
+    kind: ProductKind,
     default: &str,
 ) -> Result<Vec<Product>, ConfigError> {
     let raw = source.get(name).unwrap_or_else(|| default.to_owned());
@@ -503,16 +513,31 @@ fn products<S: Source>(
                 reason: format!("{item:?}: {reason}"),
             };
             let parts: Vec<&str> = item.split(':').collect();
-            let [id, credits, price, amount, currency] = parts[..] else {
-                return Err(invalid(
-                    "expected id:credits:price_id:amount_minor:currency",
-                ));
+            let (id, credits, price, amount, currency, label) = match parts[..] {
+                [id, credits, price, amount, currency] => {
+                    (id, credits, price, amount, currency, None)
+                }
+                [id, credits, price, amount, currency, label] if !label.trim().is_empty() => {
+                    (id, credits, price, amount, currency, Some(label.trim()))
+                }
+                _ => {
+                    return Err(invalid(
+                        "expected id:credits:price_id:amount_minor:currency[:name]",
+                    ));
+                }
+            };
+            let credits: i64 = credits
+                .parse()
+                .map_err(|_| invalid("credits is not a number"))?;
+            let name = match (label, kind) {
+                (Some(label), _) => label.to_owned(),
+                (None, ProductKind::Pack) => format!("{credits} credits"),
+                (None, ProductKind::Plan) => format!("{credits} credits a month"),
             };
             Ok(Product {
                 id: id.to_owned(),
-                credits: credits
-                    .parse()
-                    .map_err(|_| invalid("credits is not a number"))?,
+                name,
+                credits,
                 stripe_price_id: price.to_owned(),
                 amount_minor: amount
                     .parse()
@@ -612,12 +637,14 @@ impl SiteConfig {
             packs: products(
                 source,
                 "CREDIT_PACKS",
-                "pack_100:100:price_pack_100:500:usd,pack_500:500:price_pack_500:2000:usd",
+                ProductKind::Pack,
+                "pack_100:100:price_pack_100:500:usd:Starter pack,pack_500:500:price_pack_500:2000:usd:Studio pack",
             )?,
             plans: products(
                 source,
                 "PLANS",
-                "plan_monthly:300:price_plan_monthly:900:usd",
+                ProductKind::Plan,
+                "plan_monthly:300:price_plan_monthly:900:usd:Monthly",
             )?,
             dev_pages: false,
         })
@@ -773,6 +800,41 @@ mod tests {
             ("S3_SECRET_ACCESS_KEY", "very-secret"),
             ("KIE_API_KEY", "kie-secret"),
         ])
+    }
+
+    #[test]
+    fn products_carry_the_name_people_read_or_their_credits_in_words() {
+        let mut vars = complete();
+        vars.insert(
+            "CREDIT_PACKS".into(),
+            "small:100:price_s:500:usd:Starter pack, big:500:price_b:2000:EUR".into(),
+        );
+        vars.insert("PLANS".into(), "monthly:300:price_m:900:usd".into());
+        let site = SiteConfig::from_source(&vars).unwrap();
+        let names: Vec<(&str, &str)> = site
+            .packs
+            .iter()
+            .chain(&site.plans)
+            .map(|p| (p.id.as_str(), p.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("small", "Starter pack"),
+                ("big", "500 credits"),
+                ("monthly", "300 credits a month")
+            ]
+        );
+        assert_eq!(site.packs[1].currency, "eur");
+        vars.insert(
+            "PLANS".into(),
+            "monthly:300:price_m:900:usd:Monthly:extra".into(),
+        );
+        let error = SiteConfig::from_source(&vars).unwrap_err().to_string();
+        assert!(
+            error.contains("PLANS") && error.contains("[:name]"),
+            "{error}"
+        );
     }
 
     #[test]

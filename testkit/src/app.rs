@@ -612,6 +612,33 @@ impl TestApp {
     }
 
     /// A user with `credits` and an API key.
+    /// A new API key for an existing user (one signed in through a browser, say), to drive them through the API.
+    pub async fn api_key_for(&self, id: Uuid) -> TestUser {
+        let key = jobs::accounts::issue_api_key(&self.pool, id, "test")
+            .await
+            .unwrap();
+        TestUser {
+            id,
+            api_key: key.secret,
+        }
+    }
+
+    /// Grants `user` `credits` more (a test grant of its own ledger key each time).
+    pub async fn grant(&self, user: &TestUser, credits: i64) {
+        let mut tx = self.pool.begin().await.unwrap();
+        jobs::credits::apply(
+            &mut tx,
+            user.id,
+            jobs::credits::Kind::Grant,
+            credits,
+            &format!("test-grant:{}", Uuid::new_v4()),
+            Value::Null,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
     pub async fn create_user(&self, credits: i64) -> TestUser {
         let mut tx = self.pool.begin().await.unwrap();
         let email = format!("user-{}@example.com", Uuid::new_v4().simple());

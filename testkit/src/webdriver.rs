@@ -168,9 +168,19 @@ impl Chrome {
             .unwrap_or_else(|error| panic!("no {css} within {timeout:?}: {error}"))
     }
 
+    /// Clicks the element matching `css`, scrolled to the middle of the viewport first (as a person scrolls
+    /// to what they want before clicking: nothing fixed at an edge, like the consent banner, covers it).
     pub async fn click(&self, css: &str) {
-        self.wait_for(css, Duration::from_secs(10))
+        let element = self.wait_for(css, Duration::from_secs(10)).await;
+        let argument = serde_json::to_value(&element).expect("an element reference");
+        self.client
+            .execute(
+                "arguments[0].scrollIntoView({block: 'center', inline: 'center'})",
+                vec![argument],
+            )
             .await
+            .unwrap_or_else(|error| panic!("scrolling to {css}: {error}"));
+        element
             .click()
             .await
             .unwrap_or_else(|error| panic!("clicking {css}: {error}"));
@@ -183,6 +193,19 @@ impl Chrome {
             .send_keys(text)
             .await
             .unwrap_or_else(|error| panic!("typing into {css}: {error}"));
+    }
+
+    /// How many elements match `css` now.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map_or(0, |found| found.len())
+    }
+
+    /// The WebDriver session, for what the helpers here do not cover (running a script, say).
+    pub fn client(&self) -> &fantoccini::Client {
+        &self.client
     }
 
     /// The page's HTML.

@@ -59,8 +59,23 @@ async fn load(
     )
     .bind(user)
     .fetch_one(pool);
-    let ledger = sqlx::query_as(
-        "SELECT created_at, kind, amount, business_key FROM credit_ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 20",
+    // Each movement with what it was for: the generation (unless deleted) or the payment.
+    let ledger = sqlx::query_as::<_, views::LedgerLine>(
+        "SELECT l.created_at, l.kind, l.amount, l.detail, p.id AS payment_id,
+                g.id AS generation_id, g.prompt AS generation_prompt
+           FROM credit_ledger l
+           LEFT JOIN payments p
+                  ON p.stripe_object_id = coalesce(l.detail->>'checkout_session', l.detail->>'invoice')
+           LEFT JOIN generations g
+                  ON l.detail ? 'generation' AND g.id = (l.detail->>'generation')::uuid AND g.deleted_at IS NULL
+          WHERE l.user_id = $1
+          ORDER BY l.id DESC LIMIT 20",
+    )
+    .bind(user)
+    .fetch_all(pool);
+    let payments = sqlx::query_as::<_, views::PaymentLine>(
+        "SELECT id, product_id, amount_minor, currency, paid_at, credits, refunded_minor, disputed_at IS NOT NULL AS disputed
+           FROM payments WHERE user_id = $1 ORDER BY paid_at DESC LIMIT 20",
     )
     .bind(user)
     .fetch_all(pool);
@@ -84,14 +99,28 @@ async fn load(
                 .collect::<Vec<_>>(),
         )
     };
-    let (summary, ledger, usage, api_keys, exports) =
-        tokio::try_join!(summary, ledger, usage, api_keys, exports)?;
+    let (summary, ledger, payments, usage, api_keys, exports) =
+        tokio::try_join!(summary, ledger, payments, usage, api_keys, exports)?;
+    let product_names = state
+        .site
+        .as_ref()
+        .map(|site| {
+            site.config
+                .packs
+                .iter()
+                .chain(&site.config.plans)
+                .map(|p| (p.id.clone(), p.name.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(AccountView {
         email: member.email.clone(),
         display_name: member.display_name.clone(),
         balance: member.balance,
         shortfall: summary.shortfall,
         ledger,
+        payments,
+        product_names,
         plan: summary
             .plan_id
             .zip(summary.plan_status)

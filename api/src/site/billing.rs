@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::State,
+    extract::{Query, State},
     http::{HeaderMap, header},
     response::{IntoResponse, Redirect, Response},
 };
@@ -98,14 +98,26 @@ pub async fn portal(
     Ok(Redirect::to(&format!("/billing/intents/{id}")).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+pub struct IntentEventsQuery {
+    /// `purchase`: follow the payment's credits instead of the session's opening.
+    follow: Option<String>,
+}
+
 /// `GET /billing/intents/{id}/events`: one server-sent event `intent` (`{"status", "url"}`) as soon as the
-/// worker has opened the Stripe session (or failed to), then the stream ends.
+/// worker has opened the Stripe session (or failed to), then the stream ends. With `?follow=purchase` (the
+/// post-checkout notice): one event `purchase` (`{"credits", "balance"}`) once the payment's credits are
+/// granted.
 pub async fn intent_events(
     State(state): State<AppState>,
     member: Member,
     PagePath(id): PagePath<Uuid>,
+    Query(query): Query<IntentEventsQuery>,
 ) -> Result<Response, PageError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    if query.follow.as_deref() == Some("purchase") {
+        return purchase_events(state, member, id).await;
+    }
     // Subscribe before reading, so a change in between is not missed.
     let mut receiver = state.events.subscribe();
     let user = member.user_id;
@@ -139,6 +151,96 @@ pub async fn intent_events(
         stream,
     ))
     .keep_alive(KeepAlive::default())
+    .into_response())
+}
+
+/// The post-checkout notice's stream: waits for the grant (announced on the member's id), then sends the credits
+/// and the balance once.
+async fn purchase_events(state: AppState, member: Member, id: Uuid) -> Result<Response, PageError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let mut receiver = state.events.subscribe();
+    let user = member.user_id;
+    let intent = checkout::find_owned(&state.pool, user, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let pool = state.pool.clone();
+    let stream = async_stream::stream! {
+        loop {
+            match checkout::credited(&pool, &intent).await {
+                Ok(Some(credits)) => {
+                    let balance = match jobs::credits::balance(&pool, user).await {
+                        Ok(balance) => balance,
+                        Err(_) => return,
+                    };
+                    let data = json!({"credits": credits, "balance": balance}).to_string();
+                    yield Ok::<_, std::convert::Infallible>(Event::default().event("purchase").data(data));
+                    return;
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            // Wait for a grant to this member (or a lag: read again either way).
+            loop {
+                match receiver.recv().await {
+                    Ok(event) if event.id == user => break,
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    };
+    Ok(Sse::new(crate::events::supervised(
+        &state,
+        crate::events::INTENT_ROUTE,
+        stream,
+    ))
+    .keep_alive(KeepAlive::default())
+    .into_response())
+}
+
+/// `GET /billing/intents/{id}/done`: where Stripe sends the member after paying. Says what was bought and
+/// shows the balance; until the worker has granted the credits, the page's script follows them in live (and
+/// without JavaScript the page refreshes itself).
+pub async fn done(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    PagePath(id): PagePath<Uuid>,
+) -> Result<Response, PageError> {
+    let intent = checkout::find_owned(&state.pool, member.user_id, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    if intent.kind == IntentKind::Portal {
+        return Ok(Redirect::to("/account#credits").into_response());
+    }
+    let site = state
+        .site
+        .clone()
+        .ok_or_else(|| PageError::internal("site not configured"))?;
+    let product = intent
+        .product_id
+        .as_deref()
+        .and_then(|id| site.config.product(id))
+        .cloned();
+    let credited = checkout::credited(&state.pool, &intent).await?;
+    let mut chrome = chrome(&state, &member.visitor, &headers, "/account").await?;
+    chrome.refresh = credited.is_none();
+    Ok(views::checkout_done(
+        &chrome,
+        &views::Purchase {
+            intent: id,
+            plan: intent.kind == IntentKind::Plan,
+            name: product.as_ref().map_or_else(
+                || intent.product_id.clone().unwrap_or_default(),
+                |p| p.name.clone(),
+            ),
+            credits: intent.credits.unwrap_or_default(),
+            price: product.as_ref().map(|p| p.price_label()),
+            credited,
+            balance: member.balance,
+        },
+    )
     .into_response())
 }
 

@@ -118,6 +118,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/generate", post(pages::generate))
         .route("/uploads", post(pages::create_upload))
         .route("/gallery", get(pages::gallery))
+        .route(
+            "/gallery/delete",
+            get(pages::confirm_bulk_delete).post(pages::bulk_delete),
+        )
         .route("/generations/{id}", get(pages::generation))
         .route(
             crate::events::SITE_GENERATION_ROUTE,
@@ -135,6 +139,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/billing/checkout", post(billing::checkout))
         .route("/billing/portal", post(billing::portal))
         .route("/billing/intents/{id}", get(billing::intent))
+        .route("/billing/intents/{id}/done", get(billing::done))
         .route(crate::events::INTENT_ROUTE, get(billing::intent_events))
         .route("/privacy-policy", get(pages::privacy_policy))
         .route("/terms", get(pages::terms))

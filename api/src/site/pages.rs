@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use axum::{
     Json,
-    extract::{OriginalUri, Query, State},
+    extract::{OriginalUri, Query, RawQuery, State},
     http::{HeaderMap, Method, StatusCode},
     response::{IntoResponse, Redirect, Response},
 };
@@ -17,13 +17,15 @@ use uuid::Uuid;
 use super::{
     PageError, PagePath,
     session::{self, CsrfForm, Member, Visitor},
-    views::{self, Chrome, GalleryItem, GenerationView, GeneratorForm},
+    views::{self, Chrome, GalleryItem, GenerationView, GeneratorForm, SetTile, Wait},
 };
 use crate::{AppError, AppState, generations};
 
 const IMAGE_URL_TTL: Duration = Duration::from_secs(30 * 60);
 const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
 const GALLERY_PAGE: i64 = 24;
+/// Generations shown beside the generator.
+const RECENT: i64 = 6;
 const PRIVACY_POLICY: &str = include_str!("privacy-policy.txt");
 
 /// Whether the browser asks not to be tracked (Do Not Track or Global Privacy Control).
@@ -115,6 +117,7 @@ pub async fn home(
             form.prompt = from.prompt.clone();
             form.aspect_ratio = from.aspect_ratio.to_string();
             form.resolution = from.resolution.to_string();
+            form.variations = i64::from(from.variations);
         }
         let references = attached
             .or_else(|| from.map(|g| g.reference_upload_ids))
@@ -123,7 +126,8 @@ pub async fn home(
             form.references = reference_previews(&state, user, &references).await?;
         }
         let balance = chrome.member.as_ref().map_or(0, |m| m.1);
-        return Ok(views::generator(&chrome, &csrf, balance, &form));
+        let recent = recent_items(&state, user).await?;
+        return Ok(views::generator(&chrome, &csrf, balance, &form, &recent));
     }
     Ok(views::landing(
         &chrome,
@@ -163,6 +167,8 @@ pub struct GenerateForm {
     resolution: Option<String>,
     #[serde(default)]
     reference_upload_ids: Vec<Uuid>,
+    /// How many images (1–4).
+    n: Option<i64>,
     idempotency_key: Option<String>,
 }
 
@@ -184,6 +190,7 @@ pub async fn generate(
             aspect_ratio: form.aspect_ratio.as_deref(),
             resolution: form.resolution.as_deref(),
             reference_upload_ids: &form.reference_upload_ids,
+            variations: form.n,
             idempotency_key: form
                 .idempotency_key
                 .as_deref()
@@ -195,9 +202,13 @@ pub async fn generate(
     )
     .await;
     match result {
-        Ok(generation) => {
-            Ok(Redirect::to(&format!("/generations/{}", generation.id)).into_response())
-        }
+        // The first of the request's images: its page shows them all.
+        Ok(generations) => match generations.first() {
+            Some(first) => Ok(Redirect::to(&format!("/generations/{}", first.id)).into_response()),
+            None => Err(PageError::App(AppError::Internal(anyhow::anyhow!(
+                "a request recorded no generation"
+            )))),
+        },
         Err(CreateError::Database(error)) => Err(PageError::from(error)),
         Err(refused) => {
             let (status, message) = refusal(&refused);
@@ -205,6 +216,7 @@ pub async fn generate(
             let csrf = chrome.csrf.clone().unwrap_or_default();
             let references =
                 reference_previews(&state, member.user_id, &form.reference_upload_ids).await?;
+            let recent = recent_items(&state, member.user_id).await?;
             let page = views::generator(
                 &chrome,
                 &csrf,
@@ -213,9 +225,11 @@ pub async fn generate(
                     prompt: form.prompt,
                     aspect_ratio: form.aspect_ratio.unwrap_or_else(|| "auto".into()),
                     resolution: form.resolution.unwrap_or_else(|| "1K".into()),
+                    variations: form.n.unwrap_or(1),
                     references,
                     error: Some(message),
                 },
+                &recent,
             );
             Ok((status, page).into_response())
         }
@@ -321,7 +335,41 @@ async fn generation_view(
         image_urls,
         credits: generation.credits_reserved,
         references,
+        variation: generation.variation,
+        variations: generation.variations,
+        set: Vec::new(),
+        wait: None,
     })
+}
+
+/// The tiles of a request of several images: each one's status and first image.
+async fn set_tiles(state: &AppState, generation: &Generation) -> Result<Vec<SetTile>, PageError> {
+    if generation.variations <= 1 {
+        return Ok(Vec::new());
+    }
+    let batch = domain::batch_of(&state.pool, generation).await?;
+    let ids: Vec<Uuid> = batch.iter().map(|g| g.id).collect();
+    let mut first_image: HashMap<Uuid, String> = HashMap::new();
+    for image in domain::images_of(&state.pool, &ids).await? {
+        first_image
+            .entry(image.generation_id)
+            .or_insert(image.object_key);
+    }
+    let storage = &generations::pipeline(state)?.storage;
+    let mut tiles = Vec::with_capacity(batch.len());
+    for member in batch {
+        let thumb_url = match first_image.get(&member.id) {
+            Some(key) => Some(storage.presign_get(key, IMAGE_URL_TTL).await?),
+            None => None,
+        };
+        tiles.push(SetTile {
+            id: member.id,
+            variation: member.variation,
+            status: member.status,
+            thumb_url,
+        });
+    }
+    Ok(tiles)
 }
 
 /// `GET /generations/{id}`: live status while it runs, the image and its actions once it is done.
@@ -332,9 +380,16 @@ pub async fn generation(
     PagePath(id): PagePath<Uuid>,
 ) -> Result<Markup, PageError> {
     let generation = visible(&state, &visitor, id).await?;
-    let view = generation_view(&state, &generation).await?;
+    let mut view = generation_view(&state, &generation).await?;
+    view.set = set_tiles(&state, &generation).await?;
+    if !generation.is_finished() {
+        view.wait = Some(Wait {
+            typical: domain::typical_wait(&state.pool, generation.resolution).await?,
+            ahead: domain::queued_ahead(&state.pool, &generation).await?,
+        });
+    }
     let mut chrome = chrome(&state, &visitor, &headers, &format!("/generations/{id}")).await?;
-    chrome.refresh = !view.finished();
+    chrome.refresh = !view.all_finished();
     let csrf = chrome.csrf.clone();
     Ok(views::generation(
         &chrome,
@@ -344,7 +399,8 @@ pub async fn generation(
     ))
 }
 
-/// `GET /generations/{id}/events`: server-sent status changes for the page's script.
+/// `GET /generations/{id}/events`: server-sent status changes for the page's script: of the generation and of
+/// every other image of its request, until all have finished.
 pub async fn generation_events(
     State(state): State<AppState>,
     visitor: Visitor,
@@ -352,11 +408,12 @@ pub async fn generation_events(
 ) -> Result<Response, PageError> {
     let receiver = state.events.subscribe();
     let generation = visible(&state, &visitor, id).await?;
+    let batch = domain::batch_of(&state.pool, &generation).await?;
     Ok(generations::status_stream(
         &state,
         crate::events::SITE_GENERATION_ROUTE,
         receiver,
-        generation,
+        batch,
     )
     .into_response())
 }
@@ -474,9 +531,53 @@ pub async fn delete(
 #[derive(Debug, Deserialize)]
 pub struct GalleryQuery {
     before: Option<String>,
+    /// Words to find in the prompts.
+    q: Option<String>,
+    /// `ready`, `in-progress`, `failed` or `cancelled`; empty: everything.
+    status: Option<String>,
 }
 
-/// `GET /gallery`: the member's generations, newest first.
+/// Gallery cards from their rows: each first image signed for the page.
+async fn gallery_items(
+    state: &AppState,
+    rows: Vec<domain::GalleryRow>,
+) -> Result<Vec<GalleryItem>, PageError> {
+    let storage = &generations::pipeline(state)?.storage;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let thumb_url = match &row.object_key {
+            Some(key) => Some(storage.presign_get(key, IMAGE_URL_TTL).await?),
+            None => None,
+        };
+        items.push(GalleryItem {
+            id: row.id,
+            prompt: row.prompt,
+            status: row.status,
+            created_at: row.created_at,
+            aspect_ratio: row.aspect_ratio,
+            size: row.width.zip(row.height),
+            variation: row.variation,
+            variations: row.variations,
+            thumb_url,
+        });
+    }
+    Ok(items)
+}
+
+/// The member's latest generations, for the generator's side.
+pub async fn recent_items(state: &AppState, user: Uuid) -> Result<Vec<GalleryItem>, PageError> {
+    let (rows, _) = domain::gallery_page(
+        &state.pool,
+        user,
+        &domain::GalleryFilter::default(),
+        None,
+        RECENT,
+    )
+    .await?;
+    gallery_items(state, rows).await
+}
+
+/// `GET /gallery`: the member's generations, newest first; searched by prompt and filtered by status.
 pub async fn gallery(
     State(state): State<AppState>,
     member: Member,
@@ -490,23 +591,27 @@ pub async fn gallery(
         ),
         None => None,
     };
+    let status = match query.status.as_deref().unwrap_or_default() {
+        "" => None,
+        word => Some(word.parse::<domain::StatusFilter>().map_err(|_| {
+            PageError::BadRequest(
+                "Show: pick ready, in progress, failed or cancelled (or everything).".into(),
+            )
+        })?),
+    };
+    let search = query
+        .q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(|q| q.chars().take(200).collect::<String>());
+    let filter = domain::GalleryFilter {
+        search: search.clone(),
+        status,
+    };
     let (rows, has_more) =
-        domain::gallery_page(&state.pool, member.user_id, after, GALLERY_PAGE).await?;
-    let storage = &generations::pipeline(&state)?.storage;
-    let mut items = vec![];
-    for row in rows {
-        let thumb_url = match &row.object_key {
-            Some(key) => Some(storage.presign_get(key, IMAGE_URL_TTL).await?),
-            None => None,
-        };
-        items.push(GalleryItem {
-            id: row.id,
-            prompt: row.prompt,
-            status: row.status,
-            created_at: row.created_at,
-            thumb_url,
-        });
-    }
+        domain::gallery_page(&state.pool, member.user_id, &filter, after, GALLERY_PAGE).await?;
+    let items = gallery_items(&state, rows).await?;
     let next = has_more
         .then(|| {
             items
@@ -517,10 +622,115 @@ pub async fn gallery(
     let chrome = chrome(&state, &member.visitor, &headers, "/gallery").await?;
     Ok(views::gallery(
         &chrome,
-        &items,
-        next.as_deref(),
-        query.before.is_none(),
+        &views::GalleryPage {
+            items: &items,
+            next: next.as_deref(),
+            first_page: query.before.is_none(),
+            search: search.as_deref(),
+            status,
+        },
     ))
+}
+
+/// The ids a bulk action names (`id=…&id=…`), at most a gallery page's worth; anything that is no id is
+/// refused.
+fn selected_ids(raw: Option<&str>) -> Result<Vec<Uuid>, PageError> {
+    #[derive(Deserialize)]
+    struct Selected {
+        #[serde(default)]
+        id: Vec<String>,
+    }
+    let selected: Selected = serde_html_form::from_str(raw.unwrap_or_default())
+        .map_err(|_| PageError::BadRequest("That selection is malformed.".into()))?;
+    let mut ids = Vec::with_capacity(selected.id.len());
+    for id in selected.id {
+        ids.push(
+            id.parse::<Uuid>()
+                .map_err(|_| PageError::BadRequest("That selection is malformed.".into()))?,
+        );
+    }
+    ids.sort();
+    ids.dedup();
+    if ids.len() > GALLERY_PAGE as usize {
+        return Err(PageError::BadRequest(format!(
+            "Select at most {GALLERY_PAGE} images at a time."
+        )));
+    }
+    Ok(ids)
+}
+
+/// The member's own finished generations among `ids` (others' and unfinished ones left out).
+async fn deletable(
+    state: &AppState,
+    member: &Member,
+    ids: &[Uuid],
+) -> Result<Vec<Generation>, PageError> {
+    let mut found = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if let Some(generation) = domain::find_owned(&state.pool, member.user_id, id).await?
+            && generation.is_finished()
+        {
+            found.push(generation);
+        }
+    }
+    Ok(found)
+}
+
+/// `GET /gallery/delete?id=…`: confirms deleting the selected images.
+pub async fn confirm_bulk_delete(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let ids = selected_ids(raw.as_deref())?;
+    let chosen = deletable(&state, &member, &ids).await?;
+    if chosen.is_empty() {
+        member
+            .visitor
+            .flash("Select finished images to delete first.")
+            .await?;
+        return Ok(Redirect::to("/gallery").into_response());
+    }
+    let mut views_of = Vec::with_capacity(chosen.len());
+    for generation in &chosen {
+        views_of.push(generation_view(&state, generation).await?);
+    }
+    let chrome = chrome(&state, &member.visitor, &headers, "/gallery").await?;
+    let csrf = chrome.csrf.clone().unwrap_or_default();
+    Ok(
+        views::confirm_bulk_delete(&chrome, &csrf, &views_of, ids.len() - chosen.len())
+            .into_response(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BulkDeleteForm {
+    #[serde(default)]
+    id: Vec<Uuid>,
+}
+
+/// `POST /gallery/delete`: deletes the selected images (the member's own, finished), back to the gallery.
+pub async fn bulk_delete(
+    State(state): State<AppState>,
+    member: Member,
+    CsrfForm(form): CsrfForm<BulkDeleteForm>,
+) -> Result<Response, PageError> {
+    let mut ids = form.id;
+    ids.sort();
+    ids.dedup();
+    ids.truncate(GALLERY_PAGE as usize);
+    let chosen = deletable(&state, &member, &ids).await?;
+    for generation in &chosen {
+        generations::remove(&state, generation).await?;
+    }
+    let message = match chosen.len() {
+        0 => "Nothing was deleted: select finished images first.".to_owned(),
+        1 => "1 image was deleted.".to_owned(),
+        n => format!("{n} images were deleted."),
+    };
+    member.visitor.flash(&message).await?;
+    Ok(Redirect::to("/gallery").into_response())
 }
 
 /// `GET /privacy-policy`, with its last-updated date and any announced change.

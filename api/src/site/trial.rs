@@ -244,12 +244,18 @@ pub async fn start(
             aspect_ratio: Some(&aspect_ratio),
             resolution: None,
             reference_upload_ids: &[],
+            variations: None,
             idempotency_key: None,
         },
     )
     .await;
     let generation = match created {
-        Ok(generation) => generation,
+        Ok(mut generations) if !generations.is_empty() => generations.swap_remove(0),
+        Ok(_) => {
+            return Err(PageError::App(crate::AppError::Internal(anyhow::anyhow!(
+                "the trial recorded no generation"
+            ))));
+        }
         Err(domain::CreateError::TrialUsed) => {
             metric("refused_repeat");
             return refuse(

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use jobs::{
     config::Product,
     export_requests::ExportStatus,
-    generations::{AspectRatio, Resolution, Status, combination_allowed},
+    generations::{
+        AspectRatio, MAX_VARIATIONS, Resolution, Status, StatusFilter, combination_allowed,
+    },
 };
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use uuid::Uuid;
@@ -128,19 +130,31 @@ pub struct GeneratorForm {
     pub prompt: String,
     pub aspect_ratio: String,
     pub resolution: String,
+    /// How many images (1–4); a refused submission's number outside that range is shown as 1.
+    pub variations: i64,
     /// Reference uploads already attached: `(upload id, preview URL)`.
     pub references: Vec<(Uuid, String)>,
     pub error: Option<String>,
 }
 
 impl GeneratorForm {
-    /// Credits the chosen resolution costs (a word that is no resolution, from a refused submission, costs what
-    /// the default does).
+    /// Credits the chosen resolution and number of images cost (a word that is no resolution, from a refused
+    /// submission, costs what the default does).
     pub fn cost(&self) -> i64 {
         self.resolution
             .parse::<Resolution>()
             .unwrap_or(Resolution::R1K)
             .cost()
+            * self.images()
+    }
+
+    /// The number of images chosen, within 1–4.
+    pub fn images(&self) -> i64 {
+        if (1..=i64::from(MAX_VARIATIONS)).contains(&self.variations) {
+            self.variations
+        } else {
+            1
+        }
     }
 }
 
@@ -150,6 +164,7 @@ impl Default for GeneratorForm {
             prompt: String::new(),
             aspect_ratio: "auto".into(),
             resolution: "1K".into(),
+            variations: 1,
             references: vec![],
             error: None,
         }
@@ -162,6 +177,87 @@ fn aspect_ratio_select(selected: &str) -> Markup {
         select id="aspect_ratio" name="aspect_ratio" {
             @for ratio in AspectRatio::ALL {
                 option value=(ratio) selected[ratio.as_str() == selected] { (ratio) }
+            }
+        }
+    }
+}
+
+/// The stylesheet's class that gives a box `ratio`'s shape (none for `auto`: the box's own).
+fn ratio_class(ratio: AspectRatio) -> String {
+    format!("r-{}", ratio.as_str().replace(':', "x"))
+}
+
+/// The stylesheet's classes that draw `ratio`'s shape in the picker, within the same square whatever its
+/// orientation (`auto` is a dashed square).
+fn shape_class(ratio: AspectRatio) -> String {
+    let orientation = match ratio.as_str().split_once(':') {
+        Some((w, h)) => match w.parse::<u32>().ok().cmp(&h.parse::<u32>().ok()) {
+            std::cmp::Ordering::Greater => "wide",
+            std::cmp::Ordering::Less => "tall",
+            std::cmp::Ordering::Equal => "even",
+        },
+        None => "even",
+    };
+    format!("shape {orientation} {}", ratio_class(ratio))
+}
+
+/// The generator's aspect ratios as shapes to pick. The script disables the ones the chosen resolution does not
+/// allow and says why under each; without it every choice is offered and a refused pair is explained after
+/// submitting.
+fn aspect_ratio_picker(selected: &str) -> Markup {
+    html! {
+        fieldset.ratios id="aspect-ratios" {
+            legend { "Aspect ratio" }
+            div.choices {
+                @for ratio in AspectRatio::ALL {
+                    @let id = format!("ratio-{}", ratio.as_str().replace(':', "x"));
+                    label.choice for=(id) {
+                        input type="radio" id=(id) name="aspect_ratio" value=(ratio)
+                            checked[ratio.as_str() == selected] aria-describedby={ (id) "-why" };
+                        span class=(shape_class(*ratio)) aria-hidden="true" {}
+                        span.name { @if *ratio == AspectRatio::Auto { "Auto" } @else { (ratio) } }
+                        span.why id={ (id) "-why" } {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The generator's resolutions, each with its price; the script disables the ones the chosen ratio does not
+/// allow and says why.
+fn resolution_picker(selected: &str) -> Markup {
+    html! {
+        fieldset.resolutions id="resolutions" {
+            legend { "Resolution" }
+            div.choices {
+                @for res in Resolution::ALL {
+                    @let id = format!("resolution-{res}");
+                    label.choice for=(id) {
+                        input type="radio" id=(id) name="resolution" value=(res) data-cost=(res.cost())
+                            checked[res.as_str() == selected] aria-describedby={ (id) "-why" };
+                        span.name { (res) }
+                        span.muted { (res.cost()) " credits" }
+                        span.why id={ (id) "-why" } {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many images one request makes (each charged on its own).
+fn variations_picker(selected: i64) -> Markup {
+    html! {
+        fieldset.variations id="variations" {
+            legend { "Images " span.muted { "(each is charged on its own, and returned if it fails)" } }
+            div.choices {
+                @for n in 1..=i64::from(MAX_VARIATIONS) {
+                    label.choice for={ "n-" (n) } {
+                        input type="radio" id={ "n-" (n) } name="n" value=(n) checked[n == selected];
+                        span.name { (n) }
+                    }
+                }
             }
         }
     }
@@ -185,11 +281,18 @@ fn allowed_matrix(with_references: bool) -> String {
 }
 
 /// Home for a signed-in member: the generator.
-pub fn generator(chrome: &Chrome, csrf: &str, balance: i64, form: &GeneratorForm) -> Markup {
+pub fn generator(
+    chrome: &Chrome,
+    csrf: &str,
+    balance: i64,
+    form: &GeneratorForm,
+    recent: &[GalleryItem],
+) -> Markup {
     page(
         "Generate images",
         chrome,
         html! {
+            div.workspace {
             section.generator {
                 h1 { "Generate an image" }
                 @if let Some(error) = &form.error {
@@ -203,18 +306,10 @@ pub fn generator(chrome: &Chrome, csrf: &str, balance: i64, form: &GeneratorForm
                     label for="prompt" { "Prompt" }
                     textarea id="prompt" name="prompt" rows="5" maxlength="20000" required
                         placeholder="A lighthouse on a cliff at dawn, watercolour" { (form.prompt) }
+                    (aspect_ratio_picker(&form.aspect_ratio))
                     div.row {
-                        div { (aspect_ratio_select(&form.aspect_ratio)) }
-                        div {
-                            label for="resolution" { "Resolution" }
-                            select id="resolution" name="resolution" {
-                                @for res in Resolution::ALL {
-                                    option value=(res) data-cost=(res.cost()) selected[res.as_str() == form.resolution] {
-                                        (res) " — " (res.cost()) " credits"
-                                    }
-                                }
-                            }
-                        }
+                        div { (resolution_picker(&form.resolution)) }
+                        div { (variations_picker(form.images())) }
                     }
                     fieldset.references {
                         legend { "Reference images " span.muted { "(optional, up to 16; JPEG, PNG or WebP, 10 MB each)" } }
@@ -241,6 +336,18 @@ pub fn generator(chrome: &Chrome, csrf: &str, balance: i64, form: &GeneratorForm
                     }
                     button.primary type="submit" id="generate" { "Generate" }
                 }
+            }
+            aside.recent aria-labelledby="recent-title" {
+                h2 id="recent-title" { "Recent" }
+                @if recent.is_empty() {
+                    p.muted { "Your images will appear here." }
+                } @else {
+                    ul.gallery.compact {
+                        @for item in recent { (gallery_card(item, false)) }
+                    }
+                    p { a href="/gallery" { "All in the gallery" } }
+                }
+            }
             }
         },
     )
@@ -298,11 +405,52 @@ pub struct GenerationView {
     pub credits: i32,
     /// The reference images it was made with: `(upload id, preview URL)`.
     pub references: Vec<(Uuid, String)>,
+    /// Its place among its request's images, and how many the request asked for.
+    pub variation: i16,
+    pub variations: i16,
+    /// Every image of its request (itself included), when the request made more than one.
+    pub set: Vec<SetTile>,
+    /// While it is unfinished: how long it usually takes and its place in line.
+    pub wait: Option<Wait>,
 }
 
 impl GenerationView {
     pub fn finished(&self) -> bool {
         self.status.is_final()
+    }
+
+    /// Whether it and every other image of its request have finished.
+    pub fn all_finished(&self) -> bool {
+        self.finished() && self.set.iter().all(|tile| tile.status.is_final())
+    }
+}
+
+/// One image of a request of several, on each one's page.
+#[derive(Debug, Clone)]
+pub struct SetTile {
+    pub id: Uuid,
+    pub variation: i16,
+    pub status: Status,
+    pub thumb_url: Option<String>,
+}
+
+/// What a waiting page says about the wait.
+#[derive(Debug, Clone)]
+pub struct Wait {
+    /// The median time of recent successes at its resolution, if there were enough of them.
+    pub typical: Option<std::time::Duration>,
+    /// Queued requests ahead of it (the fleet sends kie.ai a few at a time).
+    pub ahead: i64,
+}
+
+/// A duration as a person reads it: "45 s", "2 min 5 s", "1 h 3 min".
+pub fn duration_words(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 if seconds.is_multiple_of(60) => format!("{} min", seconds / 60),
+        60..3600 => format!("{} min {} s", seconds / 60, seconds % 60),
+        _ => format!("{} h {} min", seconds / 3600, (seconds % 3600) / 60),
     }
 }
 
@@ -330,21 +478,23 @@ pub fn generation(
         chrome,
         html! {
             section.generation id="generation" data-id=(generation.id) data-status=(generation.status)
-                data-events=[(!generation.finished()).then(|| format!("/generations/{}/events", generation.id))] {
+                data-events=[(!generation.all_finished()).then(|| format!("/generations/{}/events", generation.id))] {
                 p.status {
                     span.badge id="status" data-status=(generation.status) role="status" aria-live="polite" {
                         (status_label(generation.status))
                     }
-                    " " span.muted { (generation.resolution) " · " (generation.aspect_ratio) " · " (generation.created_at.format("%Y-%m-%d %H:%M UTC")) }
+                    " " span.muted {
+                        @if generation.variations > 1 { "Image " (generation.variation) " of " (generation.variations) " · " }
+                        (generation.resolution) " · " (generation.aspect_ratio) " · " (generation.created_at.format("%Y-%m-%d %H:%M UTC"))
+                    }
                 }
                 blockquote.prompt { (generation.prompt) }
+                @if !generation.set.is_empty() {
+                    (set_tiles(generation))
+                }
                 @if !generation.finished() {
                     div.spinner aria-hidden="true" {}
-                    @if trial {
-                        p.muted { "This usually takes under a minute. Keep this page open: a trial image lives only in this browser." }
-                    } @else {
-                        p.muted { "This usually takes under a minute. You can leave this page: the image will be in your gallery." }
-                    }
+                    (waiting(generation, trial))
                 }
                 @if generation.status == Status::Queued && !trial && let Some(csrf) = csrf {
                     form method="post" action={ "/generations/" (generation.id) "/cancel" } id="cancel-form" {
@@ -388,6 +538,7 @@ pub fn generation(
                             input type="hidden" name="prompt" value=(generation.prompt);
                             input type="hidden" name="aspect_ratio" value=(generation.aspect_ratio);
                             input type="hidden" name="resolution" value=(generation.resolution);
+                            input type="hidden" name="n" value=(generation.variations);
                             @for (id, _) in &generation.references {
                                 input type="hidden" name="reference_upload_ids" value=(id);
                             }
@@ -420,6 +571,59 @@ pub fn generation(
     )
 }
 
+/// The request's images side by side, each linking to its own page; the script keeps their status live.
+fn set_tiles(generation: &GenerationView) -> Markup {
+    html! {
+        nav.set id="set" aria-label="The images of this request" {
+            ul {
+                @for tile in &generation.set {
+                    @let current = tile.id == generation.id;
+                    li data-generation=(tile.id) data-status=(tile.status) {
+                        a href={ "/generations/" (tile.id) } aria-current=[current.then_some("page")] {
+                            @if let Some(url) = &tile.thumb_url {
+                                img src=(url) alt={ "Image " (tile.variation) " of " (generation.variations) };
+                            } @else {
+                                span.placeholder { "Image " (tile.variation) }
+                            }
+                        }
+                        span.badge data-status=(tile.status) { (status_label(tile.status)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// While it is unfinished: how long it has waited (the script counts on), how long such images usually take,
+/// and how many requests are ahead when the fleet is at its kie.ai budget.
+fn waiting(generation: &GenerationView, trial: bool) -> Markup {
+    let elapsed = (Utc::now() - generation.created_at)
+        .to_std()
+        .unwrap_or_default();
+    html! {
+        div.wait id="wait" {
+            p {
+                "Waiting for " span id="elapsed" data-seconds=(elapsed.as_secs()) { (duration_words(elapsed)) }
+                @if let Some(Wait { typical: Some(typical), .. }) = &generation.wait {
+                    " · " (generation.resolution) " images take about " strong id="typical" { (duration_words(*typical)) } " lately"
+                }
+                "."
+            }
+            @if let Some(Wait { ahead, .. }) = &generation.wait && *ahead > 0 {
+                p id="ahead" {
+                    @if *ahead == 1 { "1 request is" } @else { (ahead) " requests are" }
+                    " ahead of this one: the service sends the model a few at a time."
+                }
+            }
+            @if trial {
+                p.muted { "Keep this page open: a trial image lives only in this browser." }
+            } @else {
+                p.muted { "You can leave this page: the image will be in your gallery." }
+            }
+        }
+    }
+}
+
 pub fn confirm_delete(chrome: &Chrome, csrf: &str, generation: &GenerationView) -> Markup {
     page(
         "Delete image",
@@ -447,44 +651,172 @@ pub struct GalleryItem {
     pub prompt: String,
     pub status: Status,
     pub created_at: DateTime<Utc>,
+    pub aspect_ratio: AspectRatio,
+    /// The first image's size in pixels, when known: the card keeps its shape.
+    pub size: Option<(i32, i32)>,
+    pub variation: i16,
+    pub variations: i16,
     pub thumb_url: Option<String>,
 }
 
-pub fn gallery(
-    chrome: &Chrome,
-    items: &[GalleryItem],
-    next: Option<&str>,
-    first_page: bool,
-) -> Markup {
+/// One card: the image in its own shape (its pixel size, or the ratio asked for until it exists), the prompt,
+/// the status; with `selectable`, a box to select it for a bulk action once it has finished.
+fn gallery_card(item: &GalleryItem, selectable: bool) -> Markup {
+    let label = item.prompt.chars().take(120).collect::<String>();
+    html! {
+        li.card data-status=(item.status) {
+            a href={ "/generations/" (item.id) } {
+                @if let Some(url) = &item.thumb_url {
+                    @if let Some((width, height)) = item.size {
+                        img src=(url) alt=(label) loading="lazy" width=(width) height=(height);
+                    } @else {
+                        img src=(url) alt=(label) loading="lazy";
+                    }
+                } @else {
+                    div class={ "placeholder " (ratio_class(item.aspect_ratio)) } { (status_label(item.status)) }
+                }
+                p.prompt-snippet { (label) }
+            }
+            p.muted {
+                span.badge data-status=(item.status) { (status_label(item.status)) }
+                @if item.variations > 1 { " " span.badge { (item.variation) " of " (item.variations) } }
+                " " time datetime=(item.created_at.to_rfc3339()) { (item.created_at.format("%Y-%m-%d %H:%M")) }
+            }
+            @if selectable && item.status.is_final() {
+                label.select for={ "select-" (item.id) } {
+                    input type="checkbox" id={ "select-" (item.id) } name="id" value=(item.id) form="bulk";
+                    " Select"
+                }
+            }
+        }
+    }
+}
+
+/// The gallery page's content and where it is in the list.
+pub struct GalleryPage<'a> {
+    pub items: &'a [GalleryItem],
+    pub next: Option<&'a str>,
+    pub first_page: bool,
+    pub search: Option<&'a str>,
+    pub status: Option<StatusFilter>,
+}
+
+impl GalleryPage<'_> {
+    /// The query that keeps the search and the filter (for the pager), `&`-led or empty.
+    fn kept(&self) -> String {
+        let mut kept = String::new();
+        if let Some(q) = self.search {
+            kept.push_str(&format!("&q={}", urlencode(q)));
+        }
+        if let Some(status) = self.status {
+            kept.push_str(&format!("&status={status}"));
+        }
+        kept
+    }
+}
+
+fn status_filter_label(filter: StatusFilter) -> &'static str {
+    match filter {
+        StatusFilter::Ready => "Ready",
+        StatusFilter::InProgress => "In progress",
+        StatusFilter::Failed => "Failed",
+        StatusFilter::Cancelled => "Cancelled",
+    }
+}
+
+pub fn gallery(chrome: &Chrome, view: &GalleryPage<'_>) -> Markup {
+    let filtered = view.search.is_some() || view.status.is_some();
+    let kept = view.kept();
     page(
         "Your gallery",
         chrome,
         html! {
             h1 { "Your gallery" }
-            @if items.is_empty() {
-                p { "Nothing here yet. " a href="/" { "Generate your first image" } "." }
-            }
-            ul.gallery {
-                @for item in items {
-                    li.card {
-                        a href={ "/generations/" (item.id) } {
-                            @if let Some(url) = &item.thumb_url {
-                                img src=(url) alt=(item.prompt) loading="lazy";
-                            } @else {
-                                div.placeholder { (status_label(item.status)) }
-                            }
-                            p.prompt-snippet { (item.prompt.chars().take(120).collect::<String>()) }
-                        }
-                        p.muted {
-                            span.badge data-status=(item.status) { (status_label(item.status)) }
-                            " " time datetime=(item.created_at.to_rfc3339()) { (item.created_at.format("%Y-%m-%d %H:%M")) }
+            form.filters method="get" action="/gallery" role="search" {
+                div {
+                    label for="q" { "Search your prompts" }
+                    input type="search" id="q" name="q" value=[view.search] maxlength="200"
+                        placeholder="lighthouse -night \"at dawn\"";
+                }
+                div {
+                    label for="status-filter" { "Show" }
+                    select id="status-filter" name="status" {
+                        option value="" selected[view.status.is_none()] { "Everything" }
+                        @for filter in StatusFilter::ALL {
+                            option value=(filter) selected[view.status == Some(*filter)] { (status_filter_label(*filter)) }
                         }
                     }
                 }
+                button type="submit" id="apply-filters" { "Search" }
+            }
+            @if filtered {
+                p.muted id="filter-summary" role="status" {
+                    @match view.items.len() {
+                        0 => { "Nothing matches" }
+                        1 => { "1 match" }
+                        n => { (n) @if view.next.is_some() { "+" } " matches" }
+                    }
+                    @if let Some(q) = view.search { " for “" (q) "”" }
+                    @if let Some(status) = view.status { " · " (status_filter_label(status)) }
+                    " · " a href="/gallery" id="clear-filters" { "Show everything" }
+                }
+            } @else if view.items.is_empty() && view.first_page {
+                p { "Nothing here yet. " a href="/" { "Generate your first image" } "." }
+            }
+            form id="bulk" method="get" action="/gallery/delete" {
+                @if view.items.iter().any(|i| i.status.is_final()) {
+                    p.bulk-actions { button type="submit" id="delete-selected" { "Delete selected…" } }
+                }
+            }
+            ul.gallery {
+                @for item in view.items { (gallery_card(item, true)) }
             }
             nav.pager aria-label="Pages" {
-                @if !first_page { a href="/gallery" { "Newest" } }
-                @if let Some(cursor) = next { a href={ "/gallery?before=" (cursor) } rel="next" id="older" { "Older" } }
+                @if !view.first_page { a href={ "/gallery?" (kept.trim_start_matches('&')) } { "Newest" } }
+                @if let Some(cursor) = view.next { a href={ "/gallery?before=" (cursor) (kept) } rel="next" id="older" { "Older" } }
+            }
+        },
+    )
+}
+
+/// Confirms deleting several images at once.
+pub fn confirm_bulk_delete(
+    chrome: &Chrome,
+    csrf: &str,
+    generations: &[GenerationView],
+    left_out: usize,
+) -> Markup {
+    let count = generations.len();
+    page(
+        "Delete images",
+        chrome,
+        html! {
+            section.narrow {
+                h1 { @if count == 1 { "Delete this image?" } @else { "Delete these " (count) " images?" } }
+                @if left_out > 0 {
+                    p.muted { (left_out) " of the selection cannot be deleted (still in progress, or gone) and is left as it is." }
+                }
+                ul.previews.bulk {
+                    @for generation in generations {
+                        li {
+                            @if let Some(url) = generation.image_urls.first() {
+                                img.thumb src=(url) alt=(generation.prompt.chars().take(120).collect::<String>());
+                            } @else {
+                                span.badge data-status=(generation.status) { (status_label(generation.status)) }
+                            }
+                            p.prompt-snippet { (generation.prompt.chars().take(80).collect::<String>()) }
+                        }
+                    }
+                }
+                p { "The images and their prompts are removed from your gallery and our storage. This cannot be undone." }
+                form method="post" action="/gallery/delete" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    @for generation in generations { input type="hidden" name="id" value=(generation.id); }
+                    button.danger type="submit" id="confirm-bulk-delete" {
+                        @if count == 1 { "Delete it for good" } @else { "Delete " (count) " images for good" }
+                    }
+                    " " a href="/gallery" { "Keep them" }
+                }
             }
         },
     )
@@ -567,6 +899,93 @@ pub type ApiKeyRow = (Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>
 /// An export row: id, status, created, expires.
 pub type ExportRow = (Uuid, ExportStatus, DateTime<Utc>, Option<DateTime<Utc>>);
 
+/// A credit movement and what it was for.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LedgerLine {
+    pub created_at: DateTime<Utc>,
+    pub kind: String,
+    pub amount: i64,
+    pub detail: serde_json::Value,
+    /// The payment it came from (a purchase's grant).
+    pub payment_id: Option<Uuid>,
+    /// The generation it was for, unless deleted.
+    pub generation_id: Option<Uuid>,
+    pub generation_prompt: Option<String>,
+}
+
+/// A payment, as the account's purchases list shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PaymentLine {
+    pub id: Uuid,
+    pub product_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub paid_at: DateTime<Utc>,
+    pub credits: i64,
+    pub refunded_minor: i64,
+    pub disputed: bool,
+}
+
+fn money(amount_minor: i64, currency: &str) -> String {
+    format!(
+        "{}.{:02} {}",
+        amount_minor / 100,
+        amount_minor % 100,
+        currency.to_uppercase()
+    )
+}
+
+impl AccountView {
+    fn product_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.product_names.get(id).map_or(id, String::as_str)
+    }
+}
+
+/// A credit movement in a sentence, with a link to the generation or the purchase it was for.
+fn ledger_sentence(view: &AccountView, line: &LedgerLine) -> Markup {
+    let detail = |key: &str| line.detail.get(key).and_then(|v| v.as_str());
+    let image = html! {
+        @match (&line.generation_id, &line.generation_prompt) {
+            (Some(id), Some(prompt)) => {
+                a href={ "/generations/" (id) } { "“" (prompt.chars().take(40).collect::<String>()) @if prompt.chars().count() > 40 { "…" } "”" }
+            }
+            _ => { "an image since deleted" }
+        }
+    };
+    let product = detail("product").map(|id| view.product_name(id).to_owned());
+    let purchase = |words: Markup| {
+        html! {
+            @if let Some(payment) = line.payment_id { a href={ "#purchase-" (payment) } { (words) } } @else { (words) }
+        }
+    };
+    html! {
+        @match line.kind.as_str() {
+            "reserve" => { "Held for " (image) },
+            "settle" => { "Charged for " (image) " (the credits held for it)" },
+            "refund" => {
+                "Returned: " (image)
+                @if detail("reason") == Some("cancelled") { " was cancelled" } @else { " did not succeed" }
+            },
+            "grant" => {
+                @if detail("reason") == Some("signup") {
+                    "Welcome credits for signing up"
+                } @else if detail("invoice").is_some() {
+                    (purchase(html! { (product.clone().unwrap_or_else(|| "Your plan".into())) ": a paid month" }))
+                } @else if let Some(product) = &product {
+                    (purchase(html! { "Bought " (product) }))
+                } @else {
+                    "Credits added"
+                }
+            },
+            "clawback" => { "Taken back after a refunded or disputed payment" },
+            "freeze" => { "Held while a payment is disputed" },
+            "release" => { "Given back: the dispute closed in your favour" },
+            "expire" => { "Expired" },
+            other => { (other) },
+        }
+    }
+}
+
 /// Everything the account page shows.
 #[derive(Debug, Clone, Default)]
 pub struct AccountView {
@@ -574,7 +993,10 @@ pub struct AccountView {
     pub display_name: Option<String>,
     pub balance: i64,
     pub shortfall: i64,
-    pub ledger: Vec<(DateTime<Utc>, String, i64, String)>,
+    pub ledger: Vec<LedgerLine>,
+    pub payments: Vec<PaymentLine>,
+    /// Product ids to the names people read (`CREDIT_PACKS`, `PLANS`).
+    pub product_names: std::collections::HashMap<String, String>,
     pub plan: Option<(String, String, Option<DateTime<Utc>>)>,
     pub usage: Vec<(DateTime<Utc>, String, Option<i32>, bool)>,
     pub api_keys: Vec<ApiKeyRow>,
@@ -611,7 +1033,7 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                     p.error id="shortfall" { "A refunded or disputed payment left " (view.shortfall) " credits owing. New generations are paused until it is settled: buy credits to cover it, or contact support." }
                 }
                 @if let Some((plan, status, end)) = &view.plan {
-                    p id="plan" { "Plan: " strong { (plan) } " (" (status) ")" @if let Some(end) = end { ", current period ends " (end.format("%Y-%m-%d")) } }
+                    p id="plan" { "Plan: " strong { (view.product_name(plan)) } " (" (status) ")" @if let Some(end) = end { ", current period ends " (end.format("%Y-%m-%d")) } }
                 } @else {
                     p id="plan" { "No plan. " a href="/pricing" { "See plans" } }
                 }
@@ -623,12 +1045,42 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                 }
                 @if !view.ledger.is_empty() {
                     div.table-scroll role="region" tabindex="0" aria-label="Recent credit movements" {
-                        table {
+                        table id="ledger" {
                             caption { "Recent credit movements" }
-                            thead { tr { th { "Date" } th { "What" } th.num { "Credits" } th { "For" } } }
+                            thead { tr { th { "Date" } th { "What happened" } th.num { "Credits" } } }
                             tbody {
-                                @for (at, kind, amount, key) in &view.ledger {
-                                    tr { td { (at.format("%Y-%m-%d %H:%M")) } td { (kind) } td.num { (amount) } td.muted.breakable { (key) } }
+                                @for line in &view.ledger {
+                                    tr data-kind=(line.kind) {
+                                        td { (line.created_at.format("%Y-%m-%d %H:%M")) }
+                                        td.breakable { (ledger_sentence(view, line)) }
+                                        td.num {
+                                            @if line.kind == "settle" { span.muted { "no change" } }
+                                            @else if line.amount > 0 { "+" (line.amount) }
+                                            @else { "−" (line.amount.abs()) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if !view.payments.is_empty() {
+                    div.table-scroll role="region" tabindex="0" aria-label="Purchases" {
+                        table id="purchases" {
+                            caption { "Purchases" }
+                            thead { tr { th { "Date" } th { "What" } th.num { "Paid" } th.num { "Credits" } } }
+                            tbody {
+                                @for payment in &view.payments {
+                                    tr id={ "purchase-" (payment.id) } {
+                                        td { (payment.paid_at.format("%Y-%m-%d")) }
+                                        td {
+                                            (view.product_name(&payment.product_id))
+                                            @if payment.refunded_minor > 0 { " " span.muted { "(" (money(payment.refunded_minor, &payment.currency)) " refunded)" } }
+                                            @if payment.disputed { " " span.muted { "(disputed)" } }
+                                        }
+                                        td.num { (money(payment.amount_minor, &payment.currency)) }
+                                        td.num { "+" (payment.credits) }
+                                    }
                                 }
                             }
                         }
@@ -783,9 +1235,10 @@ pub fn pricing(
             ul.products {
                 @for pack in packs {
                     li.card {
-                        h3 { (pack.credits) " credits" }
+                        h3 { (pack.name) }
+                        p { strong { (pack.credits) " credits" } }
                         p.price { (pack.price_label()) }
-                        (buy(pack, "Buy"))
+                        (buy(pack, &format!("Buy {}", pack.name)))
                     }
                 }
             }
@@ -794,9 +1247,10 @@ pub fn pricing(
             ul.products {
                 @for plan in plans {
                     li.card {
-                        h3 { (plan.credits) " credits / month" }
+                        h3 { (plan.name) }
+                        p { strong { (plan.credits) " credits every month" } }
                         p.price { (plan.price_label()) " / month" }
-                        (buy(plan, "Subscribe"))
+                        (buy(plan, &format!("Subscribe to {}", plan.name)))
                     }
                 }
             }
@@ -835,6 +1289,56 @@ pub fn checkout_waiting(
                     h1 { @if portal { "Opening the billing portal…" } @else { "Opening secure checkout…" } }
                     div.spinner aria-hidden="true" {}
                     p.muted { "Payments are handled by Stripe; we never see your card." }
+                }
+            }
+        },
+    )
+}
+
+/// What a checkout bought, for the notice Stripe sends the member back to.
+#[derive(Debug, Clone)]
+pub struct Purchase {
+    pub intent: Uuid,
+    /// A monthly plan rather than a pack.
+    pub plan: bool,
+    /// The product's name (`CREDIT_PACKS` / `PLANS`).
+    pub name: String,
+    pub credits: i64,
+    pub price: Option<String>,
+    /// The credits granted, once the worker has processed the payment.
+    pub credited: Option<i64>,
+    pub balance: i64,
+}
+
+/// After checkout: what was bought, and the balance — live while the payment's credits are on their way.
+pub fn checkout_done(chrome: &Chrome, purchase: &Purchase) -> Markup {
+    page(
+        "Thank you",
+        chrome,
+        html! {
+            section.narrow id="purchase" data-intent=(purchase.intent)
+                data-events=[purchase.credited.is_none().then(|| format!("/billing/intents/{}/events?follow=purchase", purchase.intent))] {
+                h1 { "Thank you" }
+                p.lead id="bought" {
+                    @if purchase.plan {
+                        "You subscribed to " strong { (purchase.name) } ": " (purchase.credits) " credits every paid month"
+                    } @else {
+                        "You bought " strong { (purchase.name) } ": " (purchase.credits) " credits"
+                    }
+                    @if let Some(price) = &purchase.price { " for " (price) }
+                    "."
+                }
+                div.panel role="status" aria-live="polite" id="purchase-status" data-credited=[purchase.credited] {
+                    @if let Some(credits) = purchase.credited {
+                        p id="credits-arrived" { strong { (credits) " credits" } " were added to your balance." }
+                    } @else {
+                        p id="credits-pending" { "Stripe is confirming the payment; the credits arrive in a few seconds." }
+                    }
+                    p { "Your balance: " strong id="live-balance" { (purchase.balance) } " credits." }
+                }
+                p.actions {
+                    a.button.primary href="/" { "Generate an image" }
+                    a.button href="/account#credits" { "Your credits" }
                 }
             }
         },

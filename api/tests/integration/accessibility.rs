@@ -108,21 +108,36 @@ async fn every_page_in(scheme: Scheme) {
     chrome.goto(&link).await;
     chrome.click("#confirm-link").await;
     chrome.wait_for_text("Generate an image", SLOW).await;
+    // Two images at once (the new member's 20 credits): the result page shows them as a set.
     chrome.fill("#prompt", "a harbour in the rain").await;
+    chrome.click("label[for=n-2]").await;
     chrome.click("#generate").await;
     chrome.wait_for("#image-0", SLOW).await;
     let generation = chrome.path().await;
+    let id = generation.trim_start_matches("/generations/").to_owned();
+    // A checkout the member has not paid yet: its notice page waits for the credits.
+    chrome.goto(&app.url("/pricing")).await;
+    chrome.click("#buy-pack_100").await;
+    chrome.wait_for("#pay", SLOW).await;
+    let intent: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM checkout_intents ORDER BY created_at DESC LIMIT 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     for (label, path) in [
         ("generator", "/".to_owned()),
         ("result", generation.clone()),
         ("confirm-delete", format!("{generation}/delete")),
         ("gallery", "/gallery".to_owned()),
+        (
+            "gallery-search",
+            "/gallery?q=harbour&status=ready".to_owned(),
+        ),
+        ("confirm-bulk-delete", format!("/gallery/delete?id={id}")),
+        ("purchase-notice", format!("/billing/intents/{intent}/done")),
         ("account", "/account".to_owned()),
         ("pricing-member", "/pricing".to_owned()),
-        (
-            "edit-prompt",
-            format!("/?from={}", generation.trim_start_matches("/generations/")),
-        ),
+        ("edit-prompt", format!("/?from={id}")),
     ] {
         failures.extend(check(&chrome, &app, label, &path).await);
     }

@@ -116,7 +116,15 @@ async fn every_refusal_under_the_api_is_json_naming_what_is_wrong() {
         Case {
             what: "an unknown field",
             request: key(client.post(&generations), &user)
-                .json(&json!({"prompt": "a cat", "n": 4})),
+                .json(&json!({"prompt": "a cat", "count": 4})),
+            status: 422,
+            error: "invalid",
+            field: Some("count"),
+        },
+        Case {
+            what: "more images than a request makes",
+            request: key(client.post(&generations), &user)
+                .json(&json!({"prompt": "a cat", "n": 9})),
             status: 422,
             error: "invalid",
             field: Some("n"),
@@ -296,11 +304,15 @@ async fn unknown_fields_are_refused_not_charged_as_one_image() {
     let (status, body) = app
         .create_generation(
             &user,
-            json!({"prompt": "four cats", "n": 4, "style": {"seed": 1}}),
+            json!({"prompt": "four cats", "num_images": 4, "style": {"seed": 1}}),
         )
         .await;
     assert_eq!(status, 422, "{body}");
-    assert_eq!(body["unknown_fields"], json!(["n", "style"]), "{body}");
+    assert_eq!(
+        body["unknown_fields"],
+        json!(["num_images", "style"]),
+        "{body}"
+    );
     assert_eq!(app.balance(&user).await, 100);
     app.finish().await;
 }

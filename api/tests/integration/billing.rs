@@ -41,6 +41,14 @@ async fn start_checkout(app: &TestApp, browser: &Browser, product: &str) -> Stri
     url.rsplit('/').next().unwrap().to_owned()
 }
 
+/// The intent behind the checkout the browser last started.
+async fn last_intent(app: &TestApp) -> uuid::Uuid {
+    sqlx::query_scalar("SELECT id FROM checkout_intents ORDER BY created_at DESC LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 /// Waits for the stand-in's webhooks, then runs the queue dry.
 async fn settle(app: &TestApp) {
     app.stripe.wait_for_deliveries().await;
@@ -73,7 +81,19 @@ async fn buying_a_pack_grants_its_credits_once_however_often_the_event_arrives()
             .unwrap();
     assert_eq!((product.as_str(), amount, credits), ("pack_100", 500, 100));
     let page = browser.visit("/account").await;
-    assert!(page.contains("pack:"), "the ledger shows the purchase");
+    let payment: uuid::Uuid = sqlx::query_scalar("SELECT id FROM payments")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            r##"<a href="#purchase-{payment}">Bought Starter pack</a>"##
+        )),
+        "the ledger says what was bought, linked to the purchase: {}",
+        page.body
+    );
+    assert!(page.contains(&format!(r#"id="purchase-{payment}""#)));
+    assert!(page.contains("Welcome credits for signing up"));
     // One customer per user, reused.
     start_checkout(&app, &browser, "pack_500").await;
     let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_customers")
@@ -107,8 +127,13 @@ async fn a_plan_starts_renews_and_cancels() {
     );
     let account = browser.visit("/account").await;
     assert!(
-        account.contains("plan_monthly") && account.contains("(active)"),
-        "{}",
+        account.contains("Plan: <strong>Monthly</strong> (active)"),
+        "the plan by its name from PLANS: {}",
+        account.body
+    );
+    assert!(
+        account.contains("Monthly: a paid month"),
+        "each paid month in the ledger: {}",
         account.body
     );
     app.stripe.cancel_subscription(&subscription).unwrap();
@@ -803,5 +828,79 @@ async fn a_dispute_applied_before_its_payment_waits_for_the_payment_instead_of_b
         (20, 0),
         "the retried dispute froze the purchase once it was recorded"
     );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn after_checkout_the_page_says_what_was_bought_and_the_new_balance_arrives_live() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "notice@example.com").await;
+    let session = start_checkout(&app, &browser, "pack_500").await;
+    let intent = last_intent(&app).await;
+    let object = app.stripe.checkout_session(&session).unwrap();
+    assert_eq!(
+        object["success_url"],
+        format!("{}/billing/intents/{intent}/done", app.url("")),
+        "Stripe sends the member back to the notice"
+    );
+
+    let waiting = browser
+        .visit(&format!("/billing/intents/{intent}/done"))
+        .await;
+    assert_eq!(waiting.status, 200, "{}", waiting.body);
+    assert!(
+        waiting.contains("You bought <strong>Studio pack</strong>: 500 credits for 20.00 USD."),
+        "{}",
+        waiting.body
+    );
+    assert!(waiting.contains("Stripe is confirming the payment"));
+    assert!(
+        waiting.contains(r#"id="live-balance">20<"#),
+        "{}",
+        waiting.body
+    );
+    assert!(waiting.contains(&format!(
+        r#"data-events="/billing/intents/{intent}/events?follow=purchase""#
+    )));
+
+    // The page's stream is open before the payment: the grant reaches it.
+    let stream = browser
+        .client()
+        .get(app.url(&format!("/billing/intents/{intent}/events?follow=purchase")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    app.stripe.pay_session(&session).unwrap();
+    settle(&app).await;
+    let text = tokio::time::timeout(std::time::Duration::from_secs(20), stream.text())
+        .await
+        .expect("the stream ends with the purchase")
+        .unwrap();
+    assert!(text.contains("event: purchase"), "{text}");
+    assert!(
+        text.contains(r#""balance":520"#) && text.contains(r#""credits":500"#),
+        "{text}"
+    );
+
+    let arrived = browser
+        .visit(&format!("/billing/intents/{intent}/done"))
+        .await;
+    assert!(
+        arrived.contains("<strong>500 credits</strong> were added to your balance."),
+        "{}",
+        arrived.body
+    );
+    assert!(arrived.contains(r#"id="live-balance">520<"#));
+    assert!(
+        !arrived.contains("data-events="),
+        "nothing left to wait for"
+    );
+    assert!(!arrived.contains(r#"http-equiv="refresh""#));
+
+    // Another member's intent is not found.
+    let other = sign_in(&app, "nosy@example.com").await;
+    let peek = other.get(&format!("/billing/intents/{intent}/done")).await;
+    assert_eq!(peek.status, 404);
     app.finish().await;
 }

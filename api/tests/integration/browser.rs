@@ -246,20 +246,46 @@ async fn a_member_buys_a_pack_on_the_pricing_page_through_the_stand_in_checkout_
     chrome.wait_for("#pay", SLOW).await;
     chrome.screenshot("31-checkout").await;
     chrome.click("#pay").await;
-    chrome.wait_for("#balance", SLOW).await;
-    let deadline = tokio::time::Instant::now() + SLOW;
-    loop {
-        chrome.goto(&app.url("/account")).await;
-        if chrome.source().await.contains("id=\"balance\">120<") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the credits never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    chrome.screenshot("32-credits-arrived").await;
+    // Back from Stripe: the notice says what was bought, and the credits arrive on the open page (the
+    // intent's server-sent events), with no reload.
+    chrome.wait_for("#purchase", SLOW).await;
+    assert!(chrome.path().await.ends_with("/done"));
+    let bought = chrome.wait_for("#bought", SLOW).await.text().await.unwrap();
+    assert_eq!(bought, "You bought Starter pack: 100 credits for 5.00 USD.");
+    chrome.screenshot("32-purchase-notice").await;
+    chrome
+        .client()
+        .execute("document.body.dataset.sameDocument = 'yes'", Vec::new())
+        .await
+        .unwrap();
+    chrome.wait_for("#credits-arrived", SLOW).await;
+    let balance = chrome
+        .wait_for("#live-balance", SLOW)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(balance, "120");
+    let header = chrome
+        .wait_for(".balance .credits", SLOW)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(header, "120", "the header's balance follows");
+    let same = chrome
+        .client()
+        .execute(
+            "return document.body.dataset.sameDocument || ''",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        same, "yes",
+        "the page was not reloaded: the event brought the balance"
+    );
+    chrome.screenshot("33-credits-arrived").await;
     chrome.close().await;
     app.stripe.wait_for_deliveries().await;
     app.drain().await;
@@ -307,5 +333,143 @@ async fn a_member_cancels_a_queued_generation_and_a_watched_page_follows_a_cance
     assert!(!chrome.source().await.contains("id=\"cancel\""));
     chrome.close().await;
     app.discard_unrun_jobs().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_member_asks_for_two_images_at_once_and_watches_both_arrive_as_a_set() {
+    let app = TestApp::spawn().await;
+    let chrome = Chrome::start().await;
+    sign_in_by_email(&app, &chrome, "pair@example.com").await;
+
+    chrome.fill("#prompt", "two lanterns on a river").await;
+    chrome.click("label[for=n-2]").await;
+    let cost = chrome.wait_for("#cost", SLOW).await.text().await.unwrap();
+    assert_eq!(cost, "20", "two 1K images");
+    chrome.click("label[for=resolution-2K]").await;
+    let cost = chrome.wait_for("#cost", SLOW).await.text().await.unwrap();
+    assert_eq!(cost, "40", "two 2K images");
+    chrome.click("label[for=resolution-1K]").await;
+    chrome.screenshot("50-two-images-chosen").await;
+    chrome.click("#generate").await;
+    chrome.wait_for("#set", SLOW).await;
+    // Both tiles reach Ready on the open page, each with its picture.
+    let deadline = tokio::time::Instant::now() + SLOW;
+    while chrome.count("#set li[data-status=succeeded] img").await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the set never finished: {}",
+            chrome.source().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    chrome.wait_for("#image-0", SLOW).await;
+    chrome.screenshot("51-a-set-of-two").await;
+    // The second tile opens the second image's page, which shows the same set.
+    chrome.click("#set li:nth-child(2) a").await;
+    chrome.wait_for_text("Image 2 of 2", SLOW).await;
+    chrome.close().await;
+    app.drain().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_pickers_disable_what_the_model_refuses_and_say_why() {
+    let app = TestApp::spawn().await;
+    let chrome = Chrome::start().await;
+    sign_in_by_email(&app, &chrome, "shapes@example.com").await;
+
+    let disabled = |id: &'static str| {
+        let chrome = &chrome;
+        async move {
+            chrome
+                .client()
+                .execute(
+                    &format!("return document.getElementById('{id}').disabled"),
+                    Vec::new(),
+                )
+                .await
+                .unwrap()
+                .as_bool()
+                .unwrap()
+        }
+    };
+    let why = |id: &'static str| {
+        let chrome = &chrome;
+        async move {
+            chrome
+                .client()
+                .execute(
+                    &format!("return document.getElementById('{id}').textContent"),
+                    Vec::new(),
+                )
+                .await
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // 4K rules out the ratios text to image cannot make at 4K.
+    chrome.click("label[for=resolution-4K]").await;
+    assert!(disabled("ratio-5x4").await);
+    assert_eq!(why("ratio-5x4-why").await, "Not at 4K");
+    assert!(!disabled("ratio-16x9").await);
+    assert_eq!(why("ratio-16x9-why").await, "");
+    chrome.screenshot("52-ratios-at-4k").await;
+    // Back to 1K, 5:4 can be picked; then 2K and 4K are the ones that say why.
+    chrome.click("label[for=resolution-1K]").await;
+    chrome.click("label[for=ratio-5x4]").await;
+    assert!(disabled("resolution-4K").await);
+    assert_eq!(why("resolution-4K-why").await, "Not at 5:4");
+    assert_eq!(why("resolution-2K-why").await, "Not at 5:4");
+    assert!(!disabled("resolution-1K").await);
+    chrome.screenshot("53-resolutions-at-5x4").await;
+    chrome.close().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_member_searches_the_gallery_and_deletes_two_images_at_once() {
+    let app = TestApp::spawn().await;
+    let chrome = Chrome::start().await;
+    sign_in_by_email(&app, &chrome, "curator@example.com").await;
+    let user: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM users WHERE email = 'curator@example.com'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let member = app.api_key_for(user).await;
+    app.grant(&member, 100).await;
+    for prompt in ["a green lighthouse", "a lighthouse in fog", "a teapot"] {
+        let (status, created) = app
+            .create_generation(&member, serde_json::json!({"prompt": prompt}))
+            .await;
+        assert_eq!(status, 202, "{created}");
+        app.wait_until_finished(&member, created["id"].as_str().unwrap())
+            .await;
+    }
+    chrome.goto(&app.url("/gallery")).await;
+    chrome.fill("#q", "lighthouse").await;
+    chrome.click("#apply-filters").await;
+    chrome.wait_for("#filter-summary", SLOW).await;
+    assert_eq!(chrome.count(".gallery li.card").await, 2);
+    chrome.screenshot("54-gallery-search").await;
+    chrome
+        .click(".gallery li.card:nth-child(1) label.select")
+        .await;
+    chrome
+        .click(".gallery li.card:nth-child(2) label.select")
+        .await;
+    chrome.click("#delete-selected").await;
+    chrome.wait_for_text("Delete these 2 images?", SLOW).await;
+    chrome.screenshot("55-confirm-bulk-delete").await;
+    chrome.click("#confirm-bulk-delete").await;
+    chrome.wait_for_text("2 images were deleted.", SLOW).await;
+    assert_eq!(chrome.count(".gallery li.card").await, 1);
+    assert!(chrome.source().await.contains("a teapot"));
+    chrome.screenshot("56-after-bulk-delete").await;
+    chrome.close().await;
+    app.drain().await;
     app.finish().await;
 }

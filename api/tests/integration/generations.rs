@@ -1549,7 +1549,7 @@ async fn a_queued_generation_is_cancelled_refunded_at_once_and_never_sent_to_kie
         .await
         .unwrap();
     assert!(
-        events.contains(r#"{"status":"cancelled"}"#),
+        events.contains(&format!(r#"{{"id":"{id}","status":"cancelled"}}"#)),
         "the stream says so and ends: {events}"
     );
 

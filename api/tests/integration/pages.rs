@@ -420,11 +420,13 @@ async fn again_makes_the_same_generation_and_edit_prompt_opens_it_in_the_generat
         edit.body
     );
     assert!(
-        edit.contains(r#"<option value="16:9" selected>"#),
+        edit.contains(r#"id="ratio-16x9" name="aspect_ratio" value="16:9" checked"#),
         "{}",
         edit.body
     );
-    assert!(edit.contains(r#"<option value="2K" data-cost="20" selected>"#));
+    assert!(
+        edit.contains(r#"id="resolution-2K" name="resolution" value="2K" data-cost="20" checked"#)
+    );
     assert_eq!(edit.field("reference_upload_ids"), Some(upload));
     // Another member's generation fills in nothing.
     let stranger = sign_in(&app, "jon@example.com").await;
@@ -689,8 +691,9 @@ async fn the_account_page_shows_credits_usage_and_keys_and_a_key_is_shown_once()
     let page = browser.visit("/account").await;
     assert!(page.contains("id=\"balance\">20<"), "{}", page.body);
     assert!(
-        page.contains("signup:"),
-        "the ledger lists the sign-up grant"
+        page.contains("Welcome credits for signing up"),
+        "the ledger lists the sign-up grant in words: {}",
+        page.body
     );
     let created = browser
         .submit(

@@ -51,7 +51,7 @@ async fn the_readmes_api_examples_run_as_written() {
         "/me answered: {stdout}"
     );
     assert!(
-        stdout.contains(r#"data: {"status":"succeeded"}"#),
+        stdout.contains(r#","status":"succeeded"}"#),
         "the event stream followed the generation to its end: {stdout}"
     );
     let image = std::fs::read(dir.path().join("image.png")).unwrap();

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use queue::Job as _;
 
-use super::{Generation, Invalid, Resolution, Settings, validate};
+use super::{Generation, Invalid, MAX_VARIATIONS, Resolution, Settings, validate};
 use crate::{
     config::GenerationConfig,
     credits::{self, Applied, Kind},
@@ -42,6 +42,9 @@ pub struct NewGeneration<'a> {
     pub aspect_ratio: Option<&'a str>,
     pub resolution: Option<&'a str>,
     pub reference_upload_ids: &'a [Uuid],
+    /// How many images (variations) to make, 1–[`MAX_VARIATIONS`] (`None`: one). Each is a generation of its
+    /// own: its own kie.ai task, reservation, charge or refund.
+    pub variations: Option<i64>,
     /// A client's key for this request: a repeat with the same key returns the generation the first recorded.
     pub idempotency_key: Option<&'a str>,
 }
@@ -80,26 +83,42 @@ pub enum CreateError {
     Database(#[from] sqlx::Error),
 }
 
-/// Records a generation. Checks the request ([`validate`]); takes the member's rate token (in a transaction of
-/// its own: every request counts, refused or not, so a refused one cannot be repeated without limit); then in
-/// one transaction claims a trial's fingerprint, checks the references, inserts the row, reserves its cost and
-/// enqueues its submit job — so a request refused on the way leaves nothing else behind. With an idempotency
-/// key, a repeat of the same request returns the generation the first recorded.
+/// Records a request: one generation per variation asked for, in order (the first's id is the request's,
+/// `batch_id`). Checks the request ([`validate`]); takes the member's rate token (in a transaction of its own:
+/// every request counts, refused or not, so a refused one cannot be repeated without limit); then in one
+/// transaction claims a trial's fingerprint, checks the references, inserts the rows, reserves each one's cost
+/// under its own ledger key and enqueues each one's submit job — so a request refused on the way leaves nothing
+/// else behind, and one the balance cannot cover in full records nothing. With an idempotency key, a repeat of
+/// the same request returns the generations the first recorded.
 pub async fn create(
     pool: &PgPool,
     limits: &GenerationConfig,
     metrics: &Metrics,
     request: NewGeneration<'_>,
-) -> Result<Generation, CreateError> {
+) -> Result<Vec<Generation>, CreateError> {
     let NewGeneration {
         owner,
         prompt,
         aspect_ratio,
         resolution,
         reference_upload_ids,
+        variations,
         idempotency_key,
     } = request;
     let settings = validate(prompt, aspect_ratio, resolution, reference_upload_ids.len())?;
+    let variations = match variations {
+        None => 1,
+        Some(n) if (1..=i64::from(MAX_VARIATIONS)).contains(&n) => n as i16,
+        Some(n) => {
+            return Err(Invalid {
+                field: "n",
+                message: format!(
+                    "{n} images were asked for; one request makes 1 to {MAX_VARIATIONS}"
+                ),
+            }
+            .into());
+        }
+    };
     let mut references = reference_upload_ids.to_vec();
     references.sort();
     references.dedup();
@@ -123,17 +142,25 @@ pub async fn create(
                 }
                 .into());
             }
+            if variations != 1 {
+                return Err(Invalid {
+                    field: "n",
+                    message: "the free trial makes one image".into(),
+                }
+                .into());
+            }
             (None, Some(session), Some(fingerprints))
         }
     };
     if let (Some(user), Some(key)) = (user, idempotency_key)
         && let Some(existing) = find_by_idempotency_key(pool, user, key).await?
     {
-        same_request(&existing, prompt, settings, &references)?;
-        return Ok(existing);
+        same_request(&existing, prompt, settings, &references, variations)?;
+        return Ok(super::batch_of(pool, &existing).await?);
     }
 
-    let id = Uuid::now_v7();
+    let ids: Vec<Uuid> = (0..variations).map(|_| Uuid::now_v7()).collect();
+    let batch_id = ids[0];
     let cost = if user.is_some() {
         settings.resolution.cost()
     } else {
@@ -172,78 +199,98 @@ pub async fn create(
             return Err(CreateError::UnknownUpload);
         }
     }
-    let inserted: Option<Generation> = sqlx::query_as(
-        "INSERT INTO generations (id, user_id, trial_session_hash, prompt, aspect_ratio, resolution, model,
-                                  reference_upload_ids, credits_reserved, idempotency_key, trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING *",
-    )
-    .bind(id)
-    .bind(user)
-    .bind(trial_session)
-    .bind(prompt)
-    .bind(settings.aspect_ratio)
-    .bind(settings.resolution)
-    .bind(model)
-    .bind(&references)
-    .bind(cost as i32)
-    .bind(idempotency_key)
-    .bind(&trace_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(generation) = inserted else {
-        // A concurrent request with the same idempotency key won: answer with its generation, if it asked the
-        // same.
-        tx.rollback().await?;
-        let existing = match (user, idempotency_key) {
-            (Some(user), Some(key)) => find_by_idempotency_key(pool, user, key).await?,
-            _ => None,
-        };
-        let existing = existing.ok_or(CreateError::KeyInFlight)?;
-        same_request(&existing, prompt, settings, &references)?;
-        return Ok(existing);
-    };
+    let mut generations = Vec::with_capacity(ids.len());
+    for (index, &id) in ids.iter().enumerate() {
+        let variation = index as i16 + 1;
+        let inserted: Option<Generation> = sqlx::query_as(
+            "INSERT INTO generations (id, user_id, trial_session_hash, prompt, aspect_ratio, resolution, model,
+                                      reference_upload_ids, credits_reserved, idempotency_key, trace_id,
+                                      batch_id, variation, variations)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(&trial_session)
+        .bind(prompt)
+        .bind(settings.aspect_ratio)
+        .bind(settings.resolution)
+        .bind(model)
+        .bind(&references)
+        .bind(cost as i32)
+        // The request's key is kept on its first variation only.
+        .bind(idempotency_key.filter(|_| variation == 1))
+        .bind(&trace_id)
+        .bind(batch_id)
+        .bind(variation)
+        .bind(variations)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match inserted {
+            Some(generation) => generations.push(generation),
+            None => {
+                // A concurrent request with the same idempotency key won: answer with its generations, if it
+                // asked the same.
+                tx.rollback().await?;
+                let existing = match (user, idempotency_key) {
+                    (Some(user), Some(key)) => find_by_idempotency_key(pool, user, key).await?,
+                    _ => None,
+                };
+                let existing = existing.ok_or(CreateError::KeyInFlight)?;
+                same_request(&existing, prompt, settings, &references, variations)?;
+                return Ok(super::batch_of(pool, &existing).await?);
+            }
+        }
+    }
     if let Some(user) = user {
         if credits::owing(&mut *tx, user).await? {
             tx.rollback().await?;
             return Err(CreateError::PaymentOwing);
         }
-        match credits::apply(
-            &mut tx,
-            user,
-            Kind::Reserve,
-            -cost,
-            &super::ledger_key(id),
-            json!({"generation": id}),
-        )
-        .await?
-        {
-            Applied::Yes => {}
-            Applied::InsufficientCredits => {
-                let balance = credits::balance(&mut *tx, user).await?;
-                tx.rollback().await?;
-                return Err(CreateError::InsufficientCredits { balance, cost });
-            }
-            Applied::AlreadyApplied => {
-                // The id is new: a reservation under its key cannot exist. Refuse rather than record a
-                // generation nothing was reserved for.
-                tx.rollback().await?;
-                return Err(sqlx::Error::Protocol(format!(
-                    "a reservation for the new generation {id} existed"
-                ))
-                .into());
+        for (reserved, &id) in ids.iter().enumerate() {
+            match credits::apply(
+                &mut tx,
+                user,
+                Kind::Reserve,
+                -cost,
+                &super::ledger_key(id),
+                json!({"generation": id}),
+            )
+            .await?
+            {
+                Applied::Yes => {}
+                Applied::InsufficientCredits => {
+                    // The balance before this request: what the variations reserved so far took, given back.
+                    let balance = credits::balance(&mut *tx, user).await? + cost * reserved as i64;
+                    tx.rollback().await?;
+                    return Err(CreateError::InsufficientCredits {
+                        balance,
+                        cost: cost * i64::from(variations),
+                    });
+                }
+                Applied::AlreadyApplied => {
+                    // The id is new: a reservation under its key cannot exist. Refuse rather than record a
+                    // generation nothing was reserved for.
+                    tx.rollback().await?;
+                    return Err(sqlx::Error::Protocol(format!(
+                        "a reservation for the new generation {id} existed"
+                    ))
+                    .into());
+                }
             }
         }
     }
-    SubmitGeneration::first(id).enqueue(&mut *tx).await?;
+    for &id in &ids {
+        SubmitGeneration::first(id).enqueue(&mut *tx).await?;
+    }
     tx.commit().await?;
     metrics
         .credits_total
         .with_label_values(&["reserved"])
-        .inc_by(cost as u64);
-    tracing::info!(generation.id = %id, trace_id = %trace_id, resolution = %settings.resolution, trial = user.is_none(), "generation requested");
-    Ok(generation)
+        .inc_by(cost as u64 * ids.len() as u64);
+    tracing::info!(generation.id = %batch_id, trace_id = %trace_id, resolution = %settings.resolution, variations, trial = user.is_none(), "generation requested");
+    Ok(generations)
 }
 
 /// An idempotency key names one request: reused with different parameters it is refused (as Stripe does),
@@ -254,11 +301,13 @@ fn same_request(
     prompt: &str,
     settings: Settings,
     references: &[Uuid],
+    variations: i16,
 ) -> Result<(), CreateError> {
     if existing.prompt == prompt
         && existing.aspect_ratio == settings.aspect_ratio
         && existing.resolution == settings.resolution
         && existing.reference_upload_ids == references
+        && existing.variations == variations
     {
         Ok(())
     } else {

@@ -106,6 +106,8 @@ text_enum! {
 
 pub const MAX_PROMPT_CHARS: usize = 20_000;
 pub const MAX_REFERENCES: usize = 16;
+/// Images one request can ask for: each is a generation of its own, charged and refunded on its own.
+pub const MAX_VARIATIONS: u8 = 4;
 
 /// A rejected parameter: which field, and why, in words for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -231,11 +233,22 @@ pub struct Generation {
     pub callback_secret_hash: Option<Vec<u8>>,
     /// The browser session (its id hash) of a no-signup trial's generation.
     pub trial_session_hash: Option<Vec<u8>>,
+    /// The request that made it (its first variation's id); `None` before variations existed: its own id.
+    pub batch_id: Option<Uuid>,
+    /// Its place among the request's variations, from 1.
+    pub variation: i16,
+    /// How many images the request asked for (1–[`MAX_VARIATIONS`]).
+    pub variations: i16,
 }
 
 impl Generation {
     pub fn is_finished(&self) -> bool {
         self.finished_at.is_some()
+    }
+
+    /// The id of the request that made it: every variation of one request shares it.
+    pub fn batch(&self) -> Uuid {
+        self.batch_id.unwrap_or(self.id)
     }
 
     /// The reservation's business key in the ledger (reserve, settle and refund share it).
@@ -280,6 +293,88 @@ pub async fn find_owned(pool: &PgPool, user: Uuid, id: Uuid) -> sqlx::Result<Opt
         .filter(|g| g.user_id == Some(user) && g.deleted_at.is_none()))
 }
 
+/// Every variation of `generation`'s request that is not deleted, in order (just `generation` for a request of
+/// one, without a query).
+pub async fn batch_of(pool: &PgPool, generation: &Generation) -> sqlx::Result<Vec<Generation>> {
+    if generation.variations <= 1 {
+        return Ok(vec![generation.clone()]);
+    }
+    sqlx::query_as(
+        "SELECT * FROM generations WHERE batch_id = $1 AND deleted_at IS NULL ORDER BY variation",
+    )
+    .bind(generation.batch())
+    .fetch_all(pool)
+    .await
+}
+
+/// The ids of every variation of each of `generations`' requests, in order, by request id (deleted variations
+/// left out), in one query; requests of one are answered without it.
+pub async fn batch_ids(
+    pool: &PgPool,
+    generations: &[Generation],
+) -> sqlx::Result<std::collections::HashMap<Uuid, Vec<Uuid>>> {
+    let mut batches: std::collections::HashMap<Uuid, Vec<Uuid>> = generations
+        .iter()
+        .filter(|g| g.variations <= 1)
+        .map(|g| (g.batch(), vec![g.id]))
+        .collect();
+    let shared: Vec<Uuid> = generations
+        .iter()
+        .filter(|g| g.variations > 1)
+        .map(Generation::batch)
+        .collect();
+    if !shared.is_empty() {
+        let rows: Vec<(Uuid, Vec<Uuid>)> = sqlx::query_as(
+            "SELECT batch_id, array_agg(id ORDER BY variation) FROM generations
+              WHERE batch_id = ANY($1) AND deleted_at IS NULL GROUP BY batch_id",
+        )
+        .bind(&shared)
+        .fetch_all(pool)
+        .await?;
+        batches.extend(rows);
+    }
+    Ok(batches)
+}
+
+/// How long a generation at `resolution` takes from request to stored image, typically: the median of the last
+/// 50 successes at that resolution in the past day, or `None` with fewer than 5 to go on.
+pub async fn typical_wait(
+    pool: &PgPool,
+    resolution: Resolution,
+) -> sqlx::Result<Option<std::time::Duration>> {
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "SELECT CASE WHEN count(*) >= 5
+                     THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) END
+           FROM (SELECT EXTRACT(EPOCH FROM finished_at - created_at)::float8 AS seconds
+                   FROM generations
+                  WHERE status = 'succeeded' AND resolution = $1 AND finished_at > now() - interval '1 day'
+                  ORDER BY finished_at DESC
+                  LIMIT 50) recent",
+    )
+    .bind(resolution)
+    .fetch_one(pool)
+    .await?;
+    Ok(seconds
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64))
+}
+
+/// How many queued generations (anyone's) were requested before `generation` and wait with it for the fleet's
+/// kie.ai budget: its place in line. Zero once it has left the queue.
+pub async fn queued_ahead(pool: &PgPool, generation: &Generation) -> sqlx::Result<i64> {
+    if generation.status != Status::Queued {
+        return Ok(0);
+    }
+    sqlx::query_scalar(
+        "SELECT count(*) FROM generations
+          WHERE status = 'queued' AND finished_at IS NULL AND (created_at, id) < ($1, $2)",
+    )
+    .bind(generation.created_at)
+    .bind(generation.id)
+    .fetch_one(pool)
+    .await
+}
+
 /// A page of the member's generations, newest first, after the keyset `after` (the last item's creation time
 /// and id): `limit` items and whether more follow.
 pub async fn page_for_user(
@@ -311,39 +406,99 @@ fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
     (rows, more)
 }
 
-/// A gallery card's data: the generation and its first image's key, if stored.
+/// A gallery card's data: the generation and its first image, if stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GalleryRow {
     pub id: Uuid,
     pub prompt: String,
     pub status: Status,
     pub created_at: DateTime<Utc>,
+    pub aspect_ratio: AspectRatio,
+    pub variation: i16,
+    pub variations: i16,
     pub object_key: Option<String>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+}
+
+text_enum! {
+    /// The gallery's status filter: a final status, or everything still in progress.
+    pub enum StatusFilter {
+        Ready = "ready",
+        InProgress = "in-progress",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl StatusFilter {
+    /// The statuses it keeps.
+    pub fn statuses(self) -> &'static [Status] {
+        match self {
+            Self::Ready => &[Status::Succeeded],
+            Self::InProgress => &[
+                Status::Queued,
+                Status::Submitting,
+                Status::Generating,
+                Status::Storing,
+            ],
+            Self::Failed => &[Status::Failed],
+            Self::Cancelled => &[Status::Cancelled],
+        }
+    }
+}
+
+/// Which of the member's generations the gallery shows: those whose prompt matches `search` (full-text, as a
+/// web search box reads it: words, "quoted phrases", -excluded) and whose status `status` keeps.
+#[derive(Debug, Clone, Default)]
+pub struct GalleryFilter {
+    pub search: Option<String>,
+    pub status: Option<StatusFilter>,
 }
 
 /// A page of the member's gallery, newest first, after the keyset `after`: `limit` cards and whether more
-/// follow. One query, with each card's first image.
+/// follow. One query, with each card's first image; each filter adds its own condition (so each combination
+/// is its own prepared statement and plan: a search can use the prompt index, a plain page the member's).
 pub async fn gallery_page(
     pool: &PgPool,
     user: Uuid,
+    filter: &GalleryFilter,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> sqlx::Result<(Vec<GalleryRow>, bool)> {
-    let rows: Vec<GalleryRow> = sqlx::query_as(
-        "SELECT g.id, g.prompt, g.status, g.created_at,
-                (SELECT object_key FROM generated_images i WHERE i.generation_id = g.id ORDER BY n LIMIT 1) AS object_key
+    let mut query = sqlx::QueryBuilder::new(
+        "SELECT g.id, g.prompt, g.status, g.created_at, g.aspect_ratio, g.variation, g.variations,
+                i.object_key, i.width, i.height
            FROM generations g
-          WHERE g.user_id = $1 AND g.deleted_at IS NULL
-            AND ($2::timestamptz IS NULL OR (g.created_at, g.id) < ($2, $3))
-          ORDER BY g.created_at DESC, g.id DESC
-          LIMIT $4",
-    )
-    .bind(user)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map(|(_, id)| id))
-    .bind(limit + 1)
-    .fetch_all(pool)
-    .await?;
+           LEFT JOIN LATERAL (SELECT object_key, width, height FROM generated_images i
+                               WHERE i.generation_id = g.id ORDER BY n LIMIT 1) i ON true
+          WHERE g.user_id = ",
+    );
+    query.push_bind(user).push(" AND g.deleted_at IS NULL");
+    if let Some((at, id)) = after {
+        query
+            .push(" AND (g.created_at, g.id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    if let Some(search) = filter.search.as_deref().filter(|s| !s.trim().is_empty()) {
+        query
+            .push(" AND to_tsvector('english', g.prompt) @@ websearch_to_tsquery('english', ")
+            .push_bind(search.to_owned())
+            .push(")");
+    }
+    if let Some(status) = filter.status {
+        query
+            .push(" AND g.status = ANY(")
+            .push_bind(status.statuses())
+            .push(")");
+    }
+    query
+        .push(" ORDER BY g.created_at DESC, g.id DESC LIMIT ")
+        .push_bind(limit + 1);
+    let rows: Vec<GalleryRow> = query.build_query_as().fetch_all(pool).await?;
     Ok(split_page(rows, limit))
 }
 

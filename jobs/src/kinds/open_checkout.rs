@@ -202,7 +202,8 @@ async fn open(
                 client_reference_id: intent.user_id.to_string(),
                 price,
                 metadata,
-                success_url: format!("{base}/account?checkout=success#credits"),
+                // The post-checkout notice: what was bought, and the balance as the credits arrive.
+                success_url: format!("{base}/billing/intents/{intent_id}/done"),
                 cancel_url: format!("{base}/pricing"),
             },
             &key,

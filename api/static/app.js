@@ -214,6 +214,10 @@ const csrf = () => document.body.dataset.csrf || "";
       const strong = document.createElement("strong");
       strong.textContent = body.credits + " credits";
       pending.append(strong, " were added to your balance.");
+      if (body.granted > body.credits) {
+        pending.append(" The other " + (body.granted - body.credits) +
+          " settled credits owed after a refunded or disputed payment.");
+      }
     }
     status.dataset.credited = String(body.credits);
     document.getElementById("live-balance").textContent = String(body.balance);

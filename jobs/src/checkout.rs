@@ -117,27 +117,37 @@ pub async fn find_owned(pool: &PgPool, user: Uuid, id: Uuid) -> sqlx::Result<Opt
         .filter(|intent| intent.user_id == user))
 }
 
-/// The credits a paid checkout added, once the worker has granted them (`None` until then, and for a portal).
+/// What a paid checkout's credits did, once the worker granted them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credited {
+    /// The credits the purchase granted.
+    pub granted: i64,
+    /// What of them went to the balance: the rest settled credits owed after a refunded or disputed payment.
+    pub added: i64,
+}
+
+/// What a paid checkout's credits did, once the worker has granted them (`None` until then, and for a portal).
 /// A pack's grant is the one keyed by its Checkout Session; a plan's is its product's first grant since the
 /// intent was recorded (the first invoice of the subscription the session started).
-pub async fn credited(pool: &PgPool, intent: &Intent) -> sqlx::Result<Option<i64>> {
-    match intent.kind {
-        IntentKind::Portal => Ok(None),
-        IntentKind::Pack => {
-            let Some(session) = &intent.stripe_session_id else {
-                return Ok(None);
-            };
-            sqlx::query_scalar(
-                "SELECT amount FROM credit_ledger WHERE user_id = $1 AND kind = 'grant' AND business_key = $2",
-            )
-            .bind(intent.user_id)
-            .bind(format!("pack:{session}"))
-            .fetch_optional(pool)
-            .await
-        }
+pub async fn credited(pool: &PgPool, intent: &Intent) -> sqlx::Result<Option<Credited>> {
+    let grant: Option<(String, i64)> = match intent.kind {
+        IntentKind::Portal => None,
+        IntentKind::Pack => match &intent.stripe_session_id {
+            None => None,
+            Some(session) => {
+                sqlx::query_as(
+                    "SELECT business_key, amount FROM credit_ledger
+                      WHERE user_id = $1 AND kind = 'grant' AND business_key = $2",
+                )
+                .bind(intent.user_id)
+                .bind(format!("pack:{session}"))
+                .fetch_optional(pool)
+                .await?
+            }
+        },
         IntentKind::Plan => {
-            sqlx::query_scalar(
-                "SELECT amount FROM credit_ledger
+            sqlx::query_as(
+                "SELECT business_key, amount FROM credit_ledger
                   WHERE user_id = $1 AND kind = 'grant' AND detail->>'product' = $2 AND created_at >= $3
                   ORDER BY id LIMIT 1",
             )
@@ -145,9 +155,25 @@ pub async fn credited(pool: &PgPool, intent: &Intent) -> sqlx::Result<Option<i64
             .bind(intent.product_id.as_deref().unwrap_or_default())
             .bind(intent.created_at)
             .fetch_optional(pool)
-            .await
+            .await?
         }
-    }
+    };
+    let Some((key, granted)) = grant else {
+        return Ok(None);
+    };
+    // `billing::grant` pays a shortfall from the grant under `shortfall:<grant key>`.
+    let owed: i64 = sqlx::query_scalar(
+        "SELECT coalesce(-sum(amount), 0)::bigint FROM credit_ledger
+          WHERE user_id = $1 AND kind = 'clawback' AND business_key = 'shortfall:' || $2",
+    )
+    .bind(intent.user_id)
+    .bind(&key)
+    .fetch_one(pool)
+    .await?;
+    Ok(Some(Credited {
+        granted,
+        added: granted - owed,
+    }))
 }
 
 /// Marks a pending intent ready with Stripe's session, announcing it at commit.

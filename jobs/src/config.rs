@@ -387,7 +387,8 @@ pub struct GenerationConfig {
     /// `GENERATION_DEADLINE_SECONDS` (default 900): polling gives up this long after submission; the
     /// reservation is refunded.
     pub deadline: Duration,
-    /// `GENERATIONS_PER_USER_PER_MINUTE` (default 20): beyond this a user gets 429 with Retry-After.
+    /// `GENERATIONS_PER_USER_PER_MINUTE` (default 20): images a user may ask for per minute (a request for `n`
+    /// counts `n`); beyond this a user gets 429 with Retry-After.
     pub per_user_per_minute: u32,
 }
 

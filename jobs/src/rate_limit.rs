@@ -19,8 +19,20 @@ pub enum Take {
 /// Takes one event from the budget `limit` per `window` under `key`, in a short transaction of its own. The
 /// key's advisory lock serializes takers of the same key for the length of that transaction.
 pub async fn take(pool: &PgPool, key: &str, limit: u32, window: Duration) -> sqlx::Result<Take> {
+    take_many(pool, key, 1, limit, window).await
+}
+
+/// [`take`] for `tokens` at once (a request for several generations takes one per generation): all are
+/// granted, or none.
+pub async fn take_many(
+    pool: &PgPool,
+    key: &str,
+    tokens: u32,
+    limit: u32,
+    window: Duration,
+) -> sqlx::Result<Take> {
     let mut tx = pool.begin().await?;
-    let answer = take_in(&mut tx, key, limit, window).await?;
+    let answer = take_across(&mut tx, &[key], tokens, limit, window).await?;
     tx.commit().await?;
     Ok(answer)
 }
@@ -35,7 +47,7 @@ pub async fn take_in(
     limit: u32,
     window: Duration,
 ) -> sqlx::Result<Take> {
-    take_across(conn, &[key], limit, window).await
+    take_across(conn, &[key], 1, limit, window).await
 }
 
 /// Takes from the budget of a person's identifier (a client's IP address, an e-mail address) without storing
@@ -55,7 +67,7 @@ pub async fn take_for_identifier(
     keys.extend(previous.map(|pepper| identifier_key(scope, &pepper, identifier)));
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut tx = pool.begin().await?;
-    let answer = take_across(&mut tx, &keys, limit, window).await?;
+    let answer = take_across(&mut tx, &keys, 1, limit, window).await?;
     tx.commit().await?;
     Ok(answer)
 }
@@ -73,11 +85,12 @@ pub fn identifier_key(scope: &str, pepper: &[u8], identifier: &str) -> String {
     )
 }
 
-/// One budget counted across `keys` (the same budget's key under different peppers); a granted event is
-/// recorded under the first. Locks every key, in a fixed order, for the rest of the transaction.
+/// One budget counted across `keys` (the same budget's key under different peppers); `tokens` granted events
+/// are recorded under the first. Locks every key, in a fixed order, for the rest of the transaction.
 async fn take_across(
     conn: &mut PgConnection,
     keys: &[&str],
+    tokens: u32,
     limit: u32,
     window: Duration,
 ) -> sqlx::Result<Take> {
@@ -103,9 +116,10 @@ async fn take_across(
     .bind(keys)
     .fetch_one(&mut *conn)
     .await?;
-    if count < i64::from(limit) {
-        sqlx::query("INSERT INTO rate_limit_events (key) VALUES ($1)")
+    if count + i64::from(tokens) <= i64::from(limit) {
+        sqlx::query("INSERT INTO rate_limit_events (key) SELECT $1 FROM generate_series(1, $2)")
             .bind(key)
+            .bind(i32::try_from(tokens).unwrap_or(i32::MAX))
             .execute(&mut *conn)
             .await?;
         Ok(Take::Granted)

@@ -438,7 +438,7 @@ BEGIN;
 const RATE: &str = r#"SELECT pg_advisory_xact_lock(hashtextextended('generations:' || 'user:' || :uid::text, 20261124));
 DELETE FROM rate_limit_events WHERE key = 'generations:' || 'user:' || :uid::text AND at <= clock_timestamp() - make_interval(secs => 60);
 SELECT count(*), EXTRACT(EPOCH FROM clock_timestamp() - min(at))::float8 FROM rate_limit_events WHERE key = 'generations:' || 'user:' || :uid::text;
-INSERT INTO rate_limit_events (key) VALUES ('generations:' || 'user:' || :uid::text);
+INSERT INTO rate_limit_events (key) SELECT 'generations:' || 'user:' || :uid::text FROM generate_series(1, 1);
 "#;
 
 /// The generations insert, the shortfall check, the reservation and the enqueue.

@@ -66,8 +66,10 @@ async fn load(
            FROM credit_ledger l
            LEFT JOIN payments p
                   ON p.stripe_object_id = coalesce(l.detail->>'checkout_session', l.detail->>'invoice')
+                 AND p.user_id = l.user_id
            LEFT JOIN generations g
-                  ON l.detail ? 'generation' AND g.id = (l.detail->>'generation')::uuid AND g.deleted_at IS NULL
+                  ON g.id = CASE WHEN l.detail ? 'generation' THEN (l.detail->>'generation')::uuid END
+                 AND g.user_id = l.user_id AND g.deleted_at IS NULL
           WHERE l.user_id = $1
           ORDER BY l.id DESC LIMIT 20",
     )

@@ -154,8 +154,16 @@ pub async fn intent_events(
     .into_response())
 }
 
-/// The post-checkout notice's stream: waits for the grant (announced on the member's id), then sends the credits
-/// and the balance once.
+/// How long one purchase stream waits for the credits before it ends (the page's script opens another while the
+/// notice still waits, see [`PURCHASE_PATIENCE`]).
+const PURCHASE_STREAM_LIMIT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// How long after the checkout the notice keeps waiting for its credits; after that it says they will show in
+/// the account once Stripe confirms the payment (some payment methods take days).
+const PURCHASE_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// The post-checkout notice's stream: waits for the grant (announced on the member's id), then sends what it
+/// added and the balance once. Ends at once for an intent no payment can follow (a portal, a checkout that
+/// never opened), and after [`PURCHASE_STREAM_LIMIT`] in any case.
 async fn purchase_events(state: AppState, member: Member, id: Uuid) -> Result<Response, PageError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let mut receiver = state.events.subscribe();
@@ -163,29 +171,40 @@ async fn purchase_events(state: AppState, member: Member, id: Uuid) -> Result<Re
     let intent = checkout::find_owned(&state.pool, user, id)
         .await?
         .ok_or(PageError::NotFound)?;
+    let payable = intent.kind != IntentKind::Portal && intent.status == IntentStatus::Ready;
     let pool = state.pool.clone();
     let stream = async_stream::stream! {
+        if !payable {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + PURCHASE_STREAM_LIMIT;
         loop {
             match checkout::credited(&pool, &intent).await {
-                Ok(Some(credits)) => {
+                Ok(Some(credited)) => {
                     let balance = match jobs::credits::balance(&pool, user).await {
                         Ok(balance) => balance,
                         Err(_) => return,
                     };
-                    let data = json!({"credits": credits, "balance": balance}).to_string();
+                    let data = json!({
+                        "credits": credited.added,
+                        "granted": credited.granted,
+                        "balance": balance,
+                    })
+                    .to_string();
                     yield Ok::<_, std::convert::Infallible>(Event::default().event("purchase").data(data));
                     return;
                 }
                 Ok(None) => {}
                 Err(_) => return,
             }
-            // Wait for a grant to this member (or a lag: read again either way).
+            // Wait for a grant to this member (or a lag: read again either way), until the deadline.
             loop {
-                match receiver.recv().await {
-                    Ok(event) if event.id == user => break,
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Err(_elapsed) => return,
+                    Ok(Ok(event)) if event.id == user => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
                 }
             }
         }
@@ -224,8 +243,9 @@ pub async fn done(
         .and_then(|id| site.config.product(id))
         .cloned();
     let credited = checkout::credited(&state.pool, &intent).await?;
+    let waiting = credited.is_none() && chrono::Utc::now() - intent.created_at < PURCHASE_PATIENCE;
     let mut chrome = chrome(&state, &member.visitor, &headers, "/account").await?;
-    chrome.refresh = credited.is_none();
+    chrome.refresh = waiting;
     Ok(views::checkout_done(
         &chrome,
         &views::Purchase {
@@ -238,6 +258,7 @@ pub async fn done(
             credits: intent.credits.unwrap_or_default(),
             price: product.as_ref().map(|p| p.price_label()),
             credited,
+            waiting,
             balance: member.balance,
         },
     )

@@ -250,7 +250,7 @@ fn refusal(refused: &CreateError) -> (StatusCode, String) {
     };
     let message = match refused {
         CreateError::InsufficientCredits { balance, cost } => format!(
-            "This needs {cost} credits and your balance is {balance}. Buy credits on the pricing page, or pick a lower resolution."
+            "This needs {cost} credits and your balance is {balance}. Buy credits on the pricing page, or pick a lower resolution or fewer images."
         ),
         CreateError::Invalid(invalid) => invalid.message.clone(),
         other => other.to_string(),

@@ -542,7 +542,12 @@ pub fn generation(
                             @for (id, _) in &generation.references {
                                 input type="hidden" name="reference_upload_ids" value=(id);
                             }
-                            button type="submit" id="again" { "Again" }
+                            button type="submit" id="again" {
+                                "Again " span.muted {
+                                    @if generation.variations > 1 { "(" (generation.variations) " images, " } @else { "(" }
+                                    (i64::from(generation.credits) * i64::from(generation.variations)) " credits)"
+                                }
+                            }
                         }
                         a.button href={ "/?from=" (generation.id) } id="edit-prompt" { "Edit prompt" }
                     }
@@ -684,7 +689,8 @@ fn gallery_card(item: &GalleryItem, selectable: bool) -> Markup {
             }
             @if selectable && item.status.is_final() {
                 label.select for={ "select-" (item.id) } {
-                    input type="checkbox" id={ "select-" (item.id) } name="id" value=(item.id) form="bulk";
+                    input type="checkbox" id={ "select-" (item.id) } name="id" value=(item.id) form="bulk"
+                        aria-label={ "Select “" (label) "”" };
                     " Select"
                 }
             }
@@ -953,9 +959,13 @@ fn ledger_sentence(view: &AccountView, line: &LedgerLine) -> Markup {
         }
     };
     let product = detail("product").map(|id| view.product_name(id).to_owned());
+    // Linked only to a purchase the page lists.
+    let listed = line
+        .payment_id
+        .filter(|id| view.payments.iter().any(|p| p.id == *id));
     let purchase = |words: Markup| {
         html! {
-            @if let Some(payment) = line.payment_id { a href={ "#purchase-" (payment) } { (words) } } @else { (words) }
+            @if let Some(payment) = listed { a href={ "#purchase-" (payment) } { (words) } } @else { (words) }
         }
     };
     html! {
@@ -1305,8 +1315,10 @@ pub struct Purchase {
     pub name: String,
     pub credits: i64,
     pub price: Option<String>,
-    /// The credits granted, once the worker has processed the payment.
-    pub credited: Option<i64>,
+    /// What the payment's credits did, once the worker has processed it.
+    pub credited: Option<jobs::checkout::Credited>,
+    /// The credits have not arrived and the page still follows them (for an hour after the checkout).
+    pub waiting: bool,
     pub balance: i64,
 }
 
@@ -1317,7 +1329,7 @@ pub fn checkout_done(chrome: &Chrome, purchase: &Purchase) -> Markup {
         chrome,
         html! {
             section.narrow id="purchase" data-intent=(purchase.intent)
-                data-events=[purchase.credited.is_none().then(|| format!("/billing/intents/{}/events?follow=purchase", purchase.intent))] {
+                data-events=[purchase.waiting.then(|| format!("/billing/intents/{}/events?follow=purchase", purchase.intent))] {
                 h1 { "Thank you" }
                 p.lead id="bought" {
                     @if purchase.plan {
@@ -1328,11 +1340,18 @@ pub fn checkout_done(chrome: &Chrome, purchase: &Purchase) -> Markup {
                     @if let Some(price) = &purchase.price { " for " (price) }
                     "."
                 }
-                div.panel role="status" aria-live="polite" id="purchase-status" data-credited=[purchase.credited] {
-                    @if let Some(credits) = purchase.credited {
-                        p id="credits-arrived" { strong { (credits) " credits" } " were added to your balance." }
-                    } @else {
+                div.panel role="status" aria-live="polite" id="purchase-status" data-credited=[purchase.credited.map(|c| c.added)] {
+                    @if let Some(credited) = purchase.credited {
+                        p id="credits-arrived" {
+                            strong { (credited.added) " credits" } " were added to your balance."
+                            @if credited.granted > credited.added {
+                                " The other " (credited.granted - credited.added) " settled credits owed after a refunded or disputed payment."
+                            }
+                        }
+                    } @else if purchase.waiting {
                         p id="credits-pending" { "Stripe is confirming the payment; the credits arrive in a few seconds." }
+                    } @else {
+                        p id="credits-pending" { "Stripe has not confirmed the payment yet. Some payment methods take longer: the credits appear in your account as soon as it is confirmed, and you will find the payment under Purchases." }
                     }
                     p { "Your balance: " strong id="live-balance" { (purchase.balance) } " credits." }
                 }

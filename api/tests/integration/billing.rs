@@ -301,11 +301,22 @@ async fn a_refund_after_the_credits_were_spent_leaves_a_visible_shortfall_that_p
         .await;
     assert_eq!(refused.status, 409);
     assert!(refused.contains("paused until it is settled"));
-    // A new purchase settles the debt first.
+    // A new purchase settles the debt first, and the notice says so.
     let session = start_checkout(&app, &browser, "pack_100").await;
     app.stripe.pay_session(&session).unwrap();
     settle(&app).await;
     assert_eq!(balance(&app, "eva@example.com").await, (10, 0));
+    let notice = browser
+        .visit(&format!(
+            "/billing/intents/{}/done",
+            last_intent(&app).await
+        ))
+        .await;
+    assert!(
+        notice.contains("<strong>10 credits</strong> were added to your balance. The other 90 settled credits owed"),
+        "{}",
+        notice.body
+    );
     app.finish().await;
 }
 

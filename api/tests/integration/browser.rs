@@ -302,6 +302,20 @@ async fn a_member_cancels_a_queued_generation_and_a_watched_page_follows_a_cance
     chrome.fill("#prompt", "a queue that never moves").await;
     chrome.click("#generate").await;
     chrome.wait_for("#cancel", SLOW).await;
+    // The wait is counted on the open page, second by second, by its script.
+    let elapsed = || async {
+        chrome
+            .wait_for("#elapsed", SLOW)
+            .await
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = elapsed().await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let after = elapsed().await;
+    assert_ne!(before, after, "the elapsed time moves on");
+    assert!(after.ends_with(" s"), "{after}");
     chrome.screenshot("40-queued-with-cancel").await;
     chrome.click("#cancel").await;
     chrome

@@ -345,3 +345,84 @@ async fn the_generator_makes_several_images_and_each_ones_page_shows_the_set_liv
     assert_eq!(member, 0, "20 free credits, two 1K images");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn the_per_minute_generation_budget_counts_every_image_of_a_request() {
+    let app = TestApp::builder()
+        .generation_config(jobs::config::GenerationConfig {
+            deadline: Duration::from_secs(60),
+            per_user_per_minute: 5,
+        })
+        .spawn()
+        .await;
+    let user = app.create_user(1000).await;
+    let (status, created) = app
+        .create_generation(&user, json!({"prompt": "four at once", "n": 4}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    // One left in the minute: a request for two is refused whole, one for one is taken.
+    let (status, refused) = app
+        .create_generation(&user, json!({"prompt": "two more", "n": 2}))
+        .await;
+    assert_eq!(status, 429, "{refused}");
+    let (status, last) = app
+        .create_generation(&user, json!({"prompt": "the fifth"}))
+        .await;
+    assert_eq!(status, 202, "{last}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 5);
+    app.drain().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_the_first_image_was_deleted_still_finds_the_request_and_charges_nothing_new()
+{
+    let app = TestApp::spawn().await;
+    let user = app.create_user(100).await;
+    let body = json!({"prompt": "keep the rest", "n": 2});
+    let first: Value = create_with_key(&app, &user, &body, "once-only")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let batch = ids_of(&first["batch"]);
+    for id in &batch {
+        app.wait_until_finished(&user, id).await;
+    }
+    // The first image, which held the key, is deleted and its row removed by the job.
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/generations/{}", batch[0])))
+        .bearer_auth(&user.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 202);
+    app.drain().await;
+    let gone: i64 = sqlx::query_scalar("SELECT count(*) FROM generations WHERE id = $1::uuid")
+        .bind(&batch[0])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(gone, 0, "the row is removed");
+    let again = create_with_key(&app, &user, &body, "once-only").await;
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again["id"],
+        batch[1].as_str(),
+        "the image still there answers"
+    );
+    assert_eq!(ids_of(&again["batch"]), [batch[1].clone()]);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM generations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "nothing new was made");
+    assert_eq!(app.balance(&user).await, 80, "nor charged");
+    app.finish().await;
+}

@@ -156,10 +156,13 @@ pub async fn create(
         && let Some(existing) = find_by_idempotency_key(pool, user, key).await?
     {
         same_request(&existing, prompt, settings, &references, variations)?;
-        return Ok(super::batch_of(pool, &existing).await?);
+        return Ok(recorded(pool, existing).await?);
     }
 
-    let ids: Vec<Uuid> = (0..variations).map(|_| Uuid::now_v7()).collect();
+    // Newest first is how lists read (creation time, then id, descending) and every variation of a request
+    // has the same creation time: the first variation takes the greatest id, so a request reads 1, 2, 3, 4.
+    let mut ids: Vec<Uuid> = (0..variations).map(|_| Uuid::now_v7()).collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
     let batch_id = ids[0];
     let cost = if user.is_some() {
         settings.resolution.cost()
@@ -173,9 +176,11 @@ pub async fn create(
     };
     let trace_id = Uuid::new_v4().simple().to_string();
     if let Some(user) = user
-        && let Take::RetryAfter(retry_after) = rate_limit::take(
+        && let Take::RetryAfter(retry_after) = rate_limit::take_many(
             pool,
             &format!("generations:user:{user}"),
+            // The budget counts generations: each image of the request is one.
+            variations as u32,
             limits.per_user_per_minute,
             Duration::from_secs(60),
         )
@@ -239,7 +244,7 @@ pub async fn create(
                 };
                 let existing = existing.ok_or(CreateError::KeyInFlight)?;
                 same_request(&existing, prompt, settings, &references, variations)?;
-                return Ok(super::batch_of(pool, &existing).await?);
+                return Ok(recorded(pool, existing).await?);
             }
         }
     }
@@ -313,6 +318,17 @@ fn same_request(
     } else {
         Err(CreateError::KeyReused)
     }
+}
+
+/// What a repeated request answers: the generations its key recorded that are still there, or — if every one
+/// has been deleted since — the one holding the key, so a retry never records (and charges) the request again.
+async fn recorded(pool: &PgPool, holder: Generation) -> sqlx::Result<Vec<Generation>> {
+    let batch = super::batch_of(pool, &holder).await?;
+    Ok(if batch.is_empty() {
+        vec![holder]
+    } else {
+        batch
+    })
 }
 
 async fn find_by_idempotency_key(

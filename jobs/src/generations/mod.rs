@@ -300,9 +300,12 @@ pub async fn batch_of(pool: &PgPool, generation: &Generation) -> sqlx::Result<Ve
         return Ok(vec![generation.clone()]);
     }
     sqlx::query_as(
-        "SELECT * FROM generations WHERE batch_id = $1 AND deleted_at IS NULL ORDER BY variation",
+        "SELECT * FROM generations
+          WHERE batch_id = $1 AND user_id IS NOT DISTINCT FROM $2 AND deleted_at IS NULL
+          ORDER BY variation",
     )
     .bind(generation.batch())
+    .bind(generation.user_id)
     .fetch_all(pool)
     .await
 }
@@ -359,18 +362,21 @@ pub async fn typical_wait(
         .map(std::time::Duration::from_secs_f64))
 }
 
-/// How many queued generations (anyone's) were requested before `generation` and wait with it for the fleet's
-/// kie.ai budget: its place in line. Zero once it has left the queue.
+/// How many requests (anyone's; a request of several images counts once) are still queued from before
+/// `generation`'s: its place in line. Generations wait in `queued` only while the fleet is at its kie.ai budget
+/// (or kie.ai is paused), so this is zero on an idle fleet, and zero once it has left the queue. Its own
+/// request's other images are not ahead of it.
 pub async fn queued_ahead(pool: &PgPool, generation: &Generation) -> sqlx::Result<i64> {
     if generation.status != Status::Queued {
         return Ok(0);
     }
     sqlx::query_scalar(
-        "SELECT count(*) FROM generations
-          WHERE status = 'queued' AND finished_at IS NULL AND (created_at, id) < ($1, $2)",
+        "SELECT count(DISTINCT coalesce(batch_id, id)) FROM generations
+          WHERE status = 'queued' AND finished_at IS NULL AND created_at < $1
+            AND coalesce(batch_id, id) <> $2",
     )
     .bind(generation.created_at)
-    .bind(generation.id)
+    .bind(generation.batch())
     .fetch_one(pool)
     .await
 }

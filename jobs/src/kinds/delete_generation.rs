@@ -42,10 +42,29 @@ impl Job for DeleteGeneration {
                 .await?;
         storage.delete_many(&keys).await?;
         // Rows go last, so a crash before this point leaves the keys to delete on the next run.
-        sqlx::query("DELETE FROM generations WHERE id = $1 AND deleted_at IS NOT NULL")
-            .bind(self.generation_id)
-            .execute(&ctx.pool)
+        let mut tx = ctx.pool.begin().await?;
+        let removed: Option<(Option<Uuid>, Option<Uuid>, Option<String>)> = sqlx::query_as(
+            "DELETE FROM generations WHERE id = $1 AND deleted_at IS NOT NULL
+             RETURNING batch_id, user_id, idempotency_key",
+        )
+        .bind(self.generation_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // A request's idempotency key outlives the variation that held it: the next one still there takes it,
+        // so a retry of the request still finds its images instead of making (and charging) new ones.
+        if let Some((Some(batch), Some(user), Some(key))) = removed {
+            sqlx::query(
+                "UPDATE generations SET idempotency_key = $3
+                  WHERE id = (SELECT id FROM generations WHERE batch_id = $1 AND user_id = $2
+                               ORDER BY variation LIMIT 1)",
+            )
+            .bind(batch)
+            .bind(user)
+            .bind(key)
+            .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
         Ok(Outcome::Done)
     }
 }

@@ -487,3 +487,48 @@ async fn a_member_searches_the_gallery_and_deletes_two_images_at_once() {
     app.drain().await;
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_member_runs_a_finished_generation_again_then_edits_its_prompt_in_the_generator() {
+    let app = TestApp::spawn().await;
+    let chrome = Chrome::start().await;
+    sign_in_by_email(&app, &chrome, "again@example.com").await;
+
+    chrome.fill("#prompt", "a windmill at dusk").await;
+    chrome.click("label[for=ratio-16x9]").await;
+    chrome.click("#generate").await;
+    chrome.wait_for("#image-0", SLOW).await;
+    let first = chrome.path().await;
+
+    // Again: the same request once more, a new generation with the same prompt and settings.
+    chrome.click("#again").await;
+    chrome.wait_for("#image-0", SLOW).await;
+    let second = chrome.path().await;
+    assert_ne!(first, second, "a new generation");
+    assert!(chrome.source().await.contains("a windmill at dusk"));
+    assert!(chrome.source().await.contains("16:9"));
+    chrome.screenshot("57-again").await;
+
+    // Edit prompt: the generator, filled in with the prompt and the ratio picked.
+    chrome.click("#edit-prompt").await;
+    chrome.wait_for("#generator", SLOW).await;
+    let prompt = chrome
+        .client()
+        .execute("return document.getElementById('prompt').value", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(prompt, "a windmill at dusk");
+    let ratio = chrome
+        .client()
+        .execute(
+            "return document.querySelector('input[name=aspect_ratio]:checked').value",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ratio, "16:9");
+    chrome.screenshot("58-edit-prompt").await;
+    chrome.close().await;
+    app.drain().await;
+    app.finish().await;
+}

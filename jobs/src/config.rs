@@ -482,13 +482,18 @@ pub struct Product {
 impl Product {
     /// `12.00 USD` style.
     pub fn price_label(&self) -> String {
-        format!(
-            "{}.{:02} {}",
-            self.amount_minor / 100,
-            self.amount_minor % 100,
-            self.currency.to_uppercase()
-        )
+        money_label(self.amount_minor, &self.currency)
     }
+}
+
+/// An amount in minor units as pages show it: `12.00 USD` (two decimals, as every currency sold here has).
+pub fn money_label(amount_minor: i64, currency: &str) -> String {
+    format!(
+        "{}.{:02} {}",
+        amount_minor / 100,
+        amount_minor % 100,
+        currency.to_uppercase()
+    )
 }
 
 /// Packs or plans: what a product is decides the words for a product without a name.

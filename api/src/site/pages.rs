@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::{
     PageError, PagePath,
     session::{self, CsrfForm, Member, Visitor},
-    views::{self, Chrome, GalleryItem, GenerationView, GeneratorForm, SetTile, Wait},
+    views::{self, Chrome, GalleryItem, GenerationView, GeneratorForm, Wait},
 };
 use crate::{AppError, AppState, generations};
 
@@ -343,33 +343,15 @@ async fn generation_view(
 }
 
 /// The tiles of a request of several images: each one's status and first image.
-async fn set_tiles(state: &AppState, generation: &Generation) -> Result<Vec<SetTile>, PageError> {
+async fn set_tiles(
+    state: &AppState,
+    generation: &Generation,
+) -> Result<Vec<GalleryItem>, PageError> {
     if generation.variations <= 1 {
         return Ok(Vec::new());
     }
     let batch = domain::batch_of(&state.pool, generation).await?;
-    let ids: Vec<Uuid> = batch.iter().map(|g| g.id).collect();
-    let mut first_image: HashMap<Uuid, String> = HashMap::new();
-    for image in domain::images_of(&state.pool, &ids).await? {
-        first_image
-            .entry(image.generation_id)
-            .or_insert(image.object_key);
-    }
-    let storage = &generations::pipeline(state)?.storage;
-    let mut tiles = Vec::with_capacity(batch.len());
-    for member in batch {
-        let thumb_url = match first_image.get(&member.id) {
-            Some(key) => Some(storage.presign_get(key, IMAGE_URL_TTL).await?),
-            None => None,
-        };
-        tiles.push(SetTile {
-            id: member.id,
-            variation: member.variation,
-            status: member.status,
-            thumb_url,
-        });
-    }
-    Ok(tiles)
+    gallery_items(state, domain::with_first_images(&state.pool, batch).await?).await
 }
 
 /// `GET /generations/{id}`: live status while it runs, the image and its actions once it is done.
@@ -659,23 +641,6 @@ fn selected_ids(raw: Option<&str>) -> Result<Vec<Uuid>, PageError> {
     Ok(ids)
 }
 
-/// The member's own finished generations among `ids` (others' and unfinished ones left out).
-async fn deletable(
-    state: &AppState,
-    member: &Member,
-    ids: &[Uuid],
-) -> Result<Vec<Generation>, PageError> {
-    let mut found = Vec::with_capacity(ids.len());
-    for &id in ids {
-        if let Some(generation) = domain::find_owned(&state.pool, member.user_id, id).await?
-            && generation.is_finished()
-        {
-            found.push(generation);
-        }
-    }
-    Ok(found)
-}
-
 /// `GET /gallery/delete?id=…`: confirms deleting the selected images.
 pub async fn confirm_bulk_delete(
     State(state): State<AppState>,
@@ -684,7 +649,7 @@ pub async fn confirm_bulk_delete(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let ids = selected_ids(raw.as_deref())?;
-    let chosen = deletable(&state, &member, &ids).await?;
+    let chosen = domain::finished_owned(&state.pool, member.user_id, &ids).await?;
     if chosen.is_empty() {
         member
             .visitor
@@ -692,16 +657,15 @@ pub async fn confirm_bulk_delete(
             .await?;
         return Ok(Redirect::to("/gallery").into_response());
     }
-    let mut views_of = Vec::with_capacity(chosen.len());
-    for generation in &chosen {
-        views_of.push(generation_view(&state, generation).await?);
-    }
+    let left_out = ids.len() - chosen.len();
+    let items = gallery_items(
+        &state,
+        domain::with_first_images(&state.pool, chosen).await?,
+    )
+    .await?;
     let chrome = chrome(&state, &member.visitor, &headers, "/gallery").await?;
     let csrf = chrome.csrf.clone().unwrap_or_default();
-    Ok(
-        views::confirm_bulk_delete(&chrome, &csrf, &views_of, ids.len() - chosen.len())
-            .into_response(),
-    )
+    Ok(views::confirm_bulk_delete(&chrome, &csrf, &items, left_out).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -720,10 +684,10 @@ pub async fn bulk_delete(
     ids.sort();
     ids.dedup();
     ids.truncate(GALLERY_PAGE as usize);
-    let chosen = deletable(&state, &member, &ids).await?;
-    for generation in &chosen {
-        generations::remove(&state, generation).await?;
-    }
+    let chosen = domain::finished_owned(&state.pool, member.user_id, &ids).await?;
+    domain::delete_all(&state.pool, &chosen)
+        .await
+        .map_err(AppError::from)?;
     let message = match chosen.len() {
         0 => "Nothing was deleted: select finished images first.".to_owned(),
         1 => "1 image was deleted.".to_owned(),

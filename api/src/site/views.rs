@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use jobs::{
-    config::Product,
+    config::{Product, money_label},
     export_requests::ExportStatus,
     generations::{
         AspectRatio, MAX_VARIATIONS, Resolution, Status, StatusFilter, combination_allowed,
@@ -409,7 +409,7 @@ pub struct GenerationView {
     pub variation: i16,
     pub variations: i16,
     /// Every image of its request (itself included), when the request made more than one.
-    pub set: Vec<SetTile>,
+    pub set: Vec<GalleryItem>,
     /// While it is unfinished: how long it usually takes and its place in line.
     pub wait: Option<Wait>,
 }
@@ -423,15 +423,6 @@ impl GenerationView {
     pub fn all_finished(&self) -> bool {
         self.finished() && self.set.iter().all(|tile| tile.status.is_final())
     }
-}
-
-/// One image of a request of several, on each one's page.
-#[derive(Debug, Clone)]
-pub struct SetTile {
-    pub id: Uuid,
-    pub variation: i16,
-    pub status: Status,
-    pub thumb_url: Option<String>,
 }
 
 /// What a waiting page says about the wait.
@@ -789,7 +780,7 @@ pub fn gallery(chrome: &Chrome, view: &GalleryPage<'_>) -> Markup {
 pub fn confirm_bulk_delete(
     chrome: &Chrome,
     csrf: &str,
-    generations: &[GenerationView],
+    generations: &[GalleryItem],
     left_out: usize,
 ) -> Markup {
     let count = generations.len();
@@ -805,7 +796,7 @@ pub fn confirm_bulk_delete(
                 ul.previews.bulk {
                     @for generation in generations {
                         li {
-                            @if let Some(url) = generation.image_urls.first() {
+                            @if let Some(url) = &generation.thumb_url {
                                 img.thumb src=(url) alt=(generation.prompt.chars().take(120).collect::<String>());
                             } @else {
                                 span.badge data-status=(generation.status) { (status_label(generation.status)) }
@@ -930,15 +921,6 @@ pub struct PaymentLine {
     pub credits: i64,
     pub refunded_minor: i64,
     pub disputed: bool,
-}
-
-fn money(amount_minor: i64, currency: &str) -> String {
-    format!(
-        "{}.{:02} {}",
-        amount_minor / 100,
-        amount_minor % 100,
-        currency.to_uppercase()
-    )
 }
 
 impl AccountView {
@@ -1085,10 +1067,10 @@ pub fn account(chrome: &Chrome, csrf: &str, view: &AccountView) -> Markup {
                                         td { (payment.paid_at.format("%Y-%m-%d")) }
                                         td {
                                             (view.product_name(&payment.product_id))
-                                            @if payment.refunded_minor > 0 { " " span.muted { "(" (money(payment.refunded_minor, &payment.currency)) " refunded)" } }
+                                            @if payment.refunded_minor > 0 { " " span.muted { "(" (money_label(payment.refunded_minor, &payment.currency)) " refunded)" } }
                                             @if payment.disputed { " " span.muted { "(disputed)" } }
                                         }
-                                        td.num { (money(payment.amount_minor, &payment.currency)) }
+                                        td.num { (money_label(payment.amount_minor, &payment.currency)) }
                                         td.num { "+" (payment.credits) }
                                     }
                                 }

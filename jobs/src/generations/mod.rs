@@ -508,6 +508,54 @@ pub async fn gallery_page(
     Ok(split_page(rows, limit))
 }
 
+/// Gallery rows of `generations`, in their order, each with its first stored image (one query for all).
+pub async fn with_first_images(
+    pool: &PgPool,
+    generations: Vec<Generation>,
+) -> sqlx::Result<Vec<GalleryRow>> {
+    let ids: Vec<Uuid> = generations.iter().map(|g| g.id).collect();
+    let mut first: std::collections::HashMap<Uuid, Image> = std::collections::HashMap::new();
+    for image in images_of(pool, &ids).await? {
+        first.entry(image.generation_id).or_insert(image);
+    }
+    Ok(generations
+        .into_iter()
+        .map(|g| {
+            let image = first.remove(&g.id);
+            GalleryRow {
+                id: g.id,
+                prompt: g.prompt,
+                status: g.status,
+                created_at: g.created_at,
+                aspect_ratio: g.aspect_ratio,
+                variation: g.variation,
+                variations: g.variations,
+                width: image.as_ref().and_then(|i| i.width),
+                height: image.as_ref().and_then(|i| i.height),
+                object_key: image.map(|i| i.object_key),
+            }
+        })
+        .collect())
+}
+
+/// The member's finished, undeleted generations among `ids` (another member's, unfinished or unknown ids are
+/// left out), newest first, in one query.
+pub async fn finished_owned(
+    pool: &PgPool,
+    user: Uuid,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<Generation>> {
+    sqlx::query_as(
+        "SELECT * FROM generations
+          WHERE id = ANY($1) AND user_id = $2 AND deleted_at IS NULL AND finished_at IS NOT NULL
+          ORDER BY created_at DESC, id DESC",
+    )
+    .bind(ids)
+    .bind(user)
+    .fetch_all(pool)
+    .await
+}
+
 /// A stored image of a generation.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Image {
@@ -541,19 +589,28 @@ pub enum DeleteError {
 
 /// Hides a finished generation at once and enqueues the job that deletes its rows and objects.
 pub async fn delete(pool: &PgPool, generation: &Generation) -> Result<(), DeleteError> {
-    if !generation.is_finished() {
+    delete_all(pool, std::slice::from_ref(generation)).await
+}
+
+/// [`delete`] for several finished generations, in one transaction: all are hidden, or none (an unfinished one
+/// refuses the lot).
+pub async fn delete_all(pool: &PgPool, generations: &[Generation]) -> Result<(), DeleteError> {
+    if generations.iter().any(|g| !g.is_finished()) {
         return Err(DeleteError::InProgress);
     }
+    let ids: Vec<Uuid> = generations.iter().map(|g| g.id).collect();
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE generations SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
-        .bind(generation.id)
-        .execute(&mut *tx)
-        .await?;
-    crate::kinds::DeleteGeneration {
-        generation_id: generation.id,
-    }
-    .enqueue(&mut *tx)
+    sqlx::query(
+        "UPDATE generations SET deleted_at = now() WHERE id = ANY($1) AND deleted_at IS NULL",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
     .await?;
+    for &generation_id in &ids {
+        crate::kinds::DeleteGeneration { generation_id }
+            .enqueue(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(())
 }

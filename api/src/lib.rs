@@ -161,6 +161,7 @@ pub struct Api {
 impl Api {
     /// Builds with its own pool and metrics, bound to `LISTEN_ADDR` and `METRICS_LISTEN_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        raise_open_files_limit();
         let pool = jobs::db::pool(&config.database)?;
         let metrics = Metrics::new("api");
         metrics.watch_pool(&pool);
@@ -316,6 +317,36 @@ impl Api {
         };
         closed.cancel();
         result
+    }
+}
+
+/// Raises this process's open-files soft limit to its hard limit and logs both. Every open connection is a
+/// descriptor, and an api with thousands of live-status streams open (`GET …/events`) holds one per stream: the
+/// usual soft limit of 1024 would refuse connections long before memory or CPU run short. The hard limit is the
+/// ceiling the deploy sets (systemd `LimitNOFILE=`, the container runtime's `nofile`); see deploy/README.md.
+/// Returns the soft and hard limits now in force (`None` where the platform refused to say).
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(error = %error, "could not read the open-files limit");
+            return None;
+        }
+    };
+    if soft >= hard {
+        tracing::info!(open_files.soft = soft, open_files.hard = hard, "open-files limit");
+        return Some((soft, hard));
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::info!(open_files.was = soft, open_files.soft = hard, open_files.hard = hard, "open-files limit raised to the hard limit");
+            Some((hard, hard))
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, open_files.soft = soft, open_files.hard = hard, "could not raise the open-files limit");
+            Some((soft, hard))
+        }
     }
 }
 

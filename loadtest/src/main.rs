@@ -8,6 +8,7 @@ mod pages;
 mod pipeline;
 mod queue_load;
 mod report;
+mod sse;
 mod stack;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Scenario {
     Chaos(chaos::Args),
     /// The site's HTML pages for a signed-in member with a full gallery: time per request.
     Pages(pages::Args),
+    /// Live status at scale: thousands of server-sent-event streams on one api process while generations
+    /// move: the api's memory, change-to-client latency, and the JSON API's latency meanwhile.
+    Sse(sse::Args),
     /// One no-op worker process for `queue`'s burn-down by several processes.
     #[command(hide = true)]
     QueueWorker(queue_load::WorkerArgs),
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Api(args) => runtime.block_on(api_load::run(args)),
         Scenario::Chaos(args) => runtime.block_on(chaos::run(args)),
         Scenario::Pages(args) => runtime.block_on(pages::run(args)),
+        Scenario::Sse(args) => runtime.block_on(sse::run(args)),
         Scenario::QueueWorker(args) => runtime.block_on(queue_load::serve(args)),
         Scenario::Createimage2 { args } => {
             let cli = createimage2::cli::Cli::parse_from(

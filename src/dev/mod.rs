@@ -158,6 +158,7 @@ pub async fn run(
         .filter(|t| t.len() >= 16)
         .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
     let console_listener = telemetry::bind(console_listen).await?;
+    api::raise_open_files_limit();
     let api = api::Api::with_parts(state, listener, Some(ops_listener))
         .with_console(console_listener, operator_token.clone().into());
     let console = api.console_addr().context("console listener")?;

@@ -5,6 +5,7 @@
 //!   per endpoint, `drain()` to run the queue dry, and `finish()` that fails a test leaving jobs unrun or
 //!   dead unless it said it expects them.
 //! - [`Browser`]: a cookie-keeping client for the site's pages and forms.
+//! - [`history`]: months of generations, images, ledger rows and purchases for several members, planted by SQL.
 //! - [`chaos`]: the chaos run and its audit (worker processes killed, Postgres restarted, faults injected).
 //! - [`test_jobs`]: job kinds that succeed, fail, panic, hang, snooze or wait for a gate on demand.
 //! - [`eventually`] and [`blocked_on_lock`]: waiting for a condition instead of sleeping for a guessed time.
@@ -13,6 +14,7 @@ mod app;
 mod browser;
 pub mod chaos;
 mod db;
+pub mod history;
 pub mod images;
 pub mod test_jobs;
 mod wait;

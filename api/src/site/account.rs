@@ -35,6 +35,24 @@ struct AccountSummary {
     has_customer: bool,
 }
 
+/// The account page's ledger: the member's (`$1`) 20 latest movements, each with what it was for (the
+/// generation, unless deleted, or the payment). Ordered by time, so only `credit_ledger_user_created_idx`
+/// gives the order: ordered by id, the primary key read backwards could give it too, and the planner chose
+/// that for a member with a large share of the ledger, reading every newer row of everyone's when the member
+/// had been quiet a while (`migrations/20261208000020_ledger_by_time.sql`). A test EXPLAINs this text.
+pub const LEDGER_LINES: &str =
+    "SELECT l.created_at, l.kind, l.amount, l.detail, p.id AS payment_id,
+        g.id AS generation_id, g.prompt AS generation_prompt
+   FROM credit_ledger l
+   LEFT JOIN payments p
+          ON p.stripe_object_id = coalesce(l.detail->>'checkout_session', l.detail->>'invoice')
+         AND p.user_id = l.user_id
+   LEFT JOIN generations g
+          ON g.id = CASE WHEN l.detail ? 'generation' THEN (l.detail->>'generation')::uuid END
+         AND g.user_id = l.user_id AND g.deleted_at IS NULL
+  WHERE l.user_id = $1
+  ORDER BY l.created_at DESC, l.id DESC LIMIT 20";
+
 /// Everything the account page shows beyond the member itself. The queries go out together (one for the
 /// single values, one per list, each on its own pooled connection), so the page waits for the slowest of them
 /// rather than for their sum.
@@ -59,22 +77,9 @@ async fn load(
     )
     .bind(user)
     .fetch_one(pool);
-    // Each movement with what it was for: the generation (unless deleted) or the payment.
-    let ledger = sqlx::query_as::<_, views::LedgerLine>(
-        "SELECT l.created_at, l.kind, l.amount, l.detail, p.id AS payment_id,
-                g.id AS generation_id, g.prompt AS generation_prompt
-           FROM credit_ledger l
-           LEFT JOIN payments p
-                  ON p.stripe_object_id = coalesce(l.detail->>'checkout_session', l.detail->>'invoice')
-                 AND p.user_id = l.user_id
-           LEFT JOIN generations g
-                  ON g.id = CASE WHEN l.detail ? 'generation' THEN (l.detail->>'generation')::uuid END
-                 AND g.user_id = l.user_id AND g.deleted_at IS NULL
-          WHERE l.user_id = $1
-          ORDER BY l.id DESC LIMIT 20",
-    )
-    .bind(user)
-    .fetch_all(pool);
+    let ledger = sqlx::query_as::<_, views::LedgerLine>(LEDGER_LINES)
+        .bind(user)
+        .fetch_all(pool);
     let payments = sqlx::query_as::<_, views::PaymentLine>(
         "SELECT id, product_id, amount_minor, currency, paid_at, credits, refunded_minor, disputed_at IS NOT NULL AS disputed
            FROM payments WHERE user_id = $1 ORDER BY paid_at DESC LIMIT 20",

@@ -19,6 +19,8 @@ pub mod session;
 mod trial;
 mod views;
 
+pub use account::LEDGER_LINES;
+
 use std::net::{IpAddr, SocketAddr};
 
 use axum::{

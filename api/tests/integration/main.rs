@@ -9,6 +9,7 @@ mod drain;
 mod exports;
 mod gallery;
 mod generations;
+mod history;
 mod openapi;
 mod pages;
 mod policy;

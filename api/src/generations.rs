@@ -28,6 +28,7 @@ use crate::{
     ApiPipeline, AppError, AppState,
     caller::ApiUser,
     error::ErrorBody,
+    events::Signal,
     extract::{ApiJson, ApiPath, ApiQuery},
     openapi::{aspect_ratio_schema, resolution_schema, status_schema},
 };
@@ -517,23 +518,23 @@ pub async fn generation_events(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     // Subscribe before reading the row, so no change between the two is missed.
-    let receiver = state.events.subscribe();
+    let subscription = state.events.subscribe([id]);
     let generation = owned(&state, user, id).await?;
     Ok(status_stream(
         &state,
         crate::events::API_GENERATION_ROUTE,
-        receiver,
+        subscription,
         vec![generation],
     ))
 }
 
 /// Server-sent events of some generations (one, or a request's variations): each one's current status, then
-/// each change, until all have finished. `receiver` must be subscribed before `generations` were read, so no
-/// change between the two is missed.
+/// each change, until all have finished. `subscription` must watch every one of them since before they were
+/// read, so no change between the two is missed.
 pub fn status_stream(
     state: &AppState,
     route: &'static str,
-    mut receiver: tokio::sync::broadcast::Receiver<crate::events::GenerationEvent>,
+    mut subscription: crate::events::Subscription,
     generations: Vec<Generation>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
     let pool = state.pool.clone();
@@ -543,14 +544,14 @@ pub fn status_stream(
             yield Ok(status_event(generation.id, generation.status));
         }
         while last.values().any(|status| !status.is_final()) {
-            let changes: Vec<(Uuid, Status)> = match receiver.recv().await {
-                Ok(event) if last.contains_key(&event.id) => match event.status.parse::<Status>() {
+            let changes: Vec<(Uuid, Status)> = match subscription.recv().await {
+                Signal::Event(event) if last.contains_key(&event.id) => match event.status.parse::<Status>() {
                     Ok(status) => vec![(event.id, status)],
                     Err(_) => continue,
                 },
-                Ok(_) => continue,
-                // Lagged: re-read the rows so the stream still ends correctly.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Signal::Event(_) => continue,
+                // Changes may have been missed: re-read the rows so the stream still ends correctly.
+                Signal::Resync => {
                     let mut now = Vec::with_capacity(last.len());
                     for &id in last.keys() {
                         match generations::find(&pool, id).await {
@@ -560,7 +561,6 @@ pub fn status_stream(
                     }
                     now
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             for (id, status) in changes {
                 if last.get(&id) != Some(&status) {

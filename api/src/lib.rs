@@ -335,12 +335,21 @@ pub fn raise_open_files_limit() -> Option<(u64, u64)> {
         }
     };
     if soft >= hard {
-        tracing::info!(open_files.soft = soft, open_files.hard = hard, "open-files limit");
+        tracing::info!(
+            open_files.soft = soft,
+            open_files.hard = hard,
+            "open-files limit"
+        );
         return Some((soft, hard));
     }
     match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
         Ok(()) => {
-            tracing::info!(open_files.was = soft, open_files.soft = hard, open_files.hard = hard, "open-files limit raised to the hard limit");
+            tracing::info!(
+                open_files.was = soft,
+                open_files.soft = hard,
+                open_files.hard = hard,
+                "open-files limit raised to the hard limit"
+            );
             Some((hard, hard))
         }
         Err(error) => {

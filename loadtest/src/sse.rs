@@ -232,7 +232,10 @@ async fn measure(args: &Args, database: &Database) -> anyhow::Result<()> {
     );
     let mut statuses: Vec<(Uuid, Status)> =
         targets.iter().map(|t| (t.id, Status::Queued)).collect();
-    let keys: Vec<Arc<str>> = users.iter().map(|u| Arc::from(u.api_key.as_str())).collect();
+    let keys: Vec<Arc<str>> = users
+        .iter()
+        .map(|u| Arc::from(u.api_key.as_str()))
+        .collect();
 
     let mut results = Vec::new();
     for run in 1..=args.runs {
@@ -553,12 +556,20 @@ async fn progress(
 ) -> Vec<(Uuid, Status, Instant)> {
     let sends = Arc::new(Mutex::new(Vec::new()));
     let in_flight = Arc::new(Semaphore::new(32));
+    // Generations with a change in flight are not picked again until it commits: a second change could
+    // otherwise run first and find the row not yet moved.
+    let moving = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     while Instant::now() < deadline {
         ticks.tick().await;
-        let index = rand::rng().random_range(0..statuses.len());
+        let index = loop {
+            let index = rand::rng().random_range(0..statuses.len());
+            if lock(&moving).insert(index) {
+                break index;
+            }
+        };
         let (id, from) = statuses[index];
         let to = match from {
             Status::Queued => Status::Submitting,
@@ -569,7 +580,7 @@ async fn progress(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let (pool, sends) = (pool.clone(), sends.clone());
+        let (pool, sends, moving) = (pool.clone(), sends.clone(), moving.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let moved = async {
@@ -579,11 +590,10 @@ async fn progress(
                 tx.commit().await?;
                 anyhow::Ok(moved.then_some(at))
             };
-            match moved.await {
-                Ok(Some(at)) => sends
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push((id, to, at)),
+            let moved = moved.await;
+            lock(&moving).remove(&index);
+            match moved {
+                Ok(Some(at)) => lock(&sends).push((id, to, at)),
                 Ok(None) => eprintln!("  {id} did not move from {from} to {to}"),
                 Err(error) => eprintln!("  a status change failed: {error:#}"),
             }
@@ -592,11 +602,13 @@ async fn progress(
     for task in tasks {
         let _ = task.await;
     }
-    std::mem::take(
-        &mut *sends
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
+    std::mem::take(&mut *lock(&sends))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Milliseconds from each change's commit to its watcher's read: a received event is matched to the latest
@@ -873,9 +885,8 @@ async fn scrape_metrics(url: &str) -> Option<(f64, f64)> {
 
 fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
     let spread = |f: &dyn Fn(&RunResult) -> f64| Spread::of(results.iter().map(f));
-    let per_stream_kib = |r: &RunResult| {
-        (r.peak_rss_mib - r.idle_rss_mib) * 1024.0 / (r.opened.max(1) as f64)
-    };
+    let per_stream_kib =
+        |r: &RunResult| (r.peak_rss_mib - r.idle_rss_mib) * 1024.0 / (r.opened.max(1) as f64);
     let rows = [
         Row::new("streams open", spread(&|r| r.opened as f64), ""),
         Row::new("streams refused", spread(&|r| r.failed as f64), ""),

@@ -118,8 +118,9 @@ pub async fn intent_events(
     if query.follow.as_deref() == Some("purchase") {
         return purchase_events(state, member, id).await;
     }
-    // Subscribe before reading, so a change in between is not missed.
-    let mut receiver = state.events.subscribe();
+    // Subscribe before reading, so a change in between is not missed (the intent's changes are announced on
+    // its id).
+    let mut subscription = state.events.subscribe([id]);
     let user = member.user_id;
     let read = move |pool: sqlx::PgPool| async move {
         checkout::find_owned(&pool, user, id)
@@ -131,15 +132,11 @@ pub async fn intent_events(
     let stream = async_stream::stream! {
         let (mut status, mut url) = (status, url);
         while status == IntentStatus::Pending {
-            match receiver.recv().await {
-                Ok(event) if event.id != id => continue,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    match read(pool.clone()).await {
-                        Ok(Some(row)) => (status, url) = row,
-                        _ => return,
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            // A change of the intent, or a resync: read it again either way.
+            subscription.recv().await;
+            match read(pool.clone()).await {
+                Ok(Some(row)) => (status, url) = row,
+                _ => return,
             }
         }
         let data = json!({"status": status, "url": url}).to_string();
@@ -166,8 +163,9 @@ const PURCHASE_PATIENCE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// never opened), and after [`PURCHASE_STREAM_LIMIT`] in any case.
 async fn purchase_events(state: AppState, member: Member, id: Uuid) -> Result<Response, PageError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let mut receiver = state.events.subscribe();
+    // A grant is announced on the member's id.
     let user = member.user_id;
+    let mut subscription = state.events.subscribe([user]);
     let intent = checkout::find_owned(&state.pool, user, id)
         .await?
         .ok_or(PageError::NotFound)?;
@@ -197,15 +195,9 @@ async fn purchase_events(state: AppState, member: Member, id: Uuid) -> Result<Re
                 Ok(None) => {}
                 Err(_) => return,
             }
-            // Wait for a grant to this member (or a lag: read again either way), until the deadline.
-            loop {
-                match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Err(_elapsed) => return,
-                    Ok(Ok(event)) if event.id == user => break,
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
-                }
+            // Wait for a grant to this member (or a resync: read again either way), until the deadline.
+            if tokio::time::timeout_at(deadline, subscription.recv()).await.is_err() {
+                return;
             }
         }
     };

@@ -388,13 +388,20 @@ pub async fn generation_events(
     visitor: Visitor,
     PagePath(id): PagePath<Uuid>,
 ) -> Result<Response, PageError> {
-    let receiver = state.events.subscribe();
+    // Subscribe before reading, so no change in between is missed.
+    let mut subscription = state.events.subscribe([id]);
     let generation = visible(&state, &visitor, id).await?;
-    let batch = domain::batch_of(&state.pool, &generation).await?;
+    let mut batch = domain::batch_of(&state.pool, &generation).await?;
+    if batch.len() > 1 {
+        // The request's other images too, read again once watched (a change between the first read and the
+        // watch would be missed otherwise).
+        subscription.watch(batch.iter().map(|g| g.id));
+        batch = domain::batch_of(&state.pool, &generation).await?;
+    }
     Ok(generations::status_stream(
         &state,
         crate::events::SITE_GENERATION_ROUTE,
-        receiver,
+        subscription,
         batch,
     )
     .into_response())

@@ -10,6 +10,7 @@ mod exports;
 mod gallery;
 mod generations;
 mod history;
+mod live_status;
 mod openapi;
 mod pages;
 mod policy;

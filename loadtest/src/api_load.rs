@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
+    pgbench::Bench,
     report::{Row, Spread, percentile, print_table, print_verdicts, verdict},
     stack::{self, Database, Stack, StackConfig, User},
 };
@@ -73,13 +74,6 @@ impl Step {
             errors,
         }
     }
-}
-
-/// pgbench's answer for one script and client count.
-#[derive(Debug, Clone, Copy)]
-struct Bench {
-    tps: f64,
-    latency_ms: f64,
 }
 
 struct RunResult {
@@ -243,7 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         !args.concurrency.is_empty(),
         "--concurrency names no client count"
     );
-    let pgbench = args.pgbench.clone().or_else(find_pgbench);
+    let pgbench = args.pgbench.clone().or_else(crate::pgbench::find);
     if pgbench.is_none() {
         eprintln!(
             "pgbench not found (apt-get install postgresql-contrib): the ceiling is not measured"
@@ -319,7 +313,15 @@ async fn one_run(
             match pgbench {
                 Some(pgbench) => {
                     tokio::task::spawn_blocking(move || {
-                        run_pgbench(&pgbench, &url, &name, &script, clients, step)
+                        crate::pgbench::run(
+                            &pgbench,
+                            &url,
+                            &name,
+                            &script,
+                            clients,
+                            crate::pgbench::Length::For(step),
+                            &[],
+                        )
                     })
                     .await?
                 }
@@ -462,87 +464,6 @@ BEGIN;
 {RATE}{INTENT}COMMIT;
 "#
     )
-}
-
-fn find_pgbench() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("pgbench");
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin/pgbench")))
-        .filter(|p| p.is_file())
-        .collect();
-    versions.sort();
-    versions.pop()
-}
-
-/// `pgbench -n -M prepared` (the api's driver prepares its statements too) of one script.
-fn run_pgbench(
-    pgbench: &Path,
-    database_url: &str,
-    database_name: &str,
-    script: &Path,
-    clients: usize,
-    duration: Duration,
-) -> anyhow::Result<Bench> {
-    let url = url::Url::parse(database_url)?;
-    let mut command = std::process::Command::new(pgbench);
-    command
-        .args(["-n", "-M", "prepared", "-f"])
-        .arg(script)
-        .args([
-            "-c",
-            &clients.to_string(),
-            "-j",
-            &clients.min(2).to_string(),
-            "-T",
-            &duration.as_secs().to_string(),
-            "-h",
-            url.host_str().unwrap_or("127.0.0.1"),
-            "-p",
-            &url.port().unwrap_or(5432).to_string(),
-            "-U",
-            if url.username().is_empty() {
-                "postgres"
-            } else {
-                url.username()
-            },
-        ])
-        .arg(database_name);
-    if let Some(password) = url.password() {
-        command.env("PGPASSWORD", password);
-    }
-    let output = command.output().context("running pgbench")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(
-        output.status.success(),
-        "pgbench failed: {}{}",
-        stdout,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let number_after = |prefix: &str| {
-        stdout.lines().find_map(|line| {
-            line.trim()
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse::<f64>().ok())
-        })
-    };
-    let failed = number_after("number of failed transactions:").unwrap_or(0.0);
-    anyhow::ensure!(
-        failed == 0.0,
-        "pgbench: {failed} failed transactions\n{stdout}"
-    );
-    Ok(Bench {
-        tps: number_after("tps =").context("pgbench printed no tps")?,
-        latency_ms: number_after("latency average =").unwrap_or(f64::NAN),
-    })
 }
 
 fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ mod apalis_defaults;
 mod api_load;
 mod chaos;
 mod pages;
+mod pgbench;
 mod pipeline;
 mod queue_load;
 mod report;

@@ -18,6 +18,8 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::report::{Row, Spread, print_table, print_verdicts, verdict};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Backlog size for the burn-down.
@@ -44,6 +46,14 @@ pub struct Args {
     /// Single jobs timed into the idle apalis worker (each may wait up to its ~30 s heartbeat poll).
     #[arg(long, default_value_t = 5)]
     apalis_samples: usize,
+    /// pgbench client counts for the SQL ceiling (the runtime's own claim and completion statements at its batch
+    /// size); the ceiling is the best of them.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pgbench_clients: Vec<usize>,
+    /// pgbench binary (default: on PATH, else /usr/lib/postgresql/*/bin/pgbench); the ceiling is skipped
+    /// without one.
+    #[arg(long)]
+    pgbench: Option<std::path::PathBuf>,
     /// Also write the numbers as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -73,6 +83,8 @@ struct RunResult {
     enqueue_per_second: f64,
     burn_down_per_second: f64,
     processes_burn_down_per_second: f64,
+    /// pgbench with the runtime's claim and completion SQL (NaN without pgbench).
+    ceiling_per_second: f64,
     start_p50_ms: f64,
     start_p99_ms: f64,
     apalis_enqueue_per_second: f64,
@@ -93,6 +105,12 @@ pub(crate) fn admin_url() -> String {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (sender, mut starts) = mpsc::unbounded_channel();
     STARTS.set(sender).ok();
+    let pgbench = args.pgbench.clone().or_else(crate::pgbench::find);
+    if pgbench.is_none() {
+        eprintln!(
+            "pgbench not found (apt-get install postgresql-contrib): the SQL ceiling is not measured"
+        );
+    }
     let mut results = Vec::new();
     for run in 1..=args.runs {
         let name = format!("loadtest_{}", uuid::Uuid::new_v4().simple());
@@ -104,7 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
                 .await?;
         }
-        let result = one_run(&args, &name, &mut starts).await;
+        let result = one_run(&args, &name, pgbench.as_deref(), &mut starts).await;
         for database in [name.clone(), format!("{name}_apalis")] {
             admin
                 .execute(sqlx::AssertSqlSafe(format!(
@@ -114,106 +132,138 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let result = result?;
         eprintln!(
-            "run {run}: enqueue {:.0}/s, burn-down {:.0}/s, start p50 {:.1} ms p99 {:.1} ms",
+            "run {run}: enqueue {:.0}/s, burn-down {:.0}/s ({} processes {:.0}/s, SQL ceiling {:.0}/s), start p50 {:.1} ms p99 {:.1} ms",
             result.enqueue_per_second,
             result.burn_down_per_second,
+            args.processes,
+            result.processes_burn_down_per_second,
+            result.ceiling_per_second,
             result.start_p50_ms,
             result.start_p99_ms
         );
         results.push(result);
     }
-    let summary = |values: Vec<f64>| -> (f64, f64, f64) {
-        let mut sorted = values;
-        sorted.sort_by(f64::total_cmp);
-        (
-            sorted[sorted.len() / 2],
-            sorted[0],
-            sorted[sorted.len() - 1],
-        )
-    };
-    let enqueue = summary(results.iter().map(|r| r.enqueue_per_second).collect());
-    let burn = summary(results.iter().map(|r| r.burn_down_per_second).collect());
-    let burn_processes = summary(
-        results
-            .iter()
-            .map(|r| r.processes_burn_down_per_second)
-            .collect(),
-    );
-    let p50 = summary(results.iter().map(|r| r.start_p50_ms).collect());
-    let p99 = summary(results.iter().map(|r| r.start_p99_ms).collect());
-    let apalis_enqueue = summary(
-        results
-            .iter()
-            .map(|r| r.apalis_enqueue_per_second)
-            .collect(),
-    );
-    let apalis_burn = summary(
-        results
-            .iter()
-            .map(|r| r.apalis_burn_down_per_second)
-            .collect(),
-    );
-    let apalis_p50 = summary(results.iter().map(|r| r.apalis_start_p50_ms).collect());
-    let ratio = summary(
-        results
-            .iter()
-            .map(|r| r.burn_down_per_second / r.apalis_burn_down_per_second)
-            .collect(),
-    );
-    println!();
-    println!("{:<34} {:>12} {:>24}", "measurement", "median", "min – max");
-    for (label, (median, low, high), unit) in [
-        ("bulk enqueue", enqueue, "jobs/s"),
-        (
-            &*format!(
+    report(&args, &results)
+}
+
+fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
+    let spread = |f: &dyn Fn(&RunResult) -> f64| Spread::of(results.iter().map(f));
+    let enqueue = spread(&|r| r.enqueue_per_second);
+    let burn = spread(&|r| r.burn_down_per_second);
+    let burn_processes = spread(&|r| r.processes_burn_down_per_second);
+    let ceiling = spread(&|r| r.ceiling_per_second);
+    let share = spread(&|r| r.burn_down_per_second / r.ceiling_per_second * 100.0);
+    let share_processes =
+        spread(&|r| r.processes_burn_down_per_second / r.ceiling_per_second * 100.0);
+    let p50 = spread(&|r| r.start_p50_ms);
+    let p99 = spread(&|r| r.start_p99_ms);
+    let apalis_enqueue = spread(&|r| r.apalis_enqueue_per_second);
+    let apalis_burn = spread(&|r| r.apalis_burn_down_per_second);
+    let apalis_p50 = spread(&|r| r.apalis_start_p50_ms);
+    let ratio = spread(&|r| r.burn_down_per_second / r.apalis_burn_down_per_second);
+    let clients = args
+        .pgbench_clients
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    print_table(&[
+        Row::new("bulk enqueue", enqueue, "jobs/s"),
+        Row::new(
+            format!(
                 "burn-down of {} (concurrency {})",
                 args.jobs, args.concurrency
             ),
             burn,
             "jobs/s",
         ),
-        (
-            &*format!("burn-down by {} processes", args.processes),
+        Row::new(
+            format!("burn-down by {} processes", args.processes),
             burn_processes,
             "jobs/s",
         ),
-        ("idle insert→start p50", p50, "ms"),
-        ("idle insert→start p99", p99, "ms"),
-        (
+        Row::new(
+            format!("SQL ceiling (pgbench, best of {clients} clients)"),
+            ceiling,
+            "jobs/s",
+        ),
+        Row::new("  one process: share of ceiling", share, "%"),
+        Row::new(
+            format!("  {} processes: share of ceiling", args.processes),
+            share_processes,
+            "%",
+        ),
+        Row::new("idle insert→start p50", p50, "ms"),
+        Row::new("idle insert→start p99", p99, "ms"),
+        Row::new(
             "apalis-postgres defaults: enqueue",
             apalis_enqueue,
             "jobs/s",
         ),
-        (
-            &*format!("apalis defaults: burn-down of {}", args.apalis_jobs),
+        Row::new(
+            format!("apalis defaults: burn-down of {}", args.apalis_jobs),
             apalis_burn,
             "jobs/s",
         ),
-        ("apalis defaults: insert→start p50", apalis_p50, "ms"),
-        ("burn-down ratio (same run)", ratio, "×"),
-    ] {
-        println!("{label:<34} {median:>9.1} {unit:<6} {low:>9.1} – {high:.1}");
-    }
-    println!();
+        Row::new("apalis defaults: insert→start p50", apalis_p50, "ms"),
+        Row::new("burn-down ratio (same run)", ratio, "×"),
+    ]);
+    println!("targets (issue #19):");
+    print_verdicts(&[
+        (
+            format!("idle insert→start p50 ≤ 2.5 ms: {:.1} ms", p50.median),
+            verdict(p50.median, |v| v <= 2.5),
+        ),
+        (
+            format!("idle insert→start p99 ≤ 5 ms: {:.1} ms", p99.median),
+            verdict(p99.median, |v| v <= 5.0),
+        ),
+        (
+            format!(
+                "one process burns down at ≥ 80% of the SQL ceiling: {:.0}%",
+                share.median
+            ),
+            verdict(share.median, |v| v >= 80.0),
+        ),
+        (
+            format!(
+                "{} processes not slower than one: {:.0} against {:.0} jobs/s",
+                args.processes, burn_processes.median, burn.median
+            ),
+            verdict(burn_processes.median, |v| v >= burn.median),
+        ),
+    ]);
     println!(
-        "queue: burn-down {:.0} jobs/s, p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: {:.0} jobs/s (ratio {:.1}); {} processes: {:.0} jobs/s",
-        burn.0, p50.0, p99.0, apalis_burn.0, ratio.0, args.processes, burn_processes.0
+        "queue: burn-down {:.0} jobs/s ({:.0}% of the SQL ceiling {:.0}), p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: {:.0} jobs/s (ratio {:.1}); {} processes: {:.0} jobs/s",
+        burn.median,
+        share.median,
+        ceiling.median,
+        p50.median,
+        p99.median,
+        apalis_burn.median,
+        ratio.median,
+        args.processes,
+        burn_processes.median
     );
-    if let Some(path) = args.json {
+    if let Some(path) = &args.json {
         let numbers = serde_json::json!({
             "runs": args.runs, "jobs": args.jobs, "concurrency": args.concurrency,
-            "bulk_enqueue_per_second": {"median": enqueue.0, "min": enqueue.1, "max": enqueue.2},
-            "burn_down_per_second": {"median": burn.0, "min": burn.1, "max": burn.2},
+            "bulk_enqueue_per_second": enqueue.json(),
+            "burn_down_per_second": burn.json(),
             "processes": args.processes,
-            "processes_burn_down_per_second": {"median": burn_processes.0, "min": burn_processes.1, "max": burn_processes.2},
-            "start_p50_ms": {"median": p50.0, "min": p50.1, "max": p50.2},
-            "start_p99_ms": {"median": p99.0, "min": p99.1, "max": p99.2},
+            "processes_burn_down_per_second": burn_processes.json(),
+            "pgbench_clients": args.pgbench_clients,
+            "sql_ceiling_per_second": ceiling.json(),
+            "share_of_ceiling_percent": share.json(),
+            "processes_share_of_ceiling_percent": share_processes.json(),
+            "start_p50_ms": p50.json(),
+            "start_p99_ms": p99.json(),
             "apalis_defaults": {
-                "bulk_enqueue_per_second": {"median": apalis_enqueue.0, "min": apalis_enqueue.1, "max": apalis_enqueue.2},
-                "burn_down_per_second": {"median": apalis_burn.0, "min": apalis_burn.1, "max": apalis_burn.2},
-                "start_p50_ms": {"median": apalis_p50.0, "min": apalis_p50.1, "max": apalis_p50.2},
+                "bulk_enqueue_per_second": apalis_enqueue.json(),
+                "burn_down_per_second": apalis_burn.json(),
+                "start_p50_ms": apalis_p50.json(),
             },
-            "burn_down_ratio": {"median": ratio.0, "min": ratio.1, "max": ratio.2},
+            "burn_down_ratio": ratio.json(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&numbers)?)?;
     }
@@ -223,6 +273,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 async fn one_run(
     args: &Args,
     database: &str,
+    pgbench: Option<&std::path::Path>,
     starts: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
 ) -> anyhow::Result<RunResult> {
     let mut url = url::Url::parse(&admin_url())?;
@@ -240,6 +291,12 @@ async fn one_run(
     let burn_down_per_second = burn_down_by_processes(&pool, url.as_str(), args, 1).await?;
     let processes_burn_down_per_second =
         burn_down_by_processes(&pool, url.as_str(), args, args.processes).await?;
+
+    // The SQL ceiling of that burn-down: pgbench running the runtime's own claim and completion statements.
+    let ceiling_per_second = match pgbench {
+        Some(pgbench) => sql_ceiling(&pool, url.as_str(), database, args, pgbench).await?,
+        None => f64::NAN,
+    };
 
     // 3. Idle insert→start, into a worker in this process.
     let (worker, stop) = start_noop_worker(&pool, args.concurrency).await?;
@@ -285,6 +342,7 @@ async fn one_run(
         enqueue_per_second,
         burn_down_per_second,
         processes_burn_down_per_second,
+        ceiling_per_second,
         start_p50_ms,
         start_p99_ms,
         apalis_enqueue_per_second: apalis.enqueue_per_second,
@@ -308,6 +366,89 @@ async fn enqueue_backlog(pool: &sqlx::PgPool, jobs: usize, producers: usize) -> 
         .try_collect::<Vec<u64>>()
         .await?;
     Ok(())
+}
+
+/// The burn-down's SQL ceiling in jobs/s: pgbench, a C client with no job to run, executing the runtime's own
+/// claim ([`queue::runtime::CLAIM_SQL`]) and completion ([`queue::runtime::COMPLETE_SQL`]) statements at the
+/// runner's batch size, on the same backlog the burn-downs start from (emptied, vacuumed table; 100,000 jobs
+/// enqueued and analysed), with each of `--pgbench-clients`; the best of them. Each script run claims a batch
+/// and completes it, so a client does what a runner and its completer do, without the job.
+async fn sql_ceiling(
+    pool: &sqlx::PgPool,
+    database_url: &str,
+    database: &str,
+    args: &Args,
+    pgbench: &std::path::Path,
+) -> anyhow::Result<f64> {
+    let batch = args.concurrency.min(queue::runtime::CLAIM_BATCH_MAX);
+    let parameters = |sql: &str, names: &[&str]| {
+        names
+            .iter()
+            .enumerate()
+            .rev()
+            .fold(sql.to_owned(), |sql, (i, name)| {
+                sql.replace(&format!("${}", i + 1), &format!(":{name}"))
+            })
+    };
+    let script = format!(
+        "WITH claimed AS ({claim}) SELECT coalesce(array_agg(id), '{{}}') AS ids FROM claimed \\gset\n{complete};\n",
+        claim = parameters(queue::runtime::CLAIM_SQL, &["queue", "worker", "limit"]),
+        complete = parameters(queue::runtime::COMPLETE_SQL, &["ids", "worker"]),
+    );
+    let path = std::env::temp_dir().join(format!("{database}_ceiling.sql"));
+    std::fs::write(&path, script)?;
+    let mut best = f64::NAN;
+    for &clients in &args.pgbench_clients {
+        sqlx::query("DELETE FROM apalis.jobs").execute(pool).await?;
+        sqlx::query("VACUUM ANALYZE apalis.jobs")
+            .execute(pool)
+            .await?;
+        queue::ops::pause_queue(pool, Noop::NAME, "loadtest: backlog for pgbench").await?;
+        enqueue_backlog(pool, args.jobs, args.producers).await?;
+        sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
+        queue::ops::resume_queue(pool, Noop::NAME).await?;
+        let transactions = args.jobs.div_ceil(batch).div_ceil(clients);
+        let limit = batch.to_string();
+        let (pgbench, url, name, script) = (
+            pgbench.to_owned(),
+            database_url.to_owned(),
+            database.to_owned(),
+            path.clone(),
+        );
+        let bench = tokio::task::spawn_blocking(move || {
+            crate::pgbench::run(
+                &pgbench,
+                &url,
+                &name,
+                &script,
+                clients,
+                crate::pgbench::Length::Transactions(transactions),
+                &[
+                    ("queue", Noop::NAME),
+                    ("worker", "pgbench"),
+                    ("limit", &limit),
+                ],
+            )
+        })
+        .await??;
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+                .fetch_one(pool)
+                .await?;
+        anyhow::ensure!(
+            done == args.jobs as i64,
+            "pgbench with {clients} clients left {} of {} jobs undone",
+            args.jobs as i64 - done,
+            args.jobs
+        );
+        let per_second = done as f64 / ((transactions * clients) as f64 / bench.tps);
+        eprintln!("  pgbench ceiling, {clients} clients: {per_second:.0} jobs/s");
+        if best.is_nan() || per_second > best {
+            best = per_second;
+        }
+    }
+    std::fs::remove_file(&path).ok();
+    Ok(best)
 }
 
 /// Waits until the no-op queue holds no waiting and no running job, then checks that all `jobs` are `Done`;

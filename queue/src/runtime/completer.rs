@@ -20,8 +20,15 @@ const COMPLETE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// while a backlog was `Pending` say almost nothing runs, but under a burn-down those indexes hold an entry for
 /// every row claimed since the last vacuum, so each completion cost 0.5–2 s and a 100,000-job burn-down fell to
 /// about 1,300 jobs/s (measured with `auto_explain`, see loadtest/README.md).
+///
+/// Like the claim ([`super::runner::CLAIM_SQL`]) it commits without waiting for the disk (`synchronous_commit =
+/// off` for its own transaction): a completion lost in a crash of Postgres leaves the row `Running`, the reaper
+/// hands it back once its attempt is past the queue's timeout (or its worker stopped heartbeating), and the job
+/// runs again — at-least-once delivery, which every job tolerates; what the job wrote was committed durably in
+/// its own transaction.
 pub const COMPLETE_SQL: &str = "UPDATE apalis.jobs
     SET status = 'Done', done_at = now(), last_result = '{\"Ok\": null}'::jsonb
+   FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
   WHERE id = ANY($1) AND (lock_by, status) IS NOT DISTINCT FROM ($2, 'Running')";
 
 /// Marks successful jobs done, many per statement: whatever has arrived since the last flush.

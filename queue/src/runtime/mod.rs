@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use completer::COMPLETE_SQL;
 pub use listener::INSERT_CHANNEL;
+pub use runner::{CLAIM_BATCH_MAX, CLAIM_SQL};
 
 /// The `apalis.workers.storage_name` of workers whose application names none ([`Worker::storage_name`]).
 pub const DEFAULT_STORAGE_NAME: &str = "queue";

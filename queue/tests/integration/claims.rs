@@ -203,3 +203,50 @@ async fn completing_jobs_looks_them_up_by_id_whatever_the_statistics_say() {
         .unwrap();
     app.finish().await;
 }
+
+#[tokio::test]
+async fn claims_and_completions_commit_without_waiting_for_the_disk_and_leave_the_connection_durable()
+ {
+    let app = TestQueue::builder().without_worker().spawn().await;
+    queue::enqueue(&app.pool, &record("relaxed")).await.unwrap();
+    let setting = |connection: &mut sqlx::PgConnection| {
+        sqlx::query_scalar::<_, String>("SELECT current_setting('synchronous_commit')")
+            .fetch_one(connection)
+    };
+    let mut connection = app.pool.acquire().await.unwrap();
+
+    // The claim turns synchronous commit off for its own transaction only.
+    let mut claim = sqlx::Connection::begin(&mut *connection).await.unwrap();
+    assert_eq!(setting(&mut claim).await.unwrap(), "on");
+    let claimed: Vec<String> = sqlx::query(runtime::CLAIM_SQL)
+        .bind("test_record")
+        .bind("relaxed-worker")
+        .bind(10_i64)
+        .fetch_all(&mut *claim)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| sqlx::Row::get(row, "id"))
+        .collect();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(setting(&mut claim).await.unwrap(), "off");
+    claim.commit().await.unwrap();
+    assert_eq!(
+        setting(&mut connection).await.unwrap(),
+        "on",
+        "a job handler's transaction on this connection is durable again"
+    );
+
+    // So does the completion.
+    let mut complete = sqlx::Connection::begin(&mut *connection).await.unwrap();
+    let done = sqlx::query(runtime::COMPLETE_SQL)
+        .bind(&claimed)
+        .bind("relaxed-worker")
+        .execute(&mut *complete)
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+    assert_eq!(setting(&mut complete).await.unwrap(), "off");
+    complete.commit().await.unwrap();
+    assert_eq!(setting(&mut connection).await.unwrap(), "on");
+}

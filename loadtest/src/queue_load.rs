@@ -3,7 +3,9 @@
 //! 1. bulk enqueue rate (`enqueue_many`, 5,000 per statement, `--producers` statements at once);
 //! 2. burn-down of the backlog by one worker process with production settings, and by `--processes` of them
 //!    (this binary's hidden `queue-worker`), each started while the queue is paused and timed from its resumption;
-//! 3. insert→start latency of single jobs into an idle worker (from just before the INSERT to the job's start).
+//! 3. the SQL ceiling: pgbench running the runtime's own claim and completion statements on the same backlog;
+//! 4. insert→start latency of single jobs into an idle worker (from just before the INSERT to the job's start),
+//!    right after the burn-downs and again once the table is vacuumed.
 
 use std::{
     sync::OnceLock,
@@ -18,7 +20,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{Row, Spread, print_table, print_verdicts, verdict};
+use crate::report::{Row, Spread, percentile, print_table, print_verdicts, verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -87,6 +89,9 @@ struct RunResult {
     ceiling_per_second: f64,
     start_p50_ms: f64,
     start_p99_ms: f64,
+    /// The same once the table is vacuumed.
+    vacuumed_p50_ms: f64,
+    vacuumed_p99_ms: f64,
     apalis_enqueue_per_second: f64,
     apalis_burn_down_per_second: f64,
     apalis_start_p50_ms: f64,
@@ -157,6 +162,8 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
         spread(&|r| r.processes_burn_down_per_second / r.ceiling_per_second * 100.0);
     let p50 = spread(&|r| r.start_p50_ms);
     let p99 = spread(&|r| r.start_p99_ms);
+    let vacuumed_p50 = spread(&|r| r.vacuumed_p50_ms);
+    let vacuumed_p99 = spread(&|r| r.vacuumed_p99_ms);
     let apalis_enqueue = spread(&|r| r.apalis_enqueue_per_second);
     let apalis_burn = spread(&|r| r.apalis_burn_down_per_second);
     let apalis_p50 = spread(&|r| r.apalis_start_p50_ms);
@@ -193,8 +200,10 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             share_processes,
             "%",
         ),
-        Row::new("idle insert→start p50", p50, "ms"),
-        Row::new("idle insert→start p99", p99, "ms"),
+        Row::new("idle insert→start p50, after the burn-downs", p50, "ms"),
+        Row::new("idle insert→start p99, after the burn-downs", p99, "ms"),
+        Row::new("idle insert→start p50, vacuumed", vacuumed_p50, "ms"),
+        Row::new("idle insert→start p99, vacuumed", vacuumed_p99, "ms"),
         Row::new(
             "apalis-postgres defaults: enqueue",
             apalis_enqueue,
@@ -211,12 +220,18 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
     println!("targets (issue #19):");
     print_verdicts(&[
         (
-            format!("idle insert→start p50 ≤ 2.5 ms: {:.1} ms", p50.median),
-            verdict(p50.median, |v| v <= 2.5),
+            format!(
+                "idle insert→start p50 ≤ 2.5 ms: {:.1} ms after the burn-downs, {:.1} ms vacuumed",
+                p50.median, vacuumed_p50.median
+            ),
+            verdict(p50.median.max(vacuumed_p50.median), |v| v <= 2.5),
         ),
         (
-            format!("idle insert→start p99 ≤ 5 ms: {:.1} ms", p99.median),
-            verdict(p99.median, |v| v <= 5.0),
+            format!(
+                "idle insert→start p99 ≤ 5 ms: {:.1} ms after the burn-downs, {:.1} ms vacuumed",
+                p99.median, vacuumed_p99.median
+            ),
+            verdict(p99.median.max(vacuumed_p99.median), |v| v <= 5.0),
         ),
         (
             format!(
@@ -234,12 +249,14 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
         ),
     ]);
     println!(
-        "queue: burn-down {:.0} jobs/s ({:.0}% of the SQL ceiling {:.0}), p50 start {:.1} ms, p99 {:.1} ms; apalis-postgres defaults: {:.0} jobs/s (ratio {:.1}); {} processes: {:.0} jobs/s",
+        "queue: burn-down {:.0} jobs/s ({:.0}% of the SQL ceiling {:.0}), p50 start {:.1} ms, p99 {:.1} ms (vacuumed {:.1} / {:.1} ms); apalis-postgres defaults: {:.0} jobs/s (ratio {:.1}); {} processes: {:.0} jobs/s",
         burn.median,
         share.median,
         ceiling.median,
         p50.median,
         p99.median,
+        vacuumed_p50.median,
+        vacuumed_p99.median,
         apalis_burn.median,
         ratio.median,
         args.processes,
@@ -258,6 +275,8 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             "processes_share_of_ceiling_percent": share_processes.json(),
             "start_p50_ms": p50.json(),
             "start_p99_ms": p99.json(),
+            "vacuumed_start_p50_ms": vacuumed_p50.json(),
+            "vacuumed_start_p99_ms": vacuumed_p99.json(),
             "apalis_defaults": {
                 "bulk_enqueue_per_second": apalis_enqueue.json(),
                 "burn_down_per_second": apalis_burn.json(),
@@ -298,30 +317,18 @@ async fn one_run(
         None => f64::NAN,
     };
 
-    // 3. Idle insert→start, into a worker in this process.
+    // 3. Idle insert→start, into a worker in this process: first right after the burn-downs (the claim index
+    // still holds an entry for every row claimed since the last vacuum, which each claim walks past), then once
+    // the table is vacuumed, as autovacuum leaves it within its naptime.
     let (worker, stop) = start_noop_worker(&pool, args.concurrency).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     while starts.try_recv().is_ok() {}
-    let mut latencies = Vec::with_capacity(args.samples);
-    for sequence in 0..args.samples as u64 {
-        let sent = Instant::now();
-        queue::enqueue(
-            &pool,
-            &Noop {
-                timed: Some(sequence),
-            },
-        )
+    let (start_p50_ms, start_p99_ms) = idle_starts(&pool, starts, args.samples, 0).await?;
+    sqlx::query("VACUUM ANALYZE apalis.jobs")
+        .execute(&pool)
         .await?;
-        let (seen, at) = tokio::time::timeout(Duration::from_secs(10), starts.recv())
-            .await?
-            .context("worker gone")?;
-        anyhow::ensure!(seen == sequence, "job {seen} started instead of {sequence}");
-        latencies.push((at - sent).as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    latencies.sort_by(f64::total_cmp);
-    let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-    let (start_p50_ms, start_p99_ms) = (percentile(0.5), percentile(0.99));
+    let (vacuumed_p50_ms, vacuumed_p99_ms) =
+        idle_starts(&pool, starts, args.samples, args.samples as u64).await?;
     stop.cancel();
     worker.wait().await;
 
@@ -345,6 +352,8 @@ async fn one_run(
         ceiling_per_second,
         start_p50_ms,
         start_p99_ms,
+        vacuumed_p50_ms,
+        vacuumed_p99_ms,
         apalis_enqueue_per_second: apalis.enqueue_per_second,
         apalis_burn_down_per_second: apalis.burn_down_per_second,
         apalis_start_p50_ms: apalis_starts[apalis_starts.len() / 2],
@@ -366,6 +375,33 @@ async fn enqueue_backlog(pool: &sqlx::PgPool, jobs: usize, producers: usize) -> 
         .try_collect::<Vec<u64>>()
         .await?;
     Ok(())
+}
+
+/// Insert→start of `samples` single jobs, 20 ms apart, into the idle worker: (p50, p99) in ms.
+async fn idle_starts(
+    pool: &sqlx::PgPool,
+    starts: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    samples: usize,
+    first: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let mut latencies = Vec::with_capacity(samples);
+    for sequence in first..first + samples as u64 {
+        let sent = Instant::now();
+        queue::enqueue(
+            pool,
+            &Noop {
+                timed: Some(sequence),
+            },
+        )
+        .await?;
+        let (seen, at) = tokio::time::timeout(Duration::from_secs(10), starts.recv())
+            .await?
+            .context("worker gone")?;
+        anyhow::ensure!(seen == sequence, "job {seen} started instead of {sequence}");
+        latencies.push((at - sent).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
 }
 
 /// The burn-down's SQL ceiling in jobs/s: pgbench, a C client with no job to run, executing the runtime's own

@@ -209,15 +209,11 @@ async fn claims_and_completions_commit_without_waiting_for_the_disk_and_leave_th
  {
     let app = TestQueue::builder().without_worker().spawn().await;
     queue::enqueue(&app.pool, &record("relaxed")).await.unwrap();
-    let setting = |connection: &mut sqlx::PgConnection| {
-        sqlx::query_scalar::<_, String>("SELECT current_setting('synchronous_commit')")
-            .fetch_one(connection)
-    };
     let mut connection = app.pool.acquire().await.unwrap();
 
     // The claim turns synchronous commit off for its own transaction only.
     let mut claim = sqlx::Connection::begin(&mut *connection).await.unwrap();
-    assert_eq!(setting(&mut claim).await.unwrap(), "on");
+    assert_eq!(setting(&mut claim).await, "on");
     let claimed: Vec<String> = sqlx::query(runtime::CLAIM_SQL)
         .bind("test_record")
         .bind("relaxed-worker")
@@ -229,10 +225,10 @@ async fn claims_and_completions_commit_without_waiting_for_the_disk_and_leave_th
         .map(|row| sqlx::Row::get(row, "id"))
         .collect();
     assert_eq!(claimed.len(), 1);
-    assert_eq!(setting(&mut claim).await.unwrap(), "off");
+    assert_eq!(setting(&mut claim).await, "off");
     claim.commit().await.unwrap();
     assert_eq!(
-        setting(&mut connection).await.unwrap(),
+        setting(&mut connection).await,
         "on",
         "a job handler's transaction on this connection is durable again"
     );
@@ -246,7 +242,17 @@ async fn claims_and_completions_commit_without_waiting_for_the_disk_and_leave_th
         .await
         .unwrap();
     assert_eq!(done.rows_affected(), 1);
-    assert_eq!(setting(&mut complete).await.unwrap(), "off");
+    assert_eq!(setting(&mut complete).await, "off");
     complete.commit().await.unwrap();
-    assert_eq!(setting(&mut connection).await.unwrap(), "on");
+    assert_eq!(setting(&mut connection).await, "on");
+    drop(connection);
+    app.finish().await;
+}
+
+/// The connection's `synchronous_commit` as its current transaction sees it.
+async fn setting(connection: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(connection)
+        .await
+        .unwrap()
 }

@@ -329,7 +329,7 @@ async fn one_run(
 
     // The window: status changes and JSON API requests.
     let window = Duration::from_secs(args.seconds);
-    let cpu_before = cpu_seconds(api.pid);
+    let cpu_before = crate::stack::process_cpu_seconds(&api.pid.to_string());
     let window_started = Instant::now();
     let readers_client = stack::http_client()?;
     let readers: Vec<_> = (0..args.api_clients)
@@ -362,8 +362,9 @@ async fn one_run(
     let changes_per_second = sends.len() as f64 / window_started.elapsed().as_secs_f64();
     // The last changes' events are on their way.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let api_cpu_percent =
-        (cpu_seconds(api.pid) - cpu_before) / window_started.elapsed().as_secs_f64() * 100.0;
+    let api_cpu_percent = (crate::stack::process_cpu_seconds(&api.pid.to_string()) - cpu_before)
+        / window_started.elapsed().as_secs_f64()
+        * 100.0;
     let client_rss_mib = stack::rss_mib();
     sampling.cancel();
     let samples = sampler.await?;
@@ -841,22 +842,6 @@ async fn sample_rss(pid: u32, stop: CancellationToken) -> Vec<(Instant, f64)> {
 /// Descriptors `pid` has open.
 fn open_files(pid: u32) -> f64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(f64::NAN, |dir| dir.count() as f64)
-}
-
-/// CPU seconds (user + system) `pid` has used (`/proc/<pid>/stat`, 100 ticks/s).
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) / 100.0,
-        _ => f64::NAN,
-    }
 }
 
 /// The api's own count of open streams (`createimage2_sse_streams`, all routes) and its query pool's

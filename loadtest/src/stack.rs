@@ -312,9 +312,15 @@ fn proc_status_kib(field: &str) -> Option<f64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU time (user + system) this process has used, in seconds (`/proc/self/stat`, at the usual 100 ticks/s).
+/// CPU time (user + system) this process has used, in seconds.
 pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    process_cpu_seconds("self")
+}
+
+/// CPU time (user + system) process `pid` (or `self`) has used, in seconds (`/proc/<pid>/stat`, at the usual
+/// 100 ticks/s); NaN when it cannot be read.
+pub fn process_cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return f64::NAN;
     };
     // Fields after the parenthesised command name: state is the 3rd field, utime the 14th, stime the 15th.

@@ -303,8 +303,7 @@ async fn one_run(
     std::fs::write(&whole, request_script(args.users))?;
     std::fs::write(&intent_only, intent_only_script(args.users))?;
     let bench = |script: &Path, clients: usize| {
-        let (pgbench, url, name, script) = (
-            pgbench.map(Path::to_path_buf),
+        let (url, name, script) = (
             database.url.clone(),
             database.name.clone(),
             script.to_path_buf(),
@@ -312,18 +311,16 @@ async fn one_run(
         async move {
             match pgbench {
                 Some(pgbench) => {
-                    tokio::task::spawn_blocking(move || {
-                        crate::pgbench::run(
-                            &pgbench,
-                            &url,
-                            &name,
-                            &script,
-                            clients,
-                            crate::pgbench::Length::For(step),
-                            &[],
-                        )
-                    })
-                    .await?
+                    crate::pgbench::run(
+                        pgbench,
+                        &url,
+                        &name,
+                        &script,
+                        clients,
+                        crate::pgbench::Length::For(step),
+                        &[],
+                    )
+                    .await
                 }
                 None => Ok(Bench {
                     tps: f64::NAN,
@@ -452,14 +449,14 @@ INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_
 
 /// Every statement one `POST /api/v1/generations` (no idempotency key) sends: the API key lookup and request
 /// count (`api_requests::take_for_key`, which writes `last_used_at` at most once a minute per key and counts the
-/// request in `rate_limit_windows` with an asynchronous commit), then the one
-/// transaction above. The answer is built from the insert's `RETURNING *`; a new generation has no images,
+/// request in `rate_limit_windows` with an asynchronous commit; its key spelled `'api:' || 'user:'`, as `RATE`'s
+/// is, since pgbench reads `:user` inside a literal as a variable), then the one transaction above. The answer is built from the insert's `RETURNING *`; a new generation has no images,
 /// so nothing is read after the commit.
 fn request_script(users: usize) -> String {
     format!(
         r#"\set n random(1, {users})
 SELECT key_hash AS kh, {V7_LIKE} AS gid, {V7_LIKE}::text AS jid FROM loadtest_users WHERE n = :n \gset
-WITH key AS (SELECT k.id, k.user_id, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = :kh AND k.revoked_at IS NULL AND u.deletion_requested_at IS NULL), touched AS (UPDATE api_keys SET last_used_at = now() FROM key WHERE api_keys.id = key.id AND (key.last_used_at IS NULL OR key.last_used_at < now() - interval '1 minute')), counted AS (INSERT INTO rate_limit_windows AS w (key, window_start, count) SELECT 'api:user:' || key.user_id, to_timestamp(floor(extract(epoch FROM now()) / 60) * 60), 1 FROM key ON CONFLICT (key, window_start) DO UPDATE SET count = w.count + 1 RETURNING w.count, w.window_start), relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) SELECT key.user_id AS uid FROM key, counted, relaxed \gset
+WITH key AS (SELECT k.id, k.user_id, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = :kh AND k.revoked_at IS NULL AND u.deletion_requested_at IS NULL), touched AS (UPDATE api_keys SET last_used_at = now() FROM key WHERE api_keys.id = key.id AND (key.last_used_at IS NULL OR key.last_used_at < now() - interval '1 minute')), counted AS (INSERT INTO rate_limit_windows AS w (key, window_start, count) SELECT 'api:' || 'user:' || key.user_id, to_timestamp(floor(extract(epoch FROM now()) / 60) * 60), 1 FROM key ON CONFLICT (key, window_start) DO UPDATE SET count = w.count + 1 RETURNING w.count, w.window_start), relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) SELECT key.user_id AS uid FROM key, counted, relaxed \gset
 BEGIN;
 {RATE}{INTENT}COMMIT;
 "#

@@ -45,7 +45,7 @@ pub fn find() -> Option<PathBuf> {
 
 /// `pgbench -n -M prepared` (the project's driver prepares its statements too) of one script, with `defines`
 /// as `-D name=value` variables.
-pub fn run(
+pub async fn run(
     pgbench: &Path,
     database_url: &str,
     database_name: &str,
@@ -55,7 +55,7 @@ pub fn run(
     defines: &[(&str, &str)],
 ) -> anyhow::Result<Bench> {
     let url = url::Url::parse(database_url)?;
-    let mut command = std::process::Command::new(pgbench);
+    let mut command = tokio::process::Command::new(pgbench);
     command
         .args(["-n", "-M", "prepared", "-f"])
         .arg(script)
@@ -89,7 +89,7 @@ pub fn run(
     if let Some(password) = url.password() {
         command.env("PGPASSWORD", password);
     }
-    let output = command.output().context("running pgbench")?;
+    let output = command.output().await.context("running pgbench")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     anyhow::ensure!(
         output.status.success(),

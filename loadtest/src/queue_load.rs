@@ -435,38 +435,24 @@ async fn sql_ceiling(
     std::fs::write(&path, script)?;
     let mut best = f64::NAN;
     for &clients in &args.pgbench_clients {
-        sqlx::query("DELETE FROM apalis.jobs").execute(pool).await?;
-        sqlx::query("VACUUM ANALYZE apalis.jobs")
-            .execute(pool)
-            .await?;
-        queue::ops::pause_queue(pool, Noop::NAME, "loadtest: backlog for pgbench").await?;
-        enqueue_backlog(pool, args.jobs, args.producers).await?;
-        sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
+        paused_backlog(pool, args, "loadtest: backlog for pgbench").await?;
         queue::ops::resume_queue(pool, Noop::NAME).await?;
         let transactions = args.jobs.div_ceil(batch).div_ceil(clients);
         let limit = batch.to_string();
-        let (pgbench, url, name, script) = (
-            pgbench.to_owned(),
-            database_url.to_owned(),
-            database.to_owned(),
-            path.clone(),
-        );
-        let bench = tokio::task::spawn_blocking(move || {
-            crate::pgbench::run(
-                &pgbench,
-                &url,
-                &name,
-                &script,
-                clients,
-                crate::pgbench::Length::Transactions(transactions),
-                &[
-                    ("queue", Noop::NAME),
-                    ("worker", "pgbench"),
-                    ("limit", &limit),
-                ],
-            )
-        })
-        .await??;
+        let bench = crate::pgbench::run(
+            pgbench,
+            database_url,
+            database,
+            &path,
+            clients,
+            crate::pgbench::Length::Transactions(transactions),
+            &[
+                ("queue", Noop::NAME),
+                ("worker", "pgbench"),
+                ("limit", &limit),
+            ],
+        )
+        .await?;
         let done: i64 =
             sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
                 .fetch_one(pool)
@@ -523,6 +509,20 @@ async fn wait_until_done(pool: &sqlx::PgPool, jobs: usize) -> anyhow::Result<Ins
     Ok(finished)
 }
 
+/// The state every burn-down and the SQL ceiling start from: an emptied, vacuumed table holding `--jobs` no-op
+/// jobs, enqueued while the queue is paused (`reason`) and analysed, as autovacuum would have by the time a real
+/// backlog is served. The queue stays paused.
+async fn paused_backlog(pool: &sqlx::PgPool, args: &Args, reason: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM apalis.jobs").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE apalis.jobs")
+        .execute(pool)
+        .await?;
+    queue::ops::pause_queue(pool, Noop::NAME, reason).await?;
+    enqueue_backlog(pool, args.jobs, args.producers).await?;
+    sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
+    Ok(())
+}
+
 /// Enqueues the backlog on an emptied, vacuumed table while the queue is paused and analyses it (as autovacuum
 /// would have by the time a real backlog is served), starts `processes` worker processes, waits until each says
 /// it is ready, then resumes the queue and times the burn-down.
@@ -534,13 +534,7 @@ async fn burn_down_by_processes(
 ) -> anyhow::Result<f64> {
     use tokio::io::AsyncBufReadExt as _;
 
-    sqlx::query("DELETE FROM apalis.jobs").execute(pool).await?;
-    sqlx::query("VACUUM ANALYZE apalis.jobs")
-        .execute(pool)
-        .await?;
-    queue::ops::pause_queue(pool, Noop::NAME, "loadtest: workers starting").await?;
-    enqueue_backlog(pool, args.jobs, args.producers).await?;
-    sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
+    paused_backlog(pool, args, "loadtest: workers starting").await?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for _ in 0..processes {

@@ -168,6 +168,34 @@ impl Chrome {
             .unwrap_or_else(|error| panic!("no {css} within {timeout:?}: {error}"))
     }
 
+    /// Like [`Chrome::wait_for`], but a timeout says where the browser is, what the page shows, and what
+    /// `explain` finds (the rows behind the page), so a wait that fails once in many runs names its cause.
+    pub async fn wait_for_explained(
+        &self,
+        css: &str,
+        timeout: Duration,
+        explain: impl std::future::Future<Output = String>,
+    ) -> fantoccini::elements::Element {
+        match self
+            .client
+            .wait()
+            .at_most(timeout)
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(element) => element,
+            Err(error) => {
+                let url = self.client.current_url().await.map(|u| u.to_string());
+                let source = self.client.source().await.unwrap_or_default();
+                let text: String = source.chars().take(3000).collect();
+                panic!(
+                    "no {css} within {timeout:?}: {error}\nat {url:?}\n{}\npage:\n{text}",
+                    explain.await
+                )
+            }
+        }
+    }
+
     /// Clicks the element matching `css`, scrolled to the middle of the viewport first (as a person scrolls
     /// to what they want before clicking: nothing fixed at an edge, like the consent banner, covers it).
     pub async fn click(&self, css: &str) {

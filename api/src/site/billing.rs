@@ -238,6 +238,12 @@ pub async fn done(
     let waiting = credited.is_none() && chrono::Utc::now() - intent.created_at < PURCHASE_PATIENCE;
     let mut chrome = chrome(&state, &member.visitor, &headers, "/account").await?;
     chrome.refresh = waiting;
+    // The balance as the chrome read it, after `credited`: a grant that landed since the request began (the
+    // member's own balance was read before) is in it, so the notice never shows the credits without them.
+    let balance = chrome
+        .member
+        .as_ref()
+        .map_or(member.balance, |(_, balance)| *balance);
     Ok(views::checkout_done(
         &chrome,
         &views::Purchase {
@@ -251,7 +257,7 @@ pub async fn done(
             price: product.as_ref().map(|p| p.price_label()),
             credited,
             waiting,
-            balance: member.balance,
+            balance,
         },
     )
     .into_response())

@@ -118,7 +118,9 @@ async fn every_page_in(scheme: Scheme) {
     // A checkout the member has not paid yet: its notice page waits for the credits.
     chrome.goto(&app.url("/pricing")).await;
     chrome.click("#buy-pack_100").await;
-    chrome.wait_for("#pay", SLOW).await;
+    chrome
+        .wait_for_explained("#pay", SLOW, app.checkout_report())
+        .await;
     let intent: uuid::Uuid =
         sqlx::query_scalar("SELECT id FROM checkout_intents ORDER BY created_at DESC LIMIT 1")
             .fetch_one(&app.pool)

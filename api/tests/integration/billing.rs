@@ -915,3 +915,53 @@ async fn after_checkout_the_page_says_what_was_bought_and_the_new_balance_arrive
     assert_eq!(peek.status, 404);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_notice_rendered_while_the_credits_arrive_shows_the_balance_that_includes_them() {
+    let app = TestApp::spawn().await;
+    let browser = sign_in(&app, "racing@example.com").await;
+    let session = start_checkout(&app, &browser, "pack_100").await;
+    let intent = last_intent(&app).await;
+    let user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind("racing@example.com")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Hold the ledger so the page stops at its question "were the credits granted?", after it has read who is
+    // signed in (and their balance then).
+    let mut grant = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE credit_ledger IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *grant)
+        .await
+        .unwrap();
+    let path = format!("/billing/intents/{intent}/done");
+    let (page, ()) = tokio::join!(browser.visit(&path), async {
+        testkit::eventually("the notice waits on the ledger", || {
+            testkit::blocked_on_lock(&app.pool, "kind = 'grant'")
+        })
+        .await;
+        // The payment's credits arrive meanwhile (as the worker grants a pack: under the session's key).
+        jobs::credits::apply(
+            &mut grant,
+            user,
+            jobs::credits::Kind::Grant,
+            100,
+            &format!("pack:{session}"),
+            serde_json::json!({"product": "pack_100"}),
+        )
+        .await
+        .unwrap();
+        grant.commit().await.unwrap();
+    });
+    assert!(
+        page.contains("<strong>100 credits</strong> were added to your balance."),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.contains(r#"id="live-balance">120<"#),
+        "the balance shown with the credits includes them: {}",
+        page.body
+    );
+    app.finish().await;
+}

@@ -243,7 +243,9 @@ async fn a_member_buys_a_pack_on_the_pricing_page_through_the_stand_in_checkout_
     chrome.screenshot("30-pricing-signed-in").await;
     chrome.click("#buy-pack_100").await;
     // The waiting page follows the worker's Checkout Session to the stand-in's hosted page.
-    chrome.wait_for("#pay", SLOW).await;
+    chrome
+        .wait_for_explained("#pay", SLOW, app.checkout_report())
+        .await;
     chrome.screenshot("31-checkout").await;
     chrome.click("#pay").await;
     // Back from Stripe: the notice says what was bought, and the credits arrive on the open page (the

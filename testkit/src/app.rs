@@ -585,39 +585,30 @@ impl TestApp {
     /// The newest checkout intents and every job not yet done (with the latest `open_checkout` jobs), as text:
     /// what a browser test prints when the page never reached Stripe.
     pub async fn checkout_report(&self) -> String {
-        let intents: Vec<(Uuid, String, Option<String>, Option<String>, String)> = sqlx::query_as(
-            "SELECT id, status, url, error, (now() - created_at)::text FROM checkout_intents
-             ORDER BY created_at DESC LIMIT 3",
+        let intents: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%s %s url=%s error=%s age=%s', id, status, url, error, now() - created_at)
+               FROM checkout_intents ORDER BY created_at DESC LIMIT 3",
         )
         .fetch_all(&self.pool)
         .await
         .unwrap_or_default();
-        let jobs: Vec<(
-            String,
-            String,
-            String,
-            i32,
-            String,
-            Option<String>,
-            Option<String>,
-        )> = sqlx::query_as(
-            "SELECT id, job_type, status, attempts, (run_at - now())::text, lock_by,
-                        last_result::text
-                 FROM apalis.jobs
-                 WHERE status NOT IN ('Done') OR job_type = 'open_checkout'
-                 ORDER BY run_at DESC LIMIT 20",
+        let jobs: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%s %s %s attempts=%s due_in=%s lock_by=%s last=%s',
+                           id, job_type, status, attempts, run_at - now(), lock_by, last_result)
+               FROM apalis.jobs
+              WHERE status <> 'Done' OR job_type = 'open_checkout'
+              ORDER BY run_at DESC LIMIT 20",
         )
         .fetch_all(&self.pool)
         .await
         .unwrap_or_default();
-        let mut report =
-            String::from("checkout intents (newest first; id, status, url, error, age):\n");
+        let mut report = String::from("checkout intents, newest first:\n");
         for intent in intents {
-            report.push_str(&format!("  {intent:?}\n"));
+            report.push_str(&format!("  {intent}\n"));
         }
-        report.push_str("jobs not done, and open_checkout (id, queue, status, attempts, run_at − now, lock_by, last result):\n");
+        report.push_str("jobs not done, and every open_checkout:\n");
         for job in jobs {
-            report.push_str(&format!("  {job:?}\n"));
+            report.push_str(&format!("  {job}\n"));
         }
         report
     }

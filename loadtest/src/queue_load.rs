@@ -83,10 +83,12 @@ impl Job for Noop {
 
 struct RunResult {
     enqueue_per_second: f64,
-    burn_down_per_second: f64,
-    processes_burn_down_per_second: f64,
+    burn_down: BurnDown,
+    processes_burn_down: BurnDown,
     /// pgbench with the runtime's claim and completion SQL (NaN without pgbench).
     ceiling_per_second: f64,
+    /// Postgres's CPU time per job under pgbench, µs.
+    ceiling_postgres_cpu_us: f64,
     start_p50_ms: f64,
     start_p99_ms: f64,
     /// The same once the table is vacuumed.
@@ -137,14 +139,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let result = result?;
         eprintln!(
-            "run {run}: enqueue {:.0}/s, burn-down {:.0}/s ({} processes {:.0}/s, SQL ceiling {:.0}/s), start p50 {:.1} ms p99 {:.1} ms",
+            "run {run}: enqueue {:.0}/s, burn-down {:.0}/s ({} processes {:.0}/s, SQL ceiling {:.0}/s), start p50 {:.1} ms p99 {:.1} ms\n  one process per job: worker CPU {:.1} µs, Postgres CPU {:.1} µs, {:.1} transactions per 1,000 jobs; pgbench: Postgres CPU {:.1} µs",
             result.enqueue_per_second,
-            result.burn_down_per_second,
+            result.burn_down.per_second,
             args.processes,
-            result.processes_burn_down_per_second,
+            result.processes_burn_down.per_second,
             result.ceiling_per_second,
             result.start_p50_ms,
-            result.start_p99_ms
+            result.start_p99_ms,
+            result.burn_down.worker_cpu_us,
+            result.burn_down.postgres_cpu_us,
+            result.burn_down.transactions_per_thousand,
+            result.ceiling_postgres_cpu_us,
         );
         results.push(result);
     }
@@ -154,12 +160,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
     let spread = |f: &dyn Fn(&RunResult) -> f64| Spread::of(results.iter().map(f));
     let enqueue = spread(&|r| r.enqueue_per_second);
-    let burn = spread(&|r| r.burn_down_per_second);
-    let burn_processes = spread(&|r| r.processes_burn_down_per_second);
+    let burn = spread(&|r| r.burn_down.per_second);
+    let burn_processes = spread(&|r| r.processes_burn_down.per_second);
     let ceiling = spread(&|r| r.ceiling_per_second);
-    let share = spread(&|r| r.burn_down_per_second / r.ceiling_per_second * 100.0);
+    let share = spread(&|r| r.burn_down.per_second / r.ceiling_per_second * 100.0);
     let share_processes =
-        spread(&|r| r.processes_burn_down_per_second / r.ceiling_per_second * 100.0);
+        spread(&|r| r.processes_burn_down.per_second / r.ceiling_per_second * 100.0);
+    let worker_cpu = spread(&|r| r.burn_down.worker_cpu_us);
+    let postgres_cpu = spread(&|r| r.burn_down.postgres_cpu_us);
+    let transactions = spread(&|r| r.burn_down.transactions_per_thousand);
+    let processes_worker_cpu = spread(&|r| r.processes_burn_down.worker_cpu_us);
+    let processes_postgres_cpu = spread(&|r| r.processes_burn_down.postgres_cpu_us);
+    let ceiling_postgres_cpu = spread(&|r| r.ceiling_postgres_cpu_us);
     let p50 = spread(&|r| r.start_p50_ms);
     let p99 = spread(&|r| r.start_p99_ms);
     let vacuumed_p50 = spread(&|r| r.vacuumed_p50_ms);
@@ -167,7 +179,7 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
     let apalis_enqueue = spread(&|r| r.apalis_enqueue_per_second);
     let apalis_burn = spread(&|r| r.apalis_burn_down_per_second);
     let apalis_p50 = spread(&|r| r.apalis_start_p50_ms);
-    let ratio = spread(&|r| r.burn_down_per_second / r.apalis_burn_down_per_second);
+    let ratio = spread(&|r| r.burn_down.per_second / r.apalis_burn_down_per_second);
     let clients = args
         .pgbench_clients
         .iter()
@@ -199,6 +211,24 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             format!("  {} processes: share of ceiling", args.processes),
             share_processes,
             "%",
+        ),
+        Row::new("one process: worker CPU per job", worker_cpu, "µs"),
+        Row::new("one process: Postgres CPU per job", postgres_cpu, "µs"),
+        Row::new("one process: transactions per 1,000 jobs", transactions, ""),
+        Row::new(
+            format!("{} processes: worker CPU per job", args.processes),
+            processes_worker_cpu,
+            "µs",
+        ),
+        Row::new(
+            format!("{} processes: Postgres CPU per job", args.processes),
+            processes_postgres_cpu,
+            "µs",
+        ),
+        Row::new(
+            "SQL ceiling: Postgres CPU per job",
+            ceiling_postgres_cpu,
+            "µs",
         ),
         Row::new("idle insert→start p50, after the burn-downs", p50, "ms"),
         Row::new("idle insert→start p99, after the burn-downs", p99, "ms"),
@@ -272,6 +302,12 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             "pgbench_clients": args.pgbench_clients,
             "sql_ceiling_per_second": ceiling.json(),
             "share_of_ceiling_percent": share.json(),
+            "worker_cpu_us_per_job": worker_cpu.json(),
+            "postgres_cpu_us_per_job": postgres_cpu.json(),
+            "transactions_per_thousand_jobs": transactions.json(),
+            "processes_worker_cpu_us_per_job": processes_worker_cpu.json(),
+            "processes_postgres_cpu_us_per_job": processes_postgres_cpu.json(),
+            "sql_ceiling_postgres_cpu_us_per_job": ceiling_postgres_cpu.json(),
             "processes_share_of_ceiling_percent": share_processes.json(),
             "start_p50_ms": p50.json(),
             "start_p99_ms": p99.json(),
@@ -307,14 +343,14 @@ async fn one_run(
 
     // 2. Burn-down by one worker process, then by several, each of the same backlog on the same emptied,
     // vacuumed and analysed table.
-    let burn_down_per_second = burn_down_by_processes(&pool, url.as_str(), args, 1).await?;
-    let processes_burn_down_per_second =
+    let burn_down = burn_down_by_processes(&pool, url.as_str(), args, 1).await?;
+    let processes_burn_down =
         burn_down_by_processes(&pool, url.as_str(), args, args.processes).await?;
 
     // The SQL ceiling of that burn-down: pgbench running the runtime's own claim and completion statements.
-    let ceiling_per_second = match pgbench {
+    let (ceiling_per_second, ceiling_postgres_cpu_us) = match pgbench {
         Some(pgbench) => sql_ceiling(&pool, url.as_str(), database, args, pgbench).await?,
-        None => f64::NAN,
+        None => (f64::NAN, f64::NAN),
     };
 
     // 3. Idle insert→start, into a worker in this process: first right after the burn-downs (the claim index
@@ -347,9 +383,10 @@ async fn one_run(
     apalis_starts.sort_by(f64::total_cmp);
     Ok(RunResult {
         enqueue_per_second,
-        burn_down_per_second,
-        processes_burn_down_per_second,
+        burn_down,
+        processes_burn_down,
         ceiling_per_second,
+        ceiling_postgres_cpu_us,
         start_p50_ms,
         start_p99_ms,
         vacuumed_p50_ms,
@@ -407,15 +444,16 @@ async fn idle_starts(
 /// The burn-down's SQL ceiling in jobs/s: pgbench, a C client with no job to run, executing the runtime's own
 /// claim ([`queue::runtime::CLAIM_SQL`]) and completion ([`queue::runtime::COMPLETE_SQL`]) statements at the
 /// runner's batch size, on the same backlog the burn-downs start from (emptied, vacuumed table; 100,000 jobs
-/// enqueued and analysed), with each of `--pgbench-clients`; the best of them. Each script run claims a batch
-/// and completes it, so a client does what a runner and its completer do, without the job.
+/// enqueued and analysed), with each of `--pgbench-clients`; the best of them, with the CPU time Postgres spent
+/// per job in it. Each script run claims a batch and completes it, so a client does what a runner and its
+/// completer do, without the job.
 async fn sql_ceiling(
     pool: &sqlx::PgPool,
     database_url: &str,
     database: &str,
     args: &Args,
     pgbench: &std::path::Path,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let batch = args.concurrency.min(queue::runtime::CLAIM_BATCH_MAX);
     let parameters = |sql: &str, names: &[&str]| {
         names
@@ -433,12 +471,14 @@ async fn sql_ceiling(
     );
     let path = std::env::temp_dir().join(format!("{database}_ceiling.sql"));
     std::fs::write(&path, script)?;
-    let mut best = f64::NAN;
+    // (jobs/s, Postgres CPU µs per job) of the best client count.
+    let mut best = (f64::NAN, f64::NAN);
     for &clients in &args.pgbench_clients {
         paused_backlog(pool, args, "loadtest: backlog for pgbench").await?;
         queue::ops::resume_queue(pool, Noop::NAME).await?;
         let transactions = args.jobs.div_ceil(batch).div_ceil(clients);
         let limit = batch.to_string();
+        let postgres_before = crate::stack::cpu_by_command("postgres");
         let bench = crate::pgbench::run(
             pgbench,
             database_url,
@@ -453,6 +493,8 @@ async fn sql_ceiling(
             ],
         )
         .await?;
+        let postgres_cpu_us =
+            crate::stack::cpu_since("postgres", &postgres_before) / args.jobs as f64 * 1e6;
         let done: i64 =
             sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
                 .fetch_one(pool)
@@ -464,9 +506,11 @@ async fn sql_ceiling(
             args.jobs
         );
         let per_second = done as f64 / ((transactions * clients) as f64 / bench.tps);
-        eprintln!("  pgbench ceiling, {clients} clients: {per_second:.0} jobs/s");
-        if best.is_nan() || per_second > best {
-            best = per_second;
+        eprintln!(
+            "  pgbench ceiling, {clients} clients: {per_second:.0} jobs/s, Postgres CPU {postgres_cpu_us:.1} µs/job"
+        );
+        if best.0.is_nan() || per_second > best.0 {
+            best = (per_second, postgres_cpu_us);
         }
     }
     std::fs::remove_file(&path).ok();
@@ -474,13 +518,15 @@ async fn sql_ceiling(
 }
 
 /// Waits until the no-op queue holds no waiting and no running job, then checks that all `jobs` are `Done`;
-/// returns when it saw the queue idle.
+/// returns when it saw the queue idle, and how many statements it ran.
 /// The poll (every 20 ms) reads the head of the claim index and of the running-rows index, each ordered as
 /// its index so the planner walks it; a `count(*)` would scan the whole table 50 times a second and take CPU
 /// from the burn-down it times.
-async fn wait_until_done(pool: &sqlx::PgPool, jobs: usize) -> anyhow::Result<Instant> {
+async fn wait_until_done(pool: &sqlx::PgPool, jobs: usize) -> anyhow::Result<(Instant, usize)> {
     let deadline = Instant::now() + Duration::from_secs(900);
+    let mut polls = 0;
     let finished = loop {
+        polls += 1;
         let idle: bool = sqlx::query_scalar(
             "SELECT (SELECT id FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending'
                       ORDER BY priority DESC, run_at, id LIMIT 1) IS NULL
@@ -506,7 +552,7 @@ async fn wait_until_done(pool: &sqlx::PgPool, jobs: usize) -> anyhow::Result<Ins
         done == jobs as i64,
         "the burn-down ended with {done} of {jobs} jobs done"
     );
-    Ok(finished)
+    Ok((finished, polls + 1))
 }
 
 /// The state every burn-down and the SQL ceiling start from: an emptied, vacuumed table holding `--jobs` no-op
@@ -523,6 +569,18 @@ async fn paused_backlog(pool: &sqlx::PgPool, args: &Args, reason: &str) -> anyho
     Ok(())
 }
 
+/// One burn-down: its rate, and what each job cost on both sides.
+#[derive(Debug, Clone, Copy)]
+struct BurnDown {
+    per_second: f64,
+    /// CPU time of the worker processes per job, µs.
+    worker_cpu_us: f64,
+    /// CPU time of all of Postgres's processes per job, µs.
+    postgres_cpu_us: f64,
+    /// Transactions the workers committed per 1,000 jobs (claims, completions, heartbeats, pings not counted).
+    transactions_per_thousand: f64,
+}
+
 /// Enqueues the backlog on an emptied, vacuumed table while the queue is paused and analyses it (as autovacuum
 /// would have by the time a real backlog is served), starts `processes` worker processes, waits until each says
 /// it is ready, then resumes the queue and times the burn-down.
@@ -531,7 +589,7 @@ async fn burn_down_by_processes(
     database_url: &str,
     args: &Args,
     processes: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<BurnDown> {
     use tokio::io::AsyncBufReadExt as _;
 
     paused_backlog(pool, args, "loadtest: workers starting").await?;
@@ -559,10 +617,25 @@ async fn burn_down_by_processes(
     }
     // Each listener subscribes as its runner starts; let them settle before waking them.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let pids: Vec<String> = children
+        .iter()
+        .filter_map(|child| child.id().map(|pid| pid.to_string()))
+        .collect();
+    let workers_cpu = || -> f64 {
+        pids.iter()
+            .map(|pid| crate::stack::process_cpu_seconds(pid))
+            .sum()
+    };
+    let (workers_before, postgres_before) =
+        (workers_cpu(), crate::stack::cpu_by_command("postgres"));
+    let commits_before = crate::stack::commits(pool).await?;
     let started = Instant::now();
     queue::ops::resume_queue(pool, Noop::NAME).await?;
-    let finished = wait_until_done(pool, args.jobs).await?;
+    let (finished, polls) = wait_until_done(pool, args.jobs).await?;
     let per_second = args.jobs as f64 / (finished - started).as_secs_f64();
+    let per_job_us = |seconds: f64| seconds / args.jobs as f64 * 1e6;
+    let worker_cpu_us = per_job_us(workers_cpu() - workers_before);
+    let postgres_cpu_us = per_job_us(crate::stack::cpu_since("postgres", &postgres_before));
     for mut child in children {
         drop(child.stdin.take());
         let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
@@ -573,7 +646,15 @@ async fn burn_down_by_processes(
             "a queue-worker process exited with {status}"
         );
     }
-    Ok(per_second)
+    // The workers' backends reported their commits as they closed; this process's own (the resume, the
+    // polls, the two reads of the counter) are taken off.
+    let commits = crate::stack::commits(pool).await? - commits_before - polls as f64 - 3.0;
+    Ok(BurnDown {
+        per_second,
+        worker_cpu_us,
+        postgres_cpu_us,
+        transactions_per_thousand: commits / args.jobs as f64 * 1000.0,
+    })
 }
 
 /// The production runner serving the no-op queue, with default `QueueConfig`; cancel the token to drain it.

@@ -335,6 +335,32 @@ pub fn process_cpu_seconds(pid: &str) -> f64 {
     }
 }
 
+/// CPU seconds used so far by each running process whose command is `command` (`postgres`: the server, its
+/// backends and helpers), by pid.
+pub fn cpu_by_command(command: &str) -> std::collections::HashMap<u32, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim_end() == command)
+                .then(|| (pid, process_cpu_seconds(&pid.to_string())))
+                .filter(|(_, seconds)| seconds.is_finite())
+        })
+        .collect()
+}
+
+/// CPU seconds `command`'s processes used since `before` was taken with [`cpu_by_command`] (a process that
+/// started since counts from zero; one that exited is not counted).
+pub fn cpu_since(command: &str, before: &std::collections::HashMap<u32, f64>) -> f64 {
+    cpu_by_command(command)
+        .into_iter()
+        .map(|(pid, now)| now - before.get(&pid).copied().unwrap_or(0.0))
+        .sum()
+}
+
 /// Transactions committed in this database so far (`pg_stat_database`; other backends report theirs at
 /// most about once a second, so wait a moment after the work before reading).
 pub async fn commits(pool: &PgPool) -> anyhow::Result<f64> {

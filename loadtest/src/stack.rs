@@ -336,7 +336,8 @@ pub fn process_cpu_seconds(pid: &str) -> f64 {
 }
 
 /// CPU seconds used so far by each running process whose command is `command` (`postgres`: the server, its
-/// backends and helpers), by pid.
+/// backends and helpers), by pid, with what its exited children used (the postmaster's share holds the backends
+/// that have disconnected, such as pgbench's).
 pub fn cpu_by_command(command: &str) -> std::collections::HashMap<u32, f64> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Default::default();
@@ -346,7 +347,7 @@ pub fn cpu_by_command(command: &str) -> std::collections::HashMap<u32, f64> {
             let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             (comm.trim_end() == command)
-                .then(|| (pid, process_cpu_seconds(&pid.to_string())))
+                .then(|| (pid, process_and_children_cpu_seconds(&pid.to_string())))
                 .filter(|(_, seconds)| seconds.is_finite())
         })
         .collect()
@@ -359,6 +360,23 @@ pub fn cpu_since(command: &str, before: &std::collections::HashMap<u32, f64>) ->
         .into_iter()
         .map(|(pid, now)| now - before.get(&pid).copied().unwrap_or(0.0))
         .sum()
+}
+
+/// CPU time of process `pid` and of its children that have exited and been waited for, in seconds; NaN when it
+/// cannot be read.
+fn process_and_children_cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    // After the command: utime, stime, cutime, cstime are the 14th to 17th fields of the line.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    (11..=14)
+        .map(|i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<Option<f64>>()
+        .map_or(f64::NAN, |ticks| ticks / 100.0)
 }
 
 /// Transactions committed in this database so far (`pg_stat_database`; other backends report theirs at

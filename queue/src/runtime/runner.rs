@@ -15,7 +15,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt as _};
 use sqlx::PgPool;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
@@ -29,6 +29,9 @@ use crate::{JobContext, JobError, Outcome, QueueConfig, QueueMetrics, registry::
 
 /// Most rows claimed in one statement.
 pub const CLAIM_BATCH_MAX: usize = 200;
+/// Claims a runner has on their way at once under a backlog of short jobs: while one statement claims, the other's
+/// rows are being started, as two pgbench clients run the same statements (loadtest/README.md, issue 19).
+const CLAIMS_AHEAD: usize = 2;
 
 /// Claims up to `$3` due jobs of queue `$1` for worker `$2`, in priority and `run_at` order, skipping rows another
 /// worker is claiming and nothing while the queue is paused.
@@ -169,7 +172,8 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
     }
 
     /// Claims and runs jobs until `shutdown`. Under a backlog (the last claim filled its batch) of short jobs the
-    /// runner claims *ahead*: up to one batch more than its free slots, into a local buffer, and the next claim is
+    /// runner claims *ahead*: up to one batch more than its free slots (two, with two claims on their way, when it
+    /// has a full batch of slots: [`CLAIMS_AHEAD`]), into a local buffer, and the next claim is
     /// already on its way while jobs run, so a slot never waits for a round trip. When the queue runs dry (a claim
     /// comes back short), or its jobs are slow, it claims only for free slots, so other replicas are not kept
     /// from work this one cannot start at once.
@@ -193,7 +197,11 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         let mut want_claim = true;
         // Whether the last claim filled its batch, i.e. more jobs are probably due.
         let mut backlog = false;
-        let mut claiming: Option<ClaimInFlight> = None;
+        // Claims on their way (two at most, only under a backlog of short jobs), and the rows they asked for.
+        // In the order they were sent, so a later claim's rows never start before an earlier one's.
+        let mut claiming: futures::stream::FuturesOrdered<ClaimInFlight> =
+            futures::stream::FuturesOrdered::new();
+        let mut claiming_rows = 0;
 
         loop {
             self.health.tick();
@@ -211,25 +219,34 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 in_flight.spawn(self.clone().execute(job, permit, done_tx.clone()));
             }
             let free = slots.available_permits();
-            if claiming.is_none()
+            let ahead = backlog && self.attempts_are_short();
+            // A second claim only for a runner with a full batch of slots: with fewer, its claims are small and
+            // start order (priority, then run_at) is worth more than the overlap.
+            let most_claims = if ahead && batch == CLAIM_BATCH_MAX {
+                CLAIMS_AHEAD
+            } else {
+                1
+            };
+            if claiming.len() < most_claims
                 && want_claim
                 && retry_database_at.is_none_or(|at| tokio::time::Instant::now() >= at)
             {
-                let (room, threshold) = if backlog && self.attempts_are_short() {
-                    // Claim ahead by a batch, but only in worthwhile amounts.
+                let (room, threshold) = if ahead {
+                    // Claim ahead by up to CLAIMS_AHEAD batches, but only in worthwhile amounts.
                     (
-                        (free + batch).saturating_sub(buffer.len()),
+                        (free + batch * most_claims).saturating_sub(buffer.len() + claiming_rows),
                         (batch / 4).max(1),
                     )
                 } else {
-                    (free.saturating_sub(buffer.len()), 1)
+                    (free.saturating_sub(buffer.len() + claiming_rows), 1)
                 };
                 if room >= threshold {
                     let wanted = room.min(batch);
                     let pool = self.pool.clone();
                     let queue = self.queue;
                     let worker_id = self.worker_id.clone();
-                    claiming = Some(Box::pin(async move {
+                    claiming_rows += wanted;
+                    claiming.push_back(Box::pin(async move {
                         (wanted, claim(&pool, queue, &worker_id, wanted).await)
                     }));
                 }
@@ -249,8 +266,8 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                (wanted, result) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
-                    claiming = None;
+                Some((wanted, result)) = claiming.next(), if !claiming.is_empty() => {
+                    claiming_rows -= wanted;
                     match result {
                         Ok(jobs) => {
                             self.health.database_ok.store(true, Ordering::Relaxed);
@@ -292,16 +309,19 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         //   the runner reports stopped, so nothing a finished job did is handed back to run again.
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
 
-        // A claim on its way is let finish, so its rows are handed back below rather than left to the reaper.
-        if let Some(claiming) = claiming.take() {
-            match tokio::time::timeout_at(deadline, claiming).await {
-                Ok((_, Ok(jobs))) => buffer.extend(jobs),
-                Ok((_, Err(_))) => {}
+        // Claims on their way are let finish, so their rows are handed back below rather than left to the reaper.
+        while !claiming.is_empty() {
+            match tokio::time::timeout_at(deadline, claiming.next()).await {
+                Ok(Some((_, Ok(jobs)))) => buffer.extend(jobs),
+                Ok(Some((_, Err(_)))) | Ok(None) => {}
                 // Rows of a claim that commits later are the reaper's, once this worker stops heartbeating.
-                Err(_) => tracing::warn!(
-                    job.queue = self.queue,
-                    "a claim did not answer within the grace period"
-                ),
+                Err(_) => {
+                    tracing::warn!(
+                        job.queue = self.queue,
+                        "a claim did not answer within the grace period"
+                    );
+                    break;
+                }
             }
         }
         let unstarted = buffer.len();

@@ -256,3 +256,71 @@ async fn setting(connection: &mut sqlx::PgConnection) -> String {
         .await
         .unwrap()
 }
+
+/// Claim statements of this database waiting for a lock.
+async fn claims_waiting(app: &TestQueue) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'
+            AND strpos(query, $1) > 0",
+    )
+    .bind("set_config('synchronous_commit', 'off', true)),")
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn under_a_backlog_of_short_jobs_a_runner_with_a_full_batch_of_slots_keeps_two_claims_on_their_way()
+ {
+    let app = TestQueue::builder().without_worker().spawn().await;
+    let jobs: Vec<_> = (0..5_000)
+        .map(|i| queue::NewJob::of(&record(&format!("ahead-{i}")), EnqueueOptions::default()))
+        .collect();
+    queue::enqueue_many(&app.pool, jobs).await.unwrap();
+    let worker = app
+        .start_worker(
+            &[("test_record", runtime::CLAIM_BATCH_MAX)],
+            // Each job writes a row through the test pool; under CI's load that may take longer than the default
+            // threshold for a "short" attempt, which is not what this test is about.
+            QueueConfig {
+                claim_ahead_max_attempt: Duration::from_secs(5),
+                ..QueueConfig::default()
+            },
+        )
+        .await;
+    // Full claims have come back and attempts were short: the runner is claiming ahead.
+    eventually("the runner to finish a few hundred jobs", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = 'test_record' AND status = 'Done'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+            >= 400
+    })
+    .await;
+    // From now on every claim waits on the table.
+    let mut hold = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE apalis.jobs IN SHARE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    eventually("two claims on their way", || async {
+        claims_waiting(&app).await == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(claims_waiting(&app).await, 2, "and never a third");
+    hold.rollback().await.unwrap();
+    app.drain().await;
+    worker.stop().await;
+    let runs: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT label) FROM test_job_runs WHERE label LIKE 'ahead-%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(runs, 5_000, "every job ran");
+    app.finish().await;
+}

@@ -320,19 +320,23 @@ pub fn cpu_seconds() -> f64 {
 /// CPU time (user + system) process `pid` (or `self`) has used, in seconds (`/proc/<pid>/stat`, at the usual
 /// 100 ticks/s); NaN when it cannot be read.
 pub fn process_cpu_seconds(pid: &str) -> f64 {
+    stat_seconds(pid, 11..=12)
+}
+
+/// The sum of the `/proc/<pid>/stat` tick counters at `fields` (counted after the parenthesised command name:
+/// 11 utime, 12 stime, 13 cutime, 14 cstime), in seconds; NaN when they cannot be read.
+fn stat_seconds(pid: &str, fields: std::ops::RangeInclusive<usize>) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return f64::NAN;
     };
-    // Fields after the parenthesised command name: state is the 3rd field, utime the 14th, stime the 15th.
     let Some((_, rest)) = stat.rsplit_once(')') else {
         return f64::NAN;
     };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) / 100.0,
-        _ => f64::NAN,
-    }
+    let counters: Vec<&str> = rest.split_whitespace().collect();
+    fields
+        .map(|i| counters.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<Option<f64>>()
+        .map_or(f64::NAN, |ticks| ticks / 100.0)
 }
 
 /// CPU seconds used so far by each running process whose command is `command` (`postgres`: the server, its
@@ -347,36 +351,21 @@ pub fn cpu_by_command(command: &str) -> std::collections::HashMap<u32, f64> {
             let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             (comm.trim_end() == command)
-                .then(|| (pid, process_and_children_cpu_seconds(&pid.to_string())))
+                // With its exited children: utime, stime, cutime, cstime.
+                .then(|| (pid, stat_seconds(&pid.to_string(), 11..=14)))
                 .filter(|(_, seconds)| seconds.is_finite())
         })
         .collect()
 }
 
-/// CPU seconds `command`'s processes used since `before` was taken with [`cpu_by_command`] (a process that
-/// started since counts from zero; one that exited is not counted).
+/// CPU seconds `command`'s processes used since `before` was taken with [`cpu_by_command`]. A process that
+/// started since counts from zero; one that exited since counts through its parent's children's time, its whole
+/// life, so measure across work whose processes either live throughout or start within it.
 pub fn cpu_since(command: &str, before: &std::collections::HashMap<u32, f64>) -> f64 {
     cpu_by_command(command)
         .into_iter()
         .map(|(pid, now)| now - before.get(&pid).copied().unwrap_or(0.0))
         .sum()
-}
-
-/// CPU time of process `pid` and of its children that have exited and been waited for, in seconds; NaN when it
-/// cannot be read.
-fn process_and_children_cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return f64::NAN;
-    };
-    // After the command: utime, stime, cutime, cstime are the 14th to 17th fields of the line.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    (11..=14)
-        .map(|i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum::<Option<f64>>()
-        .map_or(f64::NAN, |ticks| ticks / 100.0)
 }
 
 /// Transactions committed in this database so far (`pg_stat_database`; other backends report theirs at

@@ -35,10 +35,14 @@ where
 /// Whether a statement containing `needle` is waiting for a lock in this pool's database: how a test knows
 /// that the code under test has reached a statement the test is holding back.
 pub async fn blocked_on_lock(pool: &PgPool, needle: &str) -> bool {
+    waiting_on_lock(pool, needle).await > 0
+}
+
+/// How many statements containing `needle` are waiting for a lock in this pool's database.
+pub async fn waiting_on_lock(pool: &PgPool, needle: &str) -> i64 {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                         WHERE datname = current_database() AND wait_event_type = 'Lock'
-                           AND strpos(query, $1) > 0)",
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock' AND strpos(query, $1) > 0",
     )
     .bind(needle)
     .fetch_one(pool)

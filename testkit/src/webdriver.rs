@@ -160,12 +160,21 @@ impl Chrome {
 
     /// Waits (up to `timeout`) for an element matching `css`.
     pub async fn wait_for(&self, css: &str, timeout: Duration) -> fantoccini::elements::Element {
+        self.wait_within(css, timeout)
+            .await
+            .unwrap_or_else(|error| panic!("no {css} within {timeout:?}: {error}"))
+    }
+
+    async fn wait_within(
+        &self,
+        css: &str,
+        timeout: Duration,
+    ) -> Result<fantoccini::elements::Element, fantoccini::error::CmdError> {
         self.client
             .wait()
             .at_most(timeout)
             .for_element(Locator::Css(css))
             .await
-            .unwrap_or_else(|error| panic!("no {css} within {timeout:?}: {error}"))
     }
 
     /// Like [`Chrome::wait_for`], but a timeout says where the browser is, what the page shows, and what
@@ -176,13 +185,7 @@ impl Chrome {
         timeout: Duration,
         explain: impl std::future::Future<Output = String>,
     ) -> fantoccini::elements::Element {
-        match self
-            .client
-            .wait()
-            .at_most(timeout)
-            .for_element(Locator::Css(css))
-            .await
-        {
+        match self.wait_within(css, timeout).await {
             Ok(element) => element,
             Err(error) => {
                 let url = self.client.current_url().await.map(|u| u.to_string());

@@ -259,15 +259,7 @@ async fn setting(connection: &mut sqlx::PgConnection) -> String {
 
 /// Claim statements of this database waiting for a lock.
 async fn claims_waiting(app: &TestQueue) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = current_database() AND wait_event_type = 'Lock'
-            AND strpos(query, $1) > 0",
-    )
-    .bind("set_config('synchronous_commit', 'off', true)),")
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
+    queue::testing::waiting_on_lock(&app.pool, runtime::CLAIM_SQL).await
 }
 
 #[tokio::test]

@@ -193,9 +193,11 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         let mut retry_database_at: Option<tokio::time::Instant> = None;
         let batch = self.concurrency.min(CLAIM_BATCH_MAX);
         let mut buffer: VecDeque<ClaimedJob> = VecDeque::with_capacity(batch * 2);
-        // Whether to claim at all: set by a notification, the poll or a full claim; cleared by a short one.
+        // A notification, the poll or a wake-up asked for a claim that has not been sent since. Cleared when a
+        // claim is sent, never by an answer: a claim sent before a job fell due can come back short after the
+        // job's notification arrived, and that notification still wants a claim of its own.
         let mut want_claim = true;
-        // Whether the last claim filled its batch, i.e. more jobs are probably due.
+        // Whether the last claim filled its batch, i.e. more jobs are probably due: claim again.
         let mut backlog = false;
         // Claims on their way (two at most, only under a backlog of short jobs), and the rows they asked for.
         // In the order they were sent, so a later claim's rows never start before an earlier one's.
@@ -228,7 +230,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 1
             };
             if claiming.len() < most_claims
-                && want_claim
+                && (want_claim || backlog)
                 && retry_database_at.is_none_or(|at| tokio::time::Instant::now() >= at)
             {
                 let (room, threshold) = if ahead {
@@ -246,6 +248,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                     let queue = self.queue;
                     let worker_id = self.worker_id.clone();
                     claiming_rows += wanted;
+                    want_claim = false;
                     claiming.push_back(Box::pin(async move {
                         (wanted, claim(&pool, queue, &worker_id, wanted).await)
                     }));
@@ -274,12 +277,12 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                             database_backoff = Duration::from_millis(100);
                             retry_database_at = None;
                             backlog = jobs.len() == wanted;
-                            want_claim = backlog;
                             buffer.extend(jobs);
                         }
                         Err(error) => {
                             self.health.database_ok.store(false, Ordering::Relaxed);
                             tracing::warn!(job.queue = self.queue, error = %error, "claiming jobs failed; retrying");
+                            want_claim = true;
                             retry_database_at = Some(tokio::time::Instant::now() + database_backoff);
                             database_backoff = (database_backoff * 2).min(Duration::from_secs(5));
                         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use queue::{EnqueueOptions, Enqueued, JobState, QueueConfig};
 
 use crate::support::{
-    TestQueue, count_runs, eventually,
-    kinds::{self, FailTimes, SnoozeTimes},
+    TestQueue, blocked_on_lock, count_runs, eventually,
+    kinds::{self, FailTimes, Gate, SnoozeTimes},
     record, worker_listening,
 };
 
@@ -156,5 +156,44 @@ async fn an_expedited_job_runs_now_instead_of_at_its_scheduled_time() {
             .unwrap()
     );
     drop(conn);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_notification_that_arrives_while_a_claim_is_on_its_way_is_not_lost_when_that_claim_comes_back_short()
+ {
+    // The CI flake of stop 28: a runner's claim, sent before a job was due, came back empty after the job's
+    // notification had arrived, and the empty answer cleared the runner's wish to claim; the job then waited for
+    // the poll. A 60 s poll here: only the notification can start the second job in time.
+    let config = QueueConfig {
+        poll_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let app = TestQueue::builder()
+        .queue_config(config)
+        .concurrency(4)
+        .spawn()
+        .await;
+    eventually("the worker to listen", || worker_listening(&app.pool)).await;
+    let claims = Gate::closed(&app.pool).await;
+    kinds::hold_claim_of(&app.pool, "first", &claims).await;
+    app.enqueue(&record("first")).await;
+    eventually("the claim of the first job to be held back", || {
+        blocked_on_lock(&app.pool, "FOR UPDATE SKIP LOCKED")
+    })
+    .await;
+    // Due now, but the held claim chose its rows before this insert: only the insert's notification, which
+    // reaches the runner while that claim is on its way, can start it. The pause lets the listener hand the
+    // notification on before the claim answers (with less, the test could pass without the fix, never fail
+    // with it).
+    app.enqueue(&record("second")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The claim answers with one row of the four it asked for: short, so nothing more seemed due.
+    claims.open().await;
+    eventually("the second job to run", || async {
+        count_runs(&app, "second").await == 1
+    })
+    .await;
+    assert_eq!(count_runs(&app, "first").await, 1);
     app.finish().await;
 }

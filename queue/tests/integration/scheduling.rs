@@ -1,5 +1,6 @@
 //! When a job starts: a snoozed job later without spending attempts, a delayed job not before its time, an
-//! idle worker at once on an insert's notification, and snoozed or retried jobs when due, not at the next poll.
+//! idle worker at once on an insert's notification (also one that arrives while a claim is on its way), and
+//! snoozed or retried jobs when due, not at the next poll.
 
 use std::time::Duration;
 

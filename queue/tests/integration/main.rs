@@ -13,3 +13,4 @@ mod reaper;
 mod scheduling;
 mod schema;
 mod support;
+mod vacuum;

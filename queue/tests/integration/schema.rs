@@ -6,8 +6,9 @@ use sqlx::PgPool;
 
 use crate::support::{TestDb, db};
 
-/// What the queue's schema consists of, as comparable text: the columns, indexes, constraints, triggers and
-/// functions of the `apalis` and `public` schemas, and the queue's migration history (without its timings).
+/// What the queue's schema consists of, as comparable text: the columns, indexes, constraints, triggers,
+/// functions and table options (autovacuum's) of the `apalis` and `public` schemas, and the queue's migration
+/// history (without its timings).
 async fn schema_of(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT item FROM (
@@ -26,6 +27,9 @@ async fn schema_of(pool: &PgPool) -> Vec<String> {
              UNION ALL
              SELECT format('function %s: %s', oid::regprocedure, md5(prosrc))
                FROM pg_proc WHERE pronamespace::regnamespace::text IN ('apalis', 'public')
+             UNION ALL
+             SELECT format('table %s options %s', oid::regclass, reloptions)
+               FROM pg_class WHERE relnamespace::regnamespace::text IN ('apalis', 'public') AND reloptions IS NOT NULL
              UNION ALL
              SELECT format('queue migration %s %s %s %s', version, description, success, encode(checksum, 'hex'))
                FROM apalis._queue_migrations

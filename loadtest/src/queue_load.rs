@@ -178,6 +178,7 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
     let burn_processes = spread(&|r| r.processes_burn_down.per_second);
     let ceiling = spread(&|r| r.ceiling_per_second);
     let share = spread(&|r| r.burn_down.per_second / r.ceiling_per_second * 100.0);
+    let busy = spread(&|r| r.burn_down.busy_per_second);
     let share_processes =
         spread(&|r| r.processes_burn_down.per_second / r.ceiling_per_second * 100.0);
     let worker_cpu = spread(&|r| r.burn_down.worker_cpu_us);
@@ -224,6 +225,11 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             "jobs/s",
         ),
         Row::new("  one process: share of ceiling", share, "%"),
+        Row::new(
+            "  one process, first claim to last completion",
+            busy,
+            "jobs/s",
+        ),
         Row::new(
             format!("  {} processes: share of ceiling", args.processes),
             share_processes,
@@ -338,6 +344,7 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             "pgbench_clients": args.pgbench_clients,
             "sql_ceiling_per_second": ceiling.json(),
             "share_of_ceiling_percent": share.json(),
+            "burn_down_first_claim_to_last_completion_per_second": busy.json(),
             "worker_cpu_us_per_job": worker_cpu.json(),
             "postgres_cpu_us_per_job": postgres_cpu.json(),
             "transactions_per_thousand_jobs": transactions.json(),
@@ -723,6 +730,9 @@ async fn paused_backlog(pool: &sqlx::PgPool, args: &Args, reason: &str) -> anyho
 #[derive(Debug, Clone, Copy)]
 struct BurnDown {
     per_second: f64,
+    /// The same over the span the database saw, from the first claim's transaction to the last completion's:
+    /// without the wake-up, the first connections and the clock's poll at either end.
+    busy_per_second: f64,
     /// CPU time of the worker processes per job, µs.
     worker_cpu_us: f64,
     /// CPU time of all of Postgres's processes per job, µs.
@@ -801,8 +811,16 @@ async fn burn_down_by_processes(
     // the counter (the second reads before its own commit).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let commits = crate::stack::commits(pool).await? - commits_before - polls as f64 - 2.0;
+    // The database's own span of the burn-down: from the first claim's transaction to the last completion's.
+    let busy_seconds: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(done_at) - min(lock_at))::float8 FROM apalis.jobs WHERE job_type = $1",
+    )
+    .bind(Noop::NAME)
+    .fetch_one(pool)
+    .await?;
     Ok(BurnDown {
         per_second,
+        busy_per_second: args.jobs as f64 / busy_seconds,
         worker_cpu_us,
         postgres_cpu_us,
         transactions_per_thousand: commits / args.jobs as f64 * 1000.0,

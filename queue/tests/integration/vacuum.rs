@@ -6,6 +6,11 @@ use queue::{EnqueueOptions, runtime};
 
 use crate::support::{TestQueue, record};
 
+/// Runs one statement of the test's own (setup, a vacuum).
+async fn execute(app: &TestQueue, sql: &'static str) {
+    sqlx::query(sql).execute(&app.pool).await.unwrap();
+}
+
 /// Pages (shared buffers) an idle claim of `queue` reads: the plan of the runtime's own claim statement, run.
 async fn pages_read_by_a_claim(app: &TestQueue, queue: &str) -> i64 {
     let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -27,24 +32,21 @@ async fn pages_read_by_a_claim(app: &TestQueue, queue: &str) -> i64 {
 async fn a_vacuum_takes_finished_jobs_out_of_the_claim_index_even_beside_a_long_history() {
     let app = TestQueue::spawn().await;
     // Autovacuum would clean up at a moment of its own choosing; here the test runs the vacuum it would run.
-    sqlx::query("ALTER TABLE apalis.jobs SET (autovacuum_enabled = false)")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    execute(
+        &app,
+        "ALTER TABLE apalis.jobs SET (autovacuum_enabled = false)",
+    )
+    .await;
     // A long history of finished rows (a week's worth, kept for deduplication and the console), vacuumed.
-    sqlx::query(
+    execute(
+        &app,
         "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, run_at, lock_by, lock_at, done_at)
          SELECT '\\x00', 'history-' || n, 'test_record', 'Done', 1, now() - interval '1 day', 'gone',
                 now() - interval '1 day', now() - interval '1 day'
            FROM generate_series(1, 200000) AS n",
     )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query("VACUUM ANALYZE apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    .await;
+    execute(&app, "VACUUM ANALYZE apalis.jobs").await;
     let clean = pages_read_by_a_claim(&app, "test_record").await;
 
     // A thousand jobs run and finish: each leaves its entry in the claim index, read past by every claim.
@@ -61,10 +63,7 @@ async fn a_vacuum_takes_finished_jobs_out_of_the_claim_index_even_beside_a_long_
 
     // Their dead rows sit on about 1% of the table's pages, and PostgreSQL's default (`INDEX_CLEANUP AUTO`)
     // skips the index pass under 2%: the entries stay.
-    sqlx::query("VACUUM (INDEX_CLEANUP AUTO) apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    execute(&app, "VACUUM (INDEX_CLEANUP AUTO) apalis.jobs").await;
     let after_the_default_vacuum = pages_read_by_a_claim(&app, "test_record").await;
     assert!(
         after_the_default_vacuum > clean,
@@ -72,10 +71,7 @@ async fn a_vacuum_takes_finished_jobs_out_of_the_claim_index_even_beside_a_long_
          {after_the_default_vacuum} pages, {clean} before them"
     );
     // The table's own setting (`vacuum_index_cleanup = on`, which autovacuum follows too) takes them out.
-    sqlx::query("VACUUM apalis.jobs")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    execute(&app, "VACUUM apalis.jobs").await;
     let vacuumed = pages_read_by_a_claim(&app, "test_record").await;
     assert!(
         vacuumed <= clean,

@@ -32,6 +32,21 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 /// transaction-mode pooler (which refuses them) they are the role's defaults in the database, set by
 /// [`set_role_timeouts`] when `createimage2 migrate` runs.
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    pool_with(config, true)
+}
+
+/// A worker's pool: as [`pool`], but an idle connection is handed out without a ping first. sqlx pings every
+/// connection it hands out (a round trip to the server) and again as it takes one back; without the first, each
+/// claim and each completion of the queue runtime is one round trip from the runner rather than two, which is
+/// most of what separates a notification from the claim it asks for (issue 19, loadtest/README.md). The price: a
+/// connection that broke while idle (the database restarted) is handed out once, its statement fails — a claim
+/// or completion the runtime retries, or a job attempt the queue retries — and sqlx drops it as it comes back
+/// (the ping on release fails). The api keeps the ping: a request there has no retry.
+pub fn worker_pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    pool_with(config, false)
+}
+
+fn pool_with(config: &DatabaseConfig, ping_before_use: bool) -> Result<PgPool, sqlx::Error> {
     let mut options: PgConnectOptions = config.url.expose_secret().parse()?;
     options = options.application_name("createimage2");
     if config.pool_mode == PoolMode::Direct {
@@ -40,6 +55,7 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(ping_before_use)
         .connect_lazy_with(options))
 }
 

@@ -4,6 +4,9 @@
 //! 2. burn-down of the backlog by one worker process with production settings, and by `--processes` of them
 //!    (this binary's hidden `queue-worker`), each started while the queue is paused and timed from its resumption;
 //! 3. the SQL ceiling: pgbench running the runtime's own claim and completion statements on the same backlog;
+//!    2 and 3 are taken `--rounds` times, in turn, and compared within each round (this machine kind's speed moves
+//!    by ±15% from one measurement to the next: a share is a ratio of two measurements taken seconds apart, and a
+//!    run reports the median of its rounds);
 //! 4. insert→start latency of single jobs into an idle worker (from just before the INSERT to the job's start),
 //!    right after the burn-downs and again once autovacuum has been through the table (the queue's migrations
 //!    set it to come once 5,000 jobs have finished; it looks once per `autovacuum_naptime`).
@@ -31,6 +34,11 @@ pub struct Args {
     /// Repetitions; the table shows medians with min–max.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Rounds of the three throughput measurements in each run (one process, `--processes` processes, the SQL
+    /// ceiling), taken in turn with their order rotated; a run reports the median of each and of the rounds'
+    /// own ratios.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Worker concurrency ("production settings").
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
@@ -50,7 +58,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     apalis_samples: usize,
     /// pgbench client counts for the SQL ceiling (the runtime's own claim and completion statements at its batch
-    /// size); the ceiling is the best of them.
+    /// size); the ceiling is the one with the best median over a run's rounds.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pgbench_clients: Vec<usize>,
     /// pgbench binary (default: on PATH, else /usr/lib/postgresql/*/bin/pgbench); the ceiling is skipped
@@ -95,12 +103,18 @@ impl Job for Noop {
 
 struct RunResult {
     enqueue_per_second: f64,
+    /// Each number the median of the run's rounds.
     burn_down: BurnDown,
     processes_burn_down: BurnDown,
     /// pgbench with the runtime's claim and completion SQL (NaN without pgbench).
     ceiling_per_second: f64,
     /// Postgres's CPU time per job under pgbench, µs.
     ceiling_postgres_cpu_us: f64,
+    /// Medians of the rounds' own ratios, %: one process's burn-down to the same round's ceiling; the processes'.
+    share_percent: f64,
+    processes_share_percent: f64,
+    /// Median of the rounds' own ratios: the processes' burn-down to one process's.
+    processes_against_one: f64,
     start_p50_ms: f64,
     start_p99_ms: f64,
     /// The same once autovacuum has been through the table.
@@ -153,12 +167,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let result = result?;
         eprintln!(
-            "run {run}: enqueue {:.0}/s, burn-down {:.0}/s ({} processes {:.0}/s, SQL ceiling {:.0}/s), start p50 {:.1} ms p99 {:.1} ms\n  one process per job: worker CPU {:.1} µs, Postgres CPU {:.1} µs, {:.1} transactions per 1,000 jobs; pgbench: Postgres CPU {:.1} µs",
+            "run {run}: enqueue {:.0}/s, burn-down {:.0}/s ({:.1}% of the SQL ceiling {:.0}/s; {} processes {:.0}/s, {:.2}× one), start p50 {:.1} ms p99 {:.1} ms\n  one process per job: worker CPU {:.1} µs, Postgres CPU {:.1} µs, {:.1} transactions per 1,000 jobs; pgbench: Postgres CPU {:.1} µs",
             result.enqueue_per_second,
             result.burn_down.per_second,
+            result.share_percent,
+            result.ceiling_per_second,
             args.processes,
             result.processes_burn_down.per_second,
-            result.ceiling_per_second,
+            result.processes_against_one,
             result.start_p50_ms,
             result.start_p99_ms,
             result.burn_down.worker_cpu_us,
@@ -177,10 +193,10 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
     let burn = spread(&|r| r.burn_down.per_second);
     let burn_processes = spread(&|r| r.processes_burn_down.per_second);
     let ceiling = spread(&|r| r.ceiling_per_second);
-    let share = spread(&|r| r.burn_down.per_second / r.ceiling_per_second * 100.0);
+    let share = spread(&|r| r.share_percent);
     let busy = spread(&|r| r.burn_down.busy_per_second);
-    let share_processes =
-        spread(&|r| r.processes_burn_down.per_second / r.ceiling_per_second * 100.0);
+    let share_processes = spread(&|r| r.processes_share_percent);
+    let processes_against_one = spread(&|r| r.processes_against_one);
     let worker_cpu = spread(&|r| r.burn_down.worker_cpu_us);
     let postgres_cpu = spread(&|r| r.burn_down.postgres_cpu_us);
     let transactions = spread(&|r| r.burn_down.transactions_per_thousand);
@@ -220,19 +236,24 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             "jobs/s",
         ),
         Row::new(
-            format!("SQL ceiling (pgbench, best of {clients} clients)"),
+            format!("SQL ceiling (pgbench, best median of {clients} clients)"),
             ceiling,
             "jobs/s",
         ),
-        Row::new("  one process: share of ceiling", share, "%"),
+        Row::new("  one process: share of ceiling (paired)", share, "%"),
         Row::new(
             "  one process, first claim to last completion",
             busy,
             "jobs/s",
         ),
         Row::new(
-            format!("  {} processes: share of ceiling", args.processes),
+            format!("  {} processes: share of ceiling (paired)", args.processes),
             share_processes,
+            "%",
+        ),
+        Row::new(
+            format!("  {} processes against one (paired)", args.processes),
+            spread(&|r| r.processes_against_one * 100.0),
             "%",
         ),
         Row::new("one process: worker CPU per job", worker_cpu, "µs"),
@@ -314,10 +335,10 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
         ),
         (
             format!(
-                "{} processes not slower than one: {:.0} against {:.0} jobs/s",
-                args.processes, burn_processes.median, burn.median
+                "{} processes not slower than one: {:.2}× (paired; {:.0} against {:.0} jobs/s)",
+                args.processes, processes_against_one.median, burn_processes.median, burn.median
             ),
-            verdict(burn_processes.median, |v| v >= burn.median),
+            verdict(processes_against_one.median, |v| v >= 1.0),
         ),
     ]);
     println!(
@@ -343,7 +364,9 @@ fn report(args: &Args, results: &[RunResult]) -> anyhow::Result<()> {
             "processes_burn_down_per_second": burn_processes.json(),
             "pgbench_clients": args.pgbench_clients,
             "sql_ceiling_per_second": ceiling.json(),
+            "rounds": args.rounds,
             "share_of_ceiling_percent": share.json(),
+            "processes_against_one": processes_against_one.json(),
             "burn_down_first_claim_to_last_completion_per_second": busy.json(),
             "worker_cpu_us_per_job": worker_cpu.json(),
             "postgres_cpu_us_per_job": postgres_cpu.json(),
@@ -379,7 +402,8 @@ async fn one_run(
 ) -> anyhow::Result<RunResult> {
     let mut url = url::Url::parse(&admin_url())?;
     url.set_path(&format!("/{database}"));
-    let pool = jobs::db::pool(&DatabaseConfig::direct(url.to_string(), 40))?;
+    // A worker's pool: the idle starts are timed into a runner in this process.
+    let pool = jobs::db::worker_pool(&DatabaseConfig::direct(url.to_string(), 40))?;
     jobs::db::migrate(&pool).await?;
     if args.autovacuum_defaults {
         sqlx::query(
@@ -395,17 +419,93 @@ async fn one_run(
     enqueue_backlog(&pool, args.jobs, args.producers).await?;
     let enqueue_per_second = args.jobs as f64 / started.elapsed().as_secs_f64();
 
-    // 2. Burn-down by one worker process, then by several, each of the same backlog on the same emptied,
-    // vacuumed and analysed table.
-    let burn_down = burn_down_by_processes(&pool, url.as_str(), args, 1).await?;
-    let processes_burn_down =
-        burn_down_by_processes(&pool, url.as_str(), args, args.processes).await?;
-
-    // The SQL ceiling of that burn-down: pgbench running the runtime's own claim and completion statements.
-    let (ceiling_per_second, ceiling_postgres_cpu_us) = match pgbench {
-        Some(pgbench) => sql_ceiling(&pool, url.as_str(), database, args, pgbench).await?,
-        None => (f64::NAN, f64::NAN),
+    // 2. Burn-down by one worker process and by several, each of the same backlog on the same emptied, vacuumed
+    // and analysed table, and their SQL ceiling: pgbench running the runtime's own claim and completion
+    // statements. Taken in rounds, the order turned each round so that a drift of the machine's speed falls on
+    // each measurement alike; each round's ratios are its own.
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds.max(1) {
+        let (mut one, mut many, mut ceilings) = (None, None, Vec::new());
+        for step in 0..3 {
+            match (step + round) % 3 {
+                0 => one = Some(burn_down_by_processes(&pool, url.as_str(), args, 1).await?),
+                1 => {
+                    many = Some(
+                        burn_down_by_processes(&pool, url.as_str(), args, args.processes).await?,
+                    )
+                }
+                _ => {
+                    if let Some(pgbench) = pgbench {
+                        ceilings =
+                            sql_ceiling(&pool, url.as_str(), database, args, pgbench).await?;
+                    }
+                }
+            }
+        }
+        let (one, many) = (one.expect("measured"), many.expect("measured"));
+        eprintln!(
+            "  round {}: one process {:.0}/s, {} processes {:.0}/s ({:.2}× one)",
+            round + 1,
+            one.per_second,
+            args.processes,
+            many.per_second,
+            many.per_second / one.per_second,
+        );
+        rounds.push((one, many, ceilings));
+    }
+    // The ceiling is pgbench with the client count whose median over the rounds is highest, compared with the
+    // burn-downs of each round: not the best draw of each round, which would take the luckiest of several noisy
+    // measurements for the ceiling.
+    let measured = if pgbench.is_some() {
+        args.pgbench_clients.len()
+    } else {
+        0
     };
+    let best_clients = (0..measured).max_by(|&a, &b| {
+        let median_of =
+            |i: usize| crate::report::Spread::of(rounds.iter().map(|r| r.2[i].per_second)).median;
+        median_of(a).total_cmp(&median_of(b))
+    });
+    let rounds: Vec<(BurnDown, BurnDown, Ceiling)> = rounds
+        .into_iter()
+        .map(|(one, many, ceilings)| {
+            let ceiling = best_clients
+                .and_then(|i| ceilings.get(i).copied())
+                .unwrap_or(Ceiling {
+                    per_second: f64::NAN,
+                    postgres_cpu_us: f64::NAN,
+                });
+            (one, many, ceiling)
+        })
+        .collect();
+    if let Some(i) = best_clients {
+        eprintln!(
+            "  SQL ceiling: pgbench with {} clients (best median over the rounds); one process's share by round: {}",
+            args.pgbench_clients[i],
+            rounds
+                .iter()
+                .map(|r| format!("{:.1}%", r.0.per_second / r.2.per_second * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let median = |f: &dyn Fn(&(BurnDown, BurnDown, Ceiling)) -> f64| {
+        crate::report::Spread::of(rounds.iter().map(f)).median
+    };
+    let of_rounds = |pick: fn(&(BurnDown, BurnDown, Ceiling)) -> &BurnDown| BurnDown {
+        per_second: median(&|r| pick(r).per_second),
+        busy_per_second: median(&|r| pick(r).busy_per_second),
+        worker_cpu_us: median(&|r| pick(r).worker_cpu_us),
+        postgres_cpu_us: median(&|r| pick(r).postgres_cpu_us),
+        transactions_per_thousand: median(&|r| pick(r).transactions_per_thousand),
+    };
+    let burn_down = of_rounds(|r| &r.0);
+    let processes_burn_down = of_rounds(|r| &r.1);
+    let ceiling_per_second = median(&|r| r.2.per_second);
+    let ceiling_postgres_cpu_us = median(&|r| r.2.postgres_cpu_us);
+    let share_percent = median(&|r| r.0.per_second / r.2.per_second * 100.0);
+    let processes_share_percent = median(&|r| r.1.per_second / r.2.per_second * 100.0);
+    let processes_against_one = median(&|r| r.1.per_second / r.0.per_second);
 
     // 3. Idle insert→start, into a worker in this process, beside a history of finished rows: first right after
     // the burn-downs (the claim index still holds an entry for every row claimed since the last vacuum, which
@@ -447,6 +547,9 @@ async fn one_run(
         processes_burn_down,
         ceiling_per_second,
         ceiling_postgres_cpu_us,
+        share_percent,
+        processes_share_percent,
+        processes_against_one,
         start_p50_ms,
         start_p99_ms,
         autovacuumed_p50_ms,
@@ -601,16 +704,16 @@ async fn idle_starts(
 /// The burn-down's SQL ceiling in jobs/s: pgbench, a C client with no job to run, executing the runtime's own
 /// claim ([`queue::runtime::CLAIM_SQL`]) and completion ([`queue::runtime::COMPLETE_SQL`]) statements at the
 /// runner's batch size, on the same backlog the burn-downs start from (emptied, vacuumed table; 100,000 jobs
-/// enqueued and analysed), with each of `--pgbench-clients`; the best of them, with the CPU time Postgres spent
-/// per job in it. Each script run claims a batch and completes it, so a client does what a runner and its
-/// completer do, without the job.
+/// enqueued and analysed), with each of `--pgbench-clients`: for each, jobs/s and the CPU time Postgres spent per
+/// job. Each script run claims a batch and completes it, so a client does what a runner and its completer do,
+/// without the job.
 async fn sql_ceiling(
     pool: &sqlx::PgPool,
     database_url: &str,
     database: &str,
     args: &Args,
     pgbench: &std::path::Path,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Vec<Ceiling>> {
     let batch = args.concurrency.min(queue::runtime::CLAIM_BATCH_MAX);
     let parameters = |sql: &str, names: &[&str]| {
         names
@@ -629,7 +732,7 @@ async fn sql_ceiling(
     let path = std::env::temp_dir().join(format!("{database}_ceiling.sql"));
     std::fs::write(&path, script)?;
     // (jobs/s, Postgres CPU µs per job) of the best client count.
-    let mut best = (f64::NAN, f64::NAN);
+    let mut ceilings = Vec::with_capacity(args.pgbench_clients.len());
     for &clients in &args.pgbench_clients {
         paused_backlog(pool, args, "loadtest: backlog for pgbench").await?;
         queue::ops::resume_queue(pool, Noop::NAME).await?;
@@ -666,12 +769,13 @@ async fn sql_ceiling(
         eprintln!(
             "  pgbench ceiling, {clients} clients: {per_second:.0} jobs/s, Postgres CPU {postgres_cpu_us:.1} µs/job"
         );
-        if best.0.is_nan() || per_second > best.0 {
-            best = (per_second, postgres_cpu_us);
-        }
+        ceilings.push(Ceiling {
+            per_second,
+            postgres_cpu_us,
+        });
     }
     std::fs::remove_file(&path).ok();
-    Ok(best)
+    Ok(ceilings)
 }
 
 /// Waits until the no-op queue holds no waiting and no running job, then checks that all `jobs` are `Done`;
@@ -724,6 +828,13 @@ async fn paused_backlog(pool: &sqlx::PgPool, args: &Args, reason: &str) -> anyho
     enqueue_backlog(pool, args.jobs, args.producers).await?;
     sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
     Ok(())
+}
+
+/// pgbench with one client count: its rate, and Postgres's CPU time per job (µs).
+#[derive(Debug, Clone, Copy)]
+struct Ceiling {
+    per_second: f64,
+    postgres_cpu_us: f64,
 }
 
 /// One burn-down: its rate, and what each job cost on both sides.
@@ -858,7 +969,7 @@ pub struct WorkerArgs {
 pub async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt as _;
 
-    let pool = jobs::db::pool(&DatabaseConfig::direct(args.database_url, 40))?;
+    let pool = jobs::db::worker_pool(&DatabaseConfig::direct(args.database_url, 40))?;
     let (worker, stop) = start_noop_worker(&pool, args.concurrency).await?;
     println!("ready");
     let mut sink = Vec::new();

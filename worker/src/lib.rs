@@ -103,7 +103,7 @@ impl Worker {
         registry: Registry,
         plans: Vec<QueuePlan>,
     ) -> anyhow::Result<Self> {
-        let pool = jobs::db::pool(&config.database)?;
+        let pool = jobs::db::worker_pool(&config.database)?;
         let metrics = Metrics::new("worker");
         metrics.watch_pool(&pool);
         let services = Arc::new(

@@ -55,3 +55,67 @@ async fn every_pooled_connection_carries_the_statement_and_idle_in_transaction_t
         .unwrap();
     assert_eq!(timeout, "0");
 }
+
+#[tokio::test]
+async fn a_worker_pool_hands_out_an_idle_connection_without_a_ping_and_drops_it_once_its_statement_fails()
+ {
+    let db = TestDb::new().await;
+    for (role, pool, pings_first) in [
+        (
+            "api",
+            jobs::db::pool(&config(&db, "30000", "60000")).unwrap(),
+            true,
+        ),
+        (
+            "worker",
+            jobs::db::worker_pool(&config(&db, "30000", "60000")).unwrap(),
+            false,
+        ),
+    ] {
+        // One connection, back in the pool and idle.
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        wait_until(|| pool.size() == 1 && pool.num_idle() == 1).await;
+
+        // The server ends it while it is idle, as a restart of the database would.
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(backend)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        while sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+        )
+        .bind(backend)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+
+        // The api's pool pings it, finds it broken and opens another; the worker's hands it out as it is.
+        let first = sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&pool)
+            .await;
+        assert_eq!(first.is_ok(), pings_first, "{role} pool: {first:?}");
+        // Either way the next statement runs on a new connection: the broken one was dropped.
+        let next: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_ne!(next, backend, "{role} pool");
+        pool.close().await;
+    }
+}
+
+/// Polls `done` every 5 ms, for at most 5 s.
+async fn wait_until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

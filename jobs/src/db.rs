@@ -37,8 +37,8 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
 
 /// A worker's pool: as [`pool`], but an idle connection is handed out without a ping first. sqlx pings every
 /// connection it hands out (a round trip to the server) and again as it takes one back; without the first, each
-/// claim and each completion of the queue runtime is one round trip from the runner rather than two, which is
-/// most of what separates a notification from the claim it asks for (issue 19, loadtest/README.md). The price: a
+/// claim and each completion of the queue runtime is one round trip from the runner rather than two (issue 19:
+/// the A/B in loadtest/README.md). The price: a
 /// connection that broke while idle (the database restarted) is handed out once, its statement fails — a claim
 /// or completion the runtime retries, or a job attempt the queue retries — and sqlx drops it as it comes back
 /// (the ping on release fails). The api keeps the ping: a request there has no retry.

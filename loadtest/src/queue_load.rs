@@ -423,8 +423,9 @@ async fn one_run(
     // and analysed table, and their SQL ceiling: pgbench running the runtime's own claim and completion
     // statements. Taken in rounds, the order turned each round so that a drift of the machine's speed falls on
     // each measurement alike; each round's ratios are its own.
-    let mut rounds = Vec::with_capacity(args.rounds);
-    for round in 0..args.rounds.max(1) {
+    let round_count = args.rounds.max(1);
+    let mut rounds = Vec::with_capacity(round_count);
+    for round in 0..round_count {
         let (mut one, mut many, mut ceilings) = (None, None, Vec::new());
         for step in 0..3 {
             match (step + round) % 3 {
@@ -462,8 +463,7 @@ async fn one_run(
         0
     };
     let best_clients = (0..measured).max_by(|&a, &b| {
-        let median_of =
-            |i: usize| crate::report::Spread::of(rounds.iter().map(|r| r.2[i].per_second)).median;
+        let median_of = |i: usize| Spread::of(rounds.iter().map(|r| r.2[i].per_second)).median;
         median_of(a).total_cmp(&median_of(b))
     });
     let rounds: Vec<(BurnDown, BurnDown, Ceiling)> = rounds
@@ -489,9 +489,8 @@ async fn one_run(
                 .join(", ")
         );
     }
-    let median = |f: &dyn Fn(&(BurnDown, BurnDown, Ceiling)) -> f64| {
-        crate::report::Spread::of(rounds.iter().map(f)).median
-    };
+    let median =
+        |f: &dyn Fn(&(BurnDown, BurnDown, Ceiling)) -> f64| Spread::of(rounds.iter().map(f)).median;
     let of_rounds = |pick: fn(&(BurnDown, BurnDown, Ceiling)) -> &BurnDown| BurnDown {
         per_second: median(&|r| pick(r).per_second),
         busy_per_second: median(&|r| pick(r).busy_per_second),

@@ -85,6 +85,7 @@ async fn a_worker_pool_hands_out_an_idle_connection_without_a_ping_and_drops_it_
             .execute(&db.pool)
             .await
             .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
         )
@@ -93,6 +94,10 @@ async fn a_worker_pool_hands_out_an_idle_connection_without_a_ping_and_drops_it_
         .await
         .unwrap()
         {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "backend {backend} still there"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
 
